@@ -1,0 +1,257 @@
+//! `frappe-cdc capture`: preflight, topic setup, initial snapshot, then binlog streaming.
+//!
+//! One call of [`run`] is one attempt. It opens the state store, refuses to start when any
+//! preflight check fails (nothing is written in that case), resumes or takes the snapshot, and
+//! streams until shutdown or an error. The caller retries transient errors
+//! ([`CaptureError::is_transient`]) with backoff; every attempt resumes from the last durable
+//! checkpoint, so a retry can repeat envelopes but never skip one.
+
+pub mod processor;
+pub mod snapshot;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::frappe::catalog::Filter;
+use crate::kafka::producer::{Producer, ProducerConfig, ProducerError, ensure_topic};
+use crate::metrics::CaptureMetrics;
+use crate::position::PositionError;
+use crate::source::binlog::{BinlogError, ReaderConfig, run_reader};
+use crate::source::conn::DbTarget;
+use crate::source::preflight::{self, Failure};
+use crate::source::snapshot::SnapshotError;
+use crate::state::{SnapshotState, StateError, Store};
+use processor::{Processor, ProcessorConfig};
+
+/// Errors of capture.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("preflight failed:\n{}", .0.iter().map(|f| format!("  - {f}")).collect::<Vec<_>>().join("\n"))]
+    Preflight(Vec<Failure>),
+    #[error("cannot reach the source database {target}: {source}")]
+    Connect {
+        target: String,
+        source: mysql_async::Error,
+    },
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Producer(#[from] ProducerError),
+    #[error(transparent)]
+    Binlog(#[from] BinlogError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error(transparent)]
+    Position(#[from] PositionError),
+    #[error(
+        "state in {dir} belongs to database {found:?}, not {expected:?}: use another --state-dir"
+    )]
+    WrongState {
+        dir: String,
+        found: String,
+        expected: String,
+    },
+    #[error("cannot encode envelope: {0}")]
+    Encode(String),
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+}
+
+impl CaptureError {
+    /// Errors a retry may cure: lost connections, unreachable broker, delivery failures.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CaptureError::Connect { .. } => true,
+            CaptureError::Binlog(e) => e.is_transient(),
+            CaptureError::Producer(
+                ProducerError::Delivery(_) | ProducerError::FlushTimeout { .. },
+            ) => true,
+            CaptureError::Producer(ProducerError::Topic { .. }) => true,
+            CaptureError::Snapshot(SnapshotError::Sql(_)) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Everything capture needs.
+#[derive(Clone)]
+pub struct CaptureConfig {
+    pub source: DbTarget,
+    pub server_id: u32,
+    pub state_dir: PathBuf,
+    pub producer: ProducerConfig,
+    pub filter: Filter,
+    pub heartbeat: Duration,
+    pub checkpoint_interval: Duration,
+    pub spill_at: usize,
+    pub flush_timeout: Duration,
+    /// Stop at the end of the binlog (tests and benchmarks).
+    pub stop_at_end: bool,
+}
+
+/// One capture attempt (see module docs).
+pub async fn run(
+    cfg: &CaptureConfig,
+    metrics: &CaptureMetrics,
+    shutdown: CancellationToken,
+) -> Result<(), CaptureError> {
+    let store = Arc::new(Store::open(&cfg.state_dir)?);
+    let cp = store.checkpoint()?;
+    if let Some(c) = &cp
+        && !c.schema.is_empty()
+        && c.schema != cfg.source.database
+    {
+        return Err(CaptureError::WrongState {
+            dir: cfg.state_dir.display().to_string(),
+            found: c.schema.clone(),
+            expected: cfg.source.database.clone(),
+        });
+    }
+    let resume = cp
+        .as_ref()
+        .filter(|c| matches!(c.snapshot, SnapshotState::Done { .. }))
+        .map(|c| &c.position);
+    let report = preflight::run(&cfg.source, cfg.server_id, resume)
+        .await
+        .map_err(|e| CaptureError::Connect {
+            target: cfg.source.to_string(),
+            source: e,
+        })?;
+    for n in &report.notes {
+        tracing::warn!(note = %n, "preflight");
+    }
+    if !report.failures.is_empty() {
+        return Err(CaptureError::Preflight(report.failures));
+    }
+    let partitions = ensure_topic(
+        &cfg.producer.brokers,
+        &cfg.producer.topic,
+        cfg.producer.partitions,
+        &cfg.producer.options,
+    )
+    .await?;
+    let mut pcfg = cfg.producer.clone();
+    pcfg.partitions = partitions;
+    let mut producer = Producer::new(&pcfg)?;
+    metrics
+        .state_bytes
+        .set(Store::file_size(&cfg.state_dir) as i64);
+
+    let cp = match cp {
+        Some(c) if matches!(c.snapshot, SnapshotState::Done { .. }) => c,
+        Some(c)
+            if matches!(c.snapshot, SnapshotState::InProgress { .. })
+                && c.schema == cfg.source.database =>
+        {
+            tracing::info!("resuming snapshot emission");
+            let store2 = Arc::clone(&store);
+            let m = metrics.clone();
+            let ft = cfg.flush_timeout;
+            let (cp, p) = tokio::task::spawn_blocking(move || {
+                let r = snapshot::emit(&store2, c, &mut producer, &m, ft);
+                (r, producer)
+            })
+            .await
+            .map_err(|_| CaptureError::Internal("snapshot task panicked"))?;
+            producer = p;
+            cp?
+        }
+        _ => {
+            let loaded = snapshot::load(
+                &cfg.source,
+                Arc::clone(&store),
+                &cfg.filter,
+                metrics,
+                report.server_id,
+            )
+            .await?;
+            let store2 = Arc::clone(&store);
+            let m = metrics.clone();
+            let ft = cfg.flush_timeout;
+            let (cp, p) = tokio::task::spawn_blocking(move || {
+                let r = snapshot::emit(&store2, loaded, &mut producer, &m, ft);
+                (r, producer)
+            })
+            .await
+            .map_err(|_| CaptureError::Internal("snapshot task panicked"))?;
+            producer = p;
+            cp?
+        }
+    };
+    tracing::info!(position = %cp.position, "streaming binlog");
+
+    let filter = cfg.filter.clone();
+    let reader_cfg = ReaderConfig {
+        opts: cfg.source.opts.clone(),
+        server_id: cfg.server_id,
+        schema: cfg.source.database.clone(),
+        start: cp.position.clone(),
+        heartbeat: cfg.heartbeat,
+        want_table: Arc::new(move |t: &str| filter.reader_wants(t)),
+        non_blocking: cfg.stop_at_end,
+    };
+    let (tx, mut rx) = mpsc::channel(256);
+    let reader = tokio::spawn(run_reader(reader_cfg, tx));
+    let pcfg = ProcessorConfig {
+        source_server_id: report.server_id,
+        schema: cfg.source.database.clone(),
+        checkpoint_interval: cfg.checkpoint_interval,
+        spill_at: cfg.spill_at,
+        flush_timeout: cfg.flush_timeout,
+    };
+    let mut processor = Processor::new(
+        pcfg,
+        Arc::clone(&store),
+        &cp,
+        cfg.filter.clone(),
+        producer,
+        metrics.clone(),
+    )?;
+    let handle = tokio::runtime::Handle::current();
+    let sd = shutdown.clone();
+    let state_dir = cfg.state_dir.clone();
+    let m = metrics.clone();
+    let processed = tokio::task::spawn_blocking(move || -> Result<(), CaptureError> {
+        let mut last_size = std::time::Instant::now();
+        loop {
+            if sd.is_cancelled() && !processor.in_group() {
+                break;
+            }
+            let next = handle.block_on(async {
+                tokio::time::timeout(Duration::from_millis(200), rx.recv()).await
+            });
+            match next {
+                Err(_) => processor.maybe_checkpoint(false)?,
+                Ok(None) => break,
+                Ok(Some(item)) => {
+                    if let Err(e) = processor.on_item(item) {
+                        let _ = processor.abort();
+                        return Err(e);
+                    }
+                }
+            }
+            if last_size.elapsed() > Duration::from_secs(5) {
+                m.state_bytes.set(Store::file_size(&state_dir) as i64);
+                last_size = std::time::Instant::now();
+            }
+        }
+        drop(rx);
+        processor.finish()?;
+        Ok(())
+    });
+    let processed = processed
+        .await
+        .map_err(|_| CaptureError::Internal("capture loop panicked"))?;
+    let read = reader
+        .await
+        .map_err(|_| CaptureError::Internal("binlog reader panicked"))?;
+    processed?;
+    match read {
+        Ok(()) | Err(BinlogError::Closed) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}

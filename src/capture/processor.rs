@@ -1,0 +1,605 @@
+//! The capture loop's processing half: applies each binlog group's rows to the state store,
+//! groups them by document, and at the group's commit emits one envelope per touched document.
+//!
+//! Consistency: everything runs inside one open store batch. A checkpoint (every
+//! `checkpoint_interval`, on idle, and on shutdown, always between groups) first waits until
+//! Kafka acknowledged every message sent, then writes the GTID position into the batch and
+//! commits it. A crash before that commit loses the batch: the store is back at the previous
+//! checkpoint and the groups after it are read and emitted again (same source positions, so
+//! consumers can drop the duplicates). Nothing is ever acknowledged before it is durable in
+//! Kafka, so no committed change can be skipped.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::value::RawValue;
+
+use crate::envelope::{ENVELOPE_VERSION, EnvelopeOut, Op, RowCounts, Source, key_json};
+use crate::frappe::catalog::{Catalog, Filter};
+use crate::frappe::routing::{Route, only_ignored_changed, route};
+use crate::kafka::producer::Producer;
+use crate::metrics::CaptureMetrics;
+use crate::position::{Gtid, GtidPosition};
+use crate::source::binlog::BinlogItem;
+use crate::source::rows::{RowChange, RowOp, RowsBatch, TableDesc};
+use crate::state::{
+    Batch, Checkpoint, DocKey, DocShape, PendingDoc, PendingDocs, SnapshotState, Store,
+};
+
+use super::CaptureError;
+
+/// Static settings of the processor.
+#[derive(Debug, Clone)]
+pub struct ProcessorConfig {
+    pub source_server_id: u32,
+    pub schema: String,
+    pub checkpoint_interval: Duration,
+    pub spill_at: usize,
+    pub flush_timeout: Duration,
+}
+
+/// Applies binlog items to the store and emits envelopes.
+pub struct Processor {
+    cfg: ProcessorConfig,
+    store: Arc<Store>,
+    batch: Option<Batch>,
+    pending: PendingDocs,
+    renames: Vec<(usize, DocKey)>,
+    changed_count: u64,
+    catalog: Catalog,
+    filter: Filter,
+    producer: Producer,
+    metrics: CaptureMetrics,
+    position: GtidPosition,
+    snapshot_at: GtidPosition,
+    file: String,
+    pos: u64,
+    cur_gtid: Option<Gtid>,
+    catalog_dirty: bool,
+    dirty: bool,
+    last_checkpoint: Instant,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Loads the catalog from the `tabDocType` rows in the store.
+pub fn load_catalog(b: &Batch) -> Result<Catalog, CaptureError> {
+    let mut rows = Vec::new();
+    b.for_each_row("tabDocType", |_, json| {
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(json) {
+            rows.push(v);
+        }
+        Ok(())
+    })?;
+    Ok(Catalog::from_rows(rows.iter()))
+}
+
+fn raw(image: Option<String>) -> Result<Option<Box<RawValue>>, CaptureError> {
+    image
+        .map(RawValue::from_string)
+        .transpose()
+        .map_err(|e| CaptureError::Encode(e.to_string()))
+}
+
+fn op_slot(op: RowOp) -> usize {
+    match op {
+        RowOp::Insert => 0,
+        RowOp::Update => 1,
+        RowOp::Delete => 2,
+    }
+}
+
+impl Processor {
+    /// A processor resuming from `cp`.
+    pub fn new(
+        cfg: ProcessorConfig,
+        store: Arc<Store>,
+        cp: &Checkpoint,
+        filter: Filter,
+        producer: Producer,
+        metrics: CaptureMetrics,
+    ) -> Result<Self, CaptureError> {
+        let batch = store.batch()?;
+        let catalog = load_catalog(&batch)?;
+        let snapshot_at = match &cp.snapshot {
+            SnapshotState::Done { at } | SnapshotState::InProgress { at, .. } => at.clone(),
+        };
+        Ok(Processor {
+            pending: PendingDocs::new(cfg.spill_at),
+            cfg,
+            store,
+            batch: Some(batch),
+            renames: Vec::new(),
+            changed_count: 0,
+            catalog,
+            filter,
+            producer,
+            metrics,
+            position: cp.position.clone(),
+            snapshot_at,
+            file: cp.file.clone(),
+            pos: cp.pos,
+            cur_gtid: None,
+            catalog_dirty: false,
+            dirty: false,
+            last_checkpoint: Instant::now(),
+        })
+    }
+
+    /// The position after the last group processed.
+    pub fn position(&self) -> &GtidPosition {
+        &self.position
+    }
+
+    /// True while inside a group.
+    pub fn in_group(&self) -> bool {
+        self.cur_gtid.is_some()
+    }
+
+    fn batch(&mut self) -> Result<&mut Batch, CaptureError> {
+        if self.batch.is_none() {
+            self.batch = Some(self.store.batch()?);
+        }
+        // Set just above when missing.
+        self.batch.as_mut().ok_or(CaptureError::Internal("batch"))
+    }
+
+    /// Handles one item from the reader.
+    pub fn on_item(&mut self, item: BinlogItem) -> Result<(), CaptureError> {
+        self.metrics.binlog_events.inc();
+        match item {
+            BinlogItem::Begin { gtid, .. } => {
+                if self.cur_gtid.is_some() {
+                    return Err(CaptureError::Internal("group started inside a group"));
+                }
+                self.cur_gtid = Some(gtid);
+                self.metrics
+                    .gtid_seq
+                    .with_label_values(&[&gtid.domain_id.to_string()])
+                    .set(gtid.seq_no as f64);
+            }
+            BinlogItem::Rows(rb) => self.on_rows(rb)?,
+            BinlogItem::Query { query, .. } => {
+                self.metrics.ddl.inc();
+                let words: Vec<String> = query
+                    .split_whitespace()
+                    .take(2)
+                    .map(|w| w.to_ascii_uppercase())
+                    .collect();
+                if matches!(
+                    words.first().map(String::as_str),
+                    Some("TRUNCATE" | "RENAME" | "DROP")
+                ) {
+                    tracing::warn!(statement = %words.join(" "), "DDL that rewrites tables without row events; documents of a truncated or renamed tracked table are not re-emitted");
+                }
+            }
+            BinlogItem::Commit { ts, file, pos } => self.on_commit(ts, file, pos)?,
+            BinlogItem::Heartbeat { file, pos } => {
+                if self.cur_gtid.is_none() {
+                    self.metrics.source_lag.set(0.0);
+                    if !file.is_empty() {
+                        self.file = file;
+                        self.pos = pos;
+                    }
+                }
+                self.maybe_checkpoint(false)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn touch(&mut self, key: &DocKey, shape: DocShape) -> Result<usize, CaptureError> {
+        let b = self.batch.as_ref().ok_or(CaptureError::Internal("batch"))?;
+        if let Some(i) = self.pending.find(b, key)? {
+            return Ok(i);
+        }
+        let before = b.assemble(key, shape)?;
+        let doc = PendingDoc {
+            key: key.clone(),
+            single: shape == DocShape::Single,
+            before,
+            changed: false,
+            tables: BTreeMap::new(),
+            renamed_to: None,
+        };
+        Ok(self.pending.push(b, doc)?)
+    }
+
+    fn touch_route(&mut self, r: &Route) -> Result<Option<usize>, CaptureError> {
+        match r {
+            Route::Doc { key, shape, .. } => self.touch(key, *shape).map(Some),
+            Route::Single { key, .. } => self.touch(key, DocShape::Single).map(Some),
+            Route::Skip { .. } => Ok(None),
+        }
+    }
+
+    fn apply_delete(&mut self, table: &TableDesc, r: &Route) -> Result<(), CaptureError> {
+        let b = self.batch()?;
+        match r {
+            Route::Doc { name, link, .. } => b.delete_row(&table.table, name, link.as_ref())?,
+            Route::Single { key, field } => b.delete_single(&key.doctype, field)?,
+            Route::Skip { .. } => {}
+        }
+        Ok(())
+    }
+
+    fn apply_put(
+        &mut self,
+        table: &TableDesc,
+        r: &Route,
+        row: &[serde_json::Value],
+    ) -> Result<(), CaptureError> {
+        let b = self.batch()?;
+        match r {
+            Route::Doc { name, link, .. } => b.put_row(
+                &table.table,
+                name,
+                &table.row_json(&row.to_vec()),
+                link.as_ref(),
+            )?,
+            Route::Single { key, field } => {
+                let v = table
+                    .column("value")
+                    .and_then(|i| row.get(i))
+                    .cloned()
+                    .unwrap_or(serde_json::Value::Null);
+                b.put_single(
+                    &key.doctype,
+                    field,
+                    &serde_json::to_vec(&v).unwrap_or_else(|_| b"null".to_vec()),
+                )?;
+            }
+            Route::Skip { .. } => {}
+        }
+        Ok(())
+    }
+
+    fn on_rows(&mut self, rb: RowsBatch) -> Result<(), CaptureError> {
+        let op_label = match rb.op {
+            RowOp::Insert => "insert",
+            RowOp::Update => "update",
+            RowOp::Delete => "delete",
+        };
+        self.metrics
+            .binlog_rows
+            .with_label_values(&[&rb.table.table, op_label])
+            .inc_by(rb.rows.len() as u64);
+        let table = rb.table;
+        for RowChange { before, after } in rb.rows {
+            let rb_route = before
+                .as_ref()
+                .map(|r| route(&table, r, &self.catalog, &self.filter));
+            let ra_route = after
+                .as_ref()
+                .map(|r| route(&table, r, &self.catalog, &self.filter));
+            let catalog_row = matches!(rb_route, Some(Route::Skip { catalog: true }))
+                || matches!(ra_route, Some(Route::Skip { catalog: true }));
+            if catalog_row {
+                let b = self.batch()?;
+                if let Some(row) = &before
+                    && let Some(name) =
+                        crate::frappe::routing::key_text(table.name_col.and_then(|i| row.get(i)))
+                {
+                    b.delete_row(&table.table, &name, None)?;
+                }
+                if let Some(row) = &after
+                    && let Some(name) =
+                        crate::frappe::routing::key_text(table.name_col.and_then(|i| row.get(i)))
+                {
+                    b.put_row(&table.table, &name, &table.row_json(row), None)?;
+                }
+                self.catalog_dirty = true;
+                continue;
+            }
+            let ib = match &rb_route {
+                Some(r) => self.touch_route(r)?,
+                None => None,
+            };
+            let ia = match &ra_route {
+                Some(r) => self.touch_route(r)?,
+                None => None,
+            };
+            if ib.is_none() && ia.is_none() {
+                continue;
+            }
+            if let Some(r) = &rb_route {
+                self.apply_delete(&table, r)?;
+            }
+            if let (Some(r), Some(row)) = (&ra_route, &after) {
+                self.apply_put(&table, r, row)?;
+            }
+            let changed = match (&before, &after) {
+                (Some(b), Some(a)) => !only_ignored_changed(&table, b, a),
+                _ => true,
+            };
+            let slot = op_slot(rb.op);
+            let mut seen = HashSet::new();
+            for i in [ib, ia].into_iter().flatten() {
+                if !seen.insert(i) {
+                    continue;
+                }
+                let b = self.batch.as_ref().ok_or(CaptureError::Internal("batch"))?;
+                let mut flipped = false;
+                self.pending.update(b, i, |d| {
+                    if changed && !d.changed {
+                        d.changed = true;
+                        flipped = true;
+                    }
+                    d.tables.entry(table.table.clone()).or_insert([0; 3])[slot] += 1;
+                })?;
+                if flipped {
+                    self.changed_count += 1;
+                }
+            }
+            // A parent row whose name changed is a rename of the document.
+            if let (
+                Some(Route::Doc {
+                    key: kb,
+                    link: None,
+                    ..
+                }),
+                Some(Route::Doc {
+                    key: ka,
+                    link: None,
+                    ..
+                }),
+                Some(i),
+            ) = (&rb_route, &ra_route, ib)
+                && kb != ka
+            {
+                let b = self.batch.as_ref().ok_or(CaptureError::Internal("batch"))?;
+                let new_name = ka.name.clone();
+                self.pending
+                    .update(b, i, |d| d.renamed_to = Some(new_name))?;
+                self.renames.push((i, ka.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    fn on_commit(&mut self, ts: u32, file: String, pos: u64) -> Result<(), CaptureError> {
+        let Some(gtid) = self.cur_gtid else {
+            // A commit without a GTID (cannot happen with capability 4): nothing to do.
+            return Ok(());
+        };
+        if self.catalog_dirty {
+            let b = self.batch()?;
+            self.catalog = load_catalog(b)?;
+            self.catalog_dirty = false;
+            tracing::info!(doctypes = self.catalog.len(), "doctype catalog reloaded");
+        }
+        let mut next = self.position.clone();
+        next.advance(gtid)?;
+        if !file.is_empty() {
+            self.file = file;
+        }
+        self.pos = pos;
+        let lag = now_secs().saturating_sub(ts as u64);
+        self.metrics.source_lag.set(lag as f64);
+        if self.pending.is_empty() {
+            self.metrics
+                .transactions
+                .with_label_values(&["filtered"])
+                .inc();
+        } else {
+            let source = Source {
+                server_id: gtid.server_id,
+                db: self.cfg.schema.clone(),
+                gtid: Some(gtid.to_string()),
+                position: next.to_string(),
+                file: self.file.clone(),
+                pos,
+                commit_ts: ts as u64,
+                doc_index: 0,
+                doc_count: 0,
+                snapshot: false,
+            };
+            let emitted = self.emit_group(source)?;
+            self.metrics.tx_docs.observe(emitted as f64);
+            self.metrics
+                .transactions
+                .with_label_values(&[if emitted > 0 { "emitted" } else { "filtered" }])
+                .inc();
+        }
+        let b = self.batch.as_ref().ok_or(CaptureError::Internal("batch"))?;
+        self.pending.clear(b)?;
+        self.renames.clear();
+        self.changed_count = 0;
+        self.position = next;
+        self.cur_gtid = None;
+        self.dirty = true;
+        self.maybe_checkpoint(false)
+    }
+
+    fn emit_group(&mut self, mut source: Source) -> Result<u64, CaptureError> {
+        let merged: HashSet<usize> = {
+            let b = self.batch.as_ref().ok_or(CaptureError::Internal("batch"))?;
+            let mut m = HashSet::new();
+            for (_, new_key) in &self.renames {
+                if let Some(j) = self.pending.find(b, new_key)? {
+                    m.insert(j);
+                }
+            }
+            m
+        };
+        let doc_count = self
+            .changed_count
+            .saturating_sub(merged.len() as u64)
+            .max(1);
+        source.doc_count = doc_count;
+        let mut index = 0u64;
+        for i in 0..self.pending.len() {
+            if merged.contains(&i) {
+                continue;
+            }
+            let b = self.batch.as_ref().ok_or(CaptureError::Internal("batch"))?;
+            let d = self.pending.get(b, i)?;
+            if !d.changed {
+                continue;
+            }
+            let shape = if d.single {
+                DocShape::Single
+            } else {
+                DocShape::Table
+            };
+            let mut tables = d.tables.clone();
+            let (key, old_name) = match &d.renamed_to {
+                Some(new) => {
+                    let nk = DocKey {
+                        doctype: d.key.doctype.clone(),
+                        name: new.clone(),
+                    };
+                    if let Some(j) = self.pending.find(b, &nk)? {
+                        for (t, c) in self.pending.get(b, j)?.tables {
+                            let e = tables.entry(t).or_insert([0; 3]);
+                            for k in 0..3 {
+                                e[k] = e[k].max(c[k]);
+                            }
+                        }
+                    }
+                    (nk, Some(d.key.name.clone()))
+                }
+                None => (d.key.clone(), None),
+            };
+            let after = b.assemble(&key, shape)?;
+            let op = match (&old_name, &d.before, &after) {
+                (Some(_), _, _) => Op::Rename,
+                (None, None, Some(_)) => Op::Create,
+                (None, Some(_), None) => Op::Delete,
+                (None, Some(_), Some(_)) => Op::Update,
+                (None, None, None) => continue,
+            };
+            source.doc_index = index;
+            let before_raw = raw(d.before)?;
+            let after_raw = raw(after)?;
+            let changes: BTreeMap<String, RowCounts> = tables
+                .into_iter()
+                .map(|(t, c)| {
+                    (
+                        t,
+                        RowCounts {
+                            inserted: c[0],
+                            updated: c[1],
+                            deleted: c[2],
+                        },
+                    )
+                })
+                .collect();
+            let env = EnvelopeOut {
+                version: ENVELOPE_VERSION,
+                op,
+                doctype: &key.doctype,
+                name: &key.name,
+                old_name: old_name.as_deref(),
+                before: before_raw.as_deref(),
+                after: after_raw.as_deref(),
+                changes: &changes,
+                source: &source,
+            };
+            let payload =
+                serde_json::to_vec(&env).map_err(|e| CaptureError::Encode(e.to_string()))?;
+            self.send(&key, Some(&payload))?;
+            self.metrics
+                .documents
+                .with_label_values(&[&key.doctype, op.as_str()])
+                .inc();
+            match op {
+                Op::Delete => self.send(&key, None)?,
+                Op::Rename => {
+                    let old = DocKey {
+                        doctype: key.doctype.clone(),
+                        name: old_name.unwrap_or_default(),
+                    };
+                    self.send(&old, None)?;
+                }
+                _ => {}
+            }
+            index += 1;
+        }
+        Ok(index)
+    }
+
+    fn send(&mut self, key: &DocKey, payload: Option<&[u8]>) -> Result<(), CaptureError> {
+        let k = key_json(&key.doctype, &key.name);
+        let r = self.producer.send(&key.doctype, &k, payload);
+        self.metrics.in_flight.set(self.producer.in_flight() as i64);
+        if r.is_err() {
+            self.metrics.produce_errors.inc();
+        }
+        Ok(r?)
+    }
+
+    /// Checkpoints when due (or when `force`), only between groups.
+    pub fn maybe_checkpoint(&mut self, force: bool) -> Result<(), CaptureError> {
+        self.metrics
+            .checkpoint_age
+            .set(self.last_checkpoint.elapsed().as_secs_f64());
+        if self.cur_gtid.is_some() || !self.dirty {
+            return Ok(());
+        }
+        if !force && self.last_checkpoint.elapsed() < self.cfg.checkpoint_interval {
+            return Ok(());
+        }
+        self.checkpoint()
+    }
+
+    fn checkpoint(&mut self) -> Result<(), CaptureError> {
+        let Some(b) = self.batch.take() else {
+            return Ok(());
+        };
+        if let Err(e) = self.producer.flush(self.cfg.flush_timeout) {
+            self.metrics.produce_errors.inc();
+            let _ = b.abort();
+            return Err(e.into());
+        }
+        self.metrics.in_flight.set(0);
+        let cp = Checkpoint {
+            position: self.position.clone(),
+            file: self.file.clone(),
+            pos: self.pos,
+            snapshot: SnapshotState::Done {
+                at: self.snapshot_at.clone(),
+            },
+            source_server_id: self.cfg.source_server_id,
+            schema: self.cfg.schema.clone(),
+            written_at: now_secs(),
+        };
+        b.commit(&cp)?;
+        self.dirty = false;
+        self.last_checkpoint = Instant::now();
+        self.metrics.checkpoint_age.set(0.0);
+        self.metrics.checkpoint_ts.set(cp.written_at as f64);
+        tracing::debug!(position = %cp.position, "checkpoint written");
+        Ok(())
+    }
+
+    /// Drops everything after the last checkpoint (used when the reader fails mid-group).
+    pub fn abort(mut self) -> Result<(), CaptureError> {
+        if let Some(b) = self.batch.take() {
+            b.abort()?;
+        }
+        Ok(())
+    }
+
+    /// Ends cleanly: checkpoints if between groups, otherwise drops the partial group.
+    pub fn finish(mut self) -> Result<GtidPosition, CaptureError> {
+        if self.cur_gtid.is_some() {
+            let pos = self
+                .store
+                .checkpoint()?
+                .map(|c| c.position)
+                .unwrap_or_default();
+            self.abort()?;
+            return Ok(pos);
+        }
+        self.dirty = true;
+        self.checkpoint()?;
+        Ok(self.position.clone())
+    }
+}

@@ -1,0 +1,385 @@
+//! The initial snapshot (loading and emitting side).
+//!
+//! Phase 1 loads every tracked row, as of the snapshot position, into the state store and
+//! commits it with `SnapshotState::InProgress { cursor: None }`. A crash during phase 1 leaves
+//! nothing committed, so the next start takes a new snapshot. Phase 2 emits one `snapshot`
+//! envelope per document in a fixed order (doctype, then name, then Singles), committing the
+//! cursor after Kafka acknowledged each chunk; a restart resumes after the cursor. When all are
+//! acknowledged the checkpoint becomes `Done` at the snapshot position, and streaming starts
+//! there.
+
+use std::collections::BTreeSet;
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+
+use super::CaptureError;
+use super::processor::load_catalog;
+use crate::envelope::{ENVELOPE_VERSION, EnvelopeOut, Op, Source, key_json};
+use crate::frappe::catalog::{Catalog, Filter};
+use crate::frappe::routing::{Route, route};
+use crate::kafka::producer::Producer;
+use crate::metrics::CaptureMetrics;
+use crate::source::conn::DbTarget;
+use crate::source::snapshot::{SnapItem, Snapshot};
+use crate::state::{Checkpoint, DocKey, DocShape, SnapshotState, Store};
+
+/// Documents per acknowledged chunk of the emission phase.
+const EMIT_CHUNK: u64 = 20_000;
+
+/// Progress on a terminal (a bar) or in logs (every 5 s).
+struct Progress {
+    what: &'static str,
+    total: u64,
+    done: u64,
+    tty: bool,
+    last: Instant,
+}
+
+impl Progress {
+    fn new(what: &'static str, total: u64) -> Self {
+        Progress {
+            what,
+            total,
+            done: 0,
+            tty: std::io::stderr().is_terminal(),
+            last: Instant::now(),
+        }
+    }
+
+    fn add(&mut self, n: u64) {
+        self.done += n;
+        let every = if self.tty {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_secs(5)
+        };
+        if self.last.elapsed() >= every {
+            self.last = Instant::now();
+            self.show();
+        }
+    }
+
+    fn show(&self) {
+        let pct = if self.total > 0 {
+            (self.done as f64 / self.total as f64 * 100.0).min(100.0)
+        } else {
+            0.0
+        };
+        if self.tty {
+            let filled = (pct / 5.0) as usize;
+            eprint!(
+                "\r{:<8} [{}{}] {:>5.1}% {}/{}",
+                self.what,
+                "#".repeat(filled),
+                " ".repeat(20 - filled.min(20)),
+                pct,
+                self.done,
+                self.total
+            );
+        } else {
+            tracing::info!(
+                phase = self.what,
+                done = self.done,
+                estimated = self.total,
+                "snapshot progress"
+            );
+        }
+    }
+
+    fn finish(&self) {
+        if self.tty {
+            self.show();
+            eprintln!();
+        }
+        tracing::info!(
+            phase = self.what,
+            done = self.done,
+            "snapshot phase complete"
+        );
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Takes the snapshot and loads it into the store (phase 1). Returns the InProgress checkpoint.
+pub async fn load(
+    target: &DbTarget,
+    store: Arc<Store>,
+    filter: &Filter,
+    metrics: &CaptureMetrics,
+    source_server_id: u32,
+) -> Result<Checkpoint, CaptureError> {
+    let mut snap = Snapshot::begin(target).await?;
+    let tables: Vec<(String, u64)> = snap
+        .tables()
+        .await?
+        .into_iter()
+        .filter(|(t, _)| filter.reader_wants(t))
+        .collect();
+    let estimated: u64 = tables.iter().map(|(_, n)| n).sum();
+    metrics.snapshot_rows_estimated.set(estimated as i64);
+    tracing::info!(position = %snap.position, tables = tables.len(), estimated_rows = estimated, "snapshot started");
+    let (tx, mut rx) = mpsc::channel::<SnapItem>(8);
+    let filter2 = filter.clone();
+    let metrics2 = metrics.clone();
+    let store2 = Arc::clone(&store);
+    let base = Checkpoint {
+        position: snap.position.clone(),
+        file: snap.file.clone(),
+        pos: snap.pos,
+        snapshot: SnapshotState::Done {
+            at: snap.position.clone(),
+        },
+        source_server_id,
+        schema: target.database.clone(),
+        written_at: 0,
+    };
+    // The loader commits only after the reader's `End` marker: a failed read drops the
+    // uncommitted batch, and the next start takes a new snapshot.
+    let loader = tokio::task::spawn_blocking(move || -> Result<Checkpoint, CaptureError> {
+        let mut b = store2.batch()?;
+        let mut catalog = Catalog::default();
+        let mut parents: BTreeSet<String> = BTreeSet::new();
+        let mut progress = Progress::new("load", estimated);
+        let mut complete = false;
+        while let Some(item) = rx.blocking_recv() {
+            match item {
+                SnapItem::End => {
+                    complete = true;
+                    break;
+                }
+                SnapItem::Rows(desc, rows) => {
+                    let n = rows.len() as u64;
+                    for row in rows {
+                        if desc.table == "tabDocType" {
+                            if let Some(name) = crate::frappe::routing::key_text(
+                                desc.name_col.and_then(|i| row.get(i)),
+                            ) {
+                                b.put_row(&desc.table, &name, &desc.row_json(&row), None)?;
+                            }
+                            continue;
+                        }
+                        match route(&desc, &row, &catalog, &filter2) {
+                            Route::Doc {
+                                key, name, link, ..
+                            } => {
+                                if link.is_none() {
+                                    parents.insert(key.doctype.clone());
+                                }
+                                b.put_row(&desc.table, &name, &desc.row_json(&row), link.as_ref())?;
+                            }
+                            Route::Single { key, field } => {
+                                let v = desc
+                                    .column("value")
+                                    .and_then(|i| row.get(i))
+                                    .cloned()
+                                    .unwrap_or(serde_json::Value::Null);
+                                b.put_single(
+                                    &key.doctype,
+                                    &field,
+                                    &serde_json::to_vec(&v).unwrap_or_else(|_| b"null".to_vec()),
+                                )?;
+                            }
+                            Route::Skip { .. } => {}
+                        }
+                    }
+                    metrics2.snapshot_rows.inc_by(n);
+                    progress.add(n);
+                }
+                SnapItem::TableDone(t) => {
+                    if t == "tabDocType" {
+                        catalog = load_catalog(&b)?;
+                    }
+                }
+            }
+        }
+        if !complete {
+            b.abort()?;
+            return Err(CaptureError::Internal("snapshot read ended early"));
+        }
+        progress.finish();
+        let singles: Vec<String> = b
+            .single_doctypes()?
+            .into_iter()
+            .filter(|d| filter2.tracks(d))
+            .collect();
+        let doctypes: Vec<String> = parents.into_iter().collect();
+        let mut total = singles.len() as u64;
+        for d in &doctypes {
+            b.for_each_row(&format!("tab{d}"), |_, _| {
+                total += 1;
+                Ok(())
+            })?;
+        }
+        let mut cp = base;
+        cp.snapshot = SnapshotState::InProgress {
+            at: cp.position.clone(),
+            emitted: 0,
+            total,
+            doctypes,
+            singles,
+            cursor: None,
+        };
+        cp.written_at = now_secs();
+        b.commit(&cp)?;
+        Ok(cp)
+    });
+    let mut read_err = None;
+    for (t, _) in &tables {
+        if let Err(e) = snap.read_table(t, &tx).await {
+            read_err = Some(e);
+            break;
+        }
+    }
+    if read_err.is_none() {
+        let _ = tx.send(SnapItem::End).await;
+    }
+    drop(tx);
+    let loaded = loader
+        .await
+        .map_err(|_| CaptureError::Internal("snapshot loader panicked"))?;
+    if let Some(e) = read_err {
+        return Err(e.into());
+    }
+    let cp = loaded?;
+    snap.finish().await?;
+    Ok(cp)
+}
+
+/// Emits the snapshot envelopes (phase 2) and returns the `Done` checkpoint.
+pub fn emit(
+    store: &Store,
+    cp: Checkpoint,
+    producer: &mut Producer,
+    metrics: &CaptureMetrics,
+    flush_timeout: Duration,
+) -> Result<Checkpoint, CaptureError> {
+    let SnapshotState::InProgress {
+        at,
+        mut emitted,
+        total,
+        doctypes,
+        singles,
+        mut cursor,
+    } = cp.snapshot.clone()
+    else {
+        return Ok(cp);
+    };
+    let mut progress = Progress::new("emit", total);
+    progress.done = emitted;
+    let source_for = |index: u64| Source {
+        server_id: cp.source_server_id,
+        db: cp.schema.clone(),
+        gtid: None,
+        position: at.to_string(),
+        file: cp.file.clone(),
+        pos: cp.pos,
+        commit_ts: cp.written_at,
+        doc_index: index,
+        doc_count: total,
+        snapshot: true,
+    };
+    let mut order: Vec<(String, DocShape)> = doctypes
+        .iter()
+        .map(|d| (d.clone(), DocShape::Table))
+        .collect();
+    order.extend(singles.iter().map(|d| (d.clone(), DocShape::Single)));
+    // Skip the doctypes fully emitted before a restart.
+    let mut start = 0;
+    if let Some(c) = &cursor {
+        start = order.iter().position(|(d, _)| d == &c.doctype).unwrap_or(0);
+    }
+    let mut since_commit = 0u64;
+    let mut b = store.batch()?;
+    for (doctype, shape) in order.iter().skip(start) {
+        let mut after_name: Option<String> = match &cursor {
+            Some(c) if &c.doctype == doctype => Some(c.name.clone()),
+            _ => None,
+        };
+        if *shape == DocShape::Single && after_name.is_some() {
+            continue;
+        }
+        loop {
+            let names: Vec<String> = match shape {
+                DocShape::Table => {
+                    b.names_after(&format!("tab{doctype}"), after_name.as_deref(), 1000)?
+                }
+                DocShape::Single if after_name.is_none() => vec![doctype.clone()],
+                DocShape::Single => Vec::new(),
+            };
+            if names.is_empty() {
+                break;
+            }
+            for name in &names {
+                let key = DocKey {
+                    doctype: doctype.clone(),
+                    name: name.clone(),
+                };
+                let Some(img) = b.assemble(&key, *shape)? else {
+                    continue;
+                };
+                let after =
+                    RawValue::from_string(img).map_err(|e| CaptureError::Encode(e.to_string()))?;
+                let changes = Default::default();
+                let source = source_for(emitted);
+                let env = EnvelopeOut {
+                    version: ENVELOPE_VERSION,
+                    op: Op::Snapshot,
+                    doctype,
+                    name,
+                    old_name: None,
+                    before: None,
+                    after: Some(&after),
+                    changes: &changes,
+                    source: &source,
+                };
+                let payload =
+                    serde_json::to_vec(&env).map_err(|e| CaptureError::Encode(e.to_string()))?;
+                producer.send(doctype, &key_json(doctype, name), Some(&payload))?;
+                metrics
+                    .documents
+                    .with_label_values(&[doctype, "snapshot"])
+                    .inc();
+                emitted += 1;
+                since_commit += 1;
+                progress.add(1);
+                cursor = Some(key);
+            }
+            after_name = names.last().cloned();
+            if since_commit >= EMIT_CHUNK {
+                producer.flush(flush_timeout)?;
+                let mut next = cp.clone();
+                next.snapshot = SnapshotState::InProgress {
+                    at: at.clone(),
+                    emitted,
+                    total,
+                    doctypes: doctypes.clone(),
+                    singles: singles.clone(),
+                    cursor: cursor.clone(),
+                };
+                next.written_at = now_secs();
+                b.commit(&next)?;
+                b = store.batch()?;
+                since_commit = 0;
+            }
+        }
+    }
+    producer.flush(flush_timeout)?;
+    progress.finish();
+    let mut done = cp.clone();
+    done.position = at.clone();
+    done.snapshot = SnapshotState::Done { at };
+    done.written_at = now_secs();
+    b.commit(&done)?;
+    tracing::info!(documents = emitted, position = %done.position, "snapshot complete");
+    Ok(done)
+}

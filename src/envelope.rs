@@ -1,0 +1,166 @@
+//! The Kafka message format, version 1 (`schemas/envelope.v1.json`, `schemas/key.v1.json`).
+//!
+//! Key: `{"doctype": "...", "name": "..."}`. Value: one document's full `before` and `after`
+//! images (`{"parent": {...}, "children": {"<parentfield>": [rows by idx]}}`), the operation, the
+//! tables the transaction touched for this document, and the source position. A delete is
+//! followed by a tombstone (null value) for its key; a rename is keyed by the new name, carries
+//! `old_name`, and is followed by a tombstone for the old key.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// Version of the envelope format.
+pub const ENVELOPE_VERSION: u32 = 1;
+
+/// What happened to the document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    Create,
+    Update,
+    Delete,
+    Rename,
+    Snapshot,
+}
+
+impl Op {
+    /// Label value for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Create => "create",
+            Op::Update => "update",
+            Op::Delete => "delete",
+            Op::Rename => "rename",
+            Op::Snapshot => "snapshot",
+        }
+    }
+}
+
+/// Rows of one table that the transaction changed for this document.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RowCounts {
+    pub inserted: u32,
+    pub updated: u32,
+    pub deleted: u32,
+}
+
+/// Where the change came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Source {
+    pub server_id: u32,
+    pub db: String,
+    /// GTID of the source transaction; null for snapshot envelopes.
+    pub gtid: Option<String>,
+    /// GTID position after the transaction (for snapshots: the snapshot position).
+    pub position: String,
+    pub file: String,
+    pub pos: u64,
+    /// Commit time, seconds since the Unix epoch (binlog event timestamp).
+    pub commit_ts: u64,
+    /// Index of this document within its transaction (or within the snapshot).
+    pub doc_index: u64,
+    /// Number of documents the transaction (or the snapshot) emitted.
+    pub doc_count: u64,
+    pub snapshot: bool,
+}
+
+/// The key of a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Key<'a> {
+    pub doctype: std::borrow::Cow<'a, str>,
+    pub name: std::borrow::Cow<'a, str>,
+}
+
+/// An envelope as produced (images as raw JSON from the state store).
+#[derive(Debug, Serialize)]
+pub struct EnvelopeOut<'a> {
+    pub version: u32,
+    pub op: Op,
+    pub doctype: &'a str,
+    pub name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub old_name: Option<&'a str>,
+    pub before: Option<&'a RawValue>,
+    pub after: Option<&'a RawValue>,
+    pub changes: &'a BTreeMap<String, RowCounts>,
+    pub source: &'a Source,
+}
+
+/// An envelope as consumed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    pub version: u32,
+    pub op: Op,
+    pub doctype: String,
+    pub name: String,
+    #[serde(default)]
+    pub old_name: Option<String>,
+    pub before: Option<serde_json::Value>,
+    pub after: Option<serde_json::Value>,
+    pub changes: BTreeMap<String, RowCounts>,
+    pub source: Source,
+}
+
+/// Serializes a key.
+pub fn key_json(doctype: &str, name: &str) -> Vec<u8> {
+    let k = Key {
+        doctype: doctype.into(),
+        name: name.into(),
+    };
+    serde_json::to_vec(&k).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_and_in_agree() {
+        let src = Source {
+            server_id: 1,
+            db: "site".into(),
+            gtid: Some("0-1-9".into()),
+            position: "0-1-9".into(),
+            file: "mysql-bin.000001".into(),
+            pos: 1234,
+            commit_ts: 1_700_000_000,
+            doc_index: 0,
+            doc_count: 2,
+            snapshot: false,
+        };
+        let mut changes = BTreeMap::new();
+        changes.insert(
+            "tabSales Invoice".to_string(),
+            RowCounts {
+                inserted: 1,
+                updated: 0,
+                deleted: 0,
+            },
+        );
+        let after =
+            RawValue::from_string(r#"{"parent":{"name":"S/1"},"children":{}}"#.into()).unwrap();
+        let out = EnvelopeOut {
+            version: ENVELOPE_VERSION,
+            op: Op::Create,
+            doctype: "Sales Invoice",
+            name: "S/1",
+            old_name: None,
+            before: None,
+            after: Some(&after),
+            changes: &changes,
+            source: &src,
+        };
+        let bytes = serde_json::to_vec(&out).unwrap();
+        let back: Envelope = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(back.op, Op::Create);
+        assert_eq!(back.after.unwrap()["parent"]["name"], "S/1");
+        assert_eq!(back.source, src);
+        assert_eq!(
+            key_json("Sales Invoice", "S/1"),
+            br#"{"doctype":"Sales Invoice","name":"S/1"}"#
+        );
+    }
+}

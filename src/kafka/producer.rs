@@ -1,0 +1,304 @@
+//! The capture producer.
+//!
+//! Idempotent (`enable.idempotence=true`, `acks=all`), so librdkafka retries never duplicate or
+//! reorder messages within a partition. Deliveries are counted by a context callback; capture
+//! only checkpoints after [`Producer::flush`] reported that *every* message sent so far was
+//! acknowledged without error. Any delivery error is fatal for this producer: capture restarts
+//! from its checkpoint, so the failed message is sent again, never skipped.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer,
+};
+use rdkafka::types::RDKafkaErrorCode as Code;
+
+/// Errors of the producer.
+#[derive(Debug, thiserror::Error)]
+pub enum ProducerError {
+    #[error("kafka client setup failed: {0}")]
+    Setup(#[source] KafkaError),
+    #[error("--kafka-option {0} is fixed by frappe-cdc (idempotent producer, acks=all)")]
+    FixedOption(String),
+    #[error("kafka delivery failed: {0}")]
+    Delivery(String),
+    #[error(
+        "kafka did not acknowledge {pending} messages within {timeout:?} (brokers {brokers} unreachable?)"
+    )]
+    FlushTimeout {
+        pending: u64,
+        timeout: Duration,
+        brokers: String,
+    },
+    #[error("cannot create or inspect topic {topic}: {reason}")]
+    Topic { topic: String, reason: String },
+    #[error(
+        "message of {bytes} bytes exceeds message.max.bytes; raise --kafka-option message.max.bytes and the topic's max.message.bytes"
+    )]
+    TooLarge { bytes: usize },
+}
+
+/// Counts deliveries.
+#[derive(Default)]
+pub struct AckContext {
+    acked: AtomicU64,
+    failed: Mutex<Option<String>>,
+}
+
+impl ClientContext for AckContext {}
+
+impl ProducerContext for AckContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            let mut f = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+            if f.is_none() {
+                *f = Some(e.to_string());
+            }
+        }
+        self.acked.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// Producer settings.
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    pub brokers: String,
+    pub topic: String,
+    pub partitions: i32,
+    /// Partition by doctype (all documents of a doctype in one partition, so renames and
+    /// cross-document order within a doctype hold) instead of by key.
+    pub partition_by_doctype: bool,
+    pub max_in_flight: u64,
+    pub options: Vec<(String, String)>,
+}
+
+/// The capture producer.
+pub struct Producer {
+    inner: ThreadedProducer<AckContext>,
+    topic: String,
+    brokers: String,
+    partitions: i32,
+    by_doctype: bool,
+    sent: u64,
+    max_in_flight: u64,
+}
+
+/// librdkafka settings frappe-cdc relies on; `--kafka-option` may not override these.
+const FIXED: &[(&str, &str)] = &[("enable.idempotence", "true"), ("acks", "all")];
+const DEFAULTS: &[(&str, &str)] = &[
+    ("compression.type", "lz4"),
+    ("linger.ms", "5"),
+    ("message.max.bytes", "16777216"),
+    ("queue.buffering.max.kbytes", "65536"),
+    ("queue.buffering.max.messages", "100000"),
+    ("socket.keepalive.enable", "true"),
+];
+
+fn client_config(
+    brokers: &str,
+    options: &[(String, String)],
+) -> Result<ClientConfig, ProducerError> {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", brokers);
+    for (k, v) in DEFAULTS {
+        cfg.set(*k, *v);
+    }
+    for (k, v) in options {
+        if FIXED.iter().any(|(f, _)| f == k) {
+            return Err(ProducerError::FixedOption(k.clone()));
+        }
+        cfg.set(k, v);
+    }
+    for (k, v) in FIXED {
+        cfg.set(*k, *v);
+    }
+    Ok(cfg)
+}
+
+/// FNV-1a, stable across versions, for doctype partitioning.
+pub fn doctype_partition(doctype: &str, partitions: i32) -> i32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in doctype.as_bytes() {
+        h ^= *b as u32;
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    (h % partitions.max(1) as u32) as i32
+}
+
+/// Creates `topic` if missing and returns its partition count.
+pub async fn ensure_topic(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    options: &[(String, String)],
+) -> Result<i32, ProducerError> {
+    let terr = |reason: String| ProducerError::Topic {
+        topic: topic.to_string(),
+        reason,
+    };
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", brokers);
+    for (k, v) in options {
+        if k.starts_with("security.") || k.starts_with("sasl.") || k.starts_with("ssl.") {
+            cfg.set(k, v);
+        }
+    }
+    let admin: AdminClient<DefaultClientContext> = cfg.create().map_err(ProducerError::Setup)?;
+    let new = NewTopic::new(topic, partitions.max(1), TopicReplication::Fixed(1))
+        .set("max.message.bytes", "16777216");
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(15)));
+    let res = admin
+        .create_topics([&new], &opts)
+        .await
+        .map_err(|e| terr(e.to_string()))?;
+    for r in res {
+        match r {
+            Ok(_) => {}
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => return Err(terr(code.to_string())),
+        }
+    }
+    let meta_consumer: rdkafka::consumer::BaseConsumer =
+        cfg.create().map_err(ProducerError::Setup)?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let md = rdkafka::consumer::Consumer::fetch_metadata(
+            &meta_consumer,
+            Some(topic),
+            Duration::from_secs(5),
+        );
+        if let Ok(md) = md
+            && let Some(t) = md.topics().iter().find(|t| t.name() == topic)
+            && t.error().is_none()
+            && !t.partitions().is_empty()
+        {
+            return Ok(t.partitions().len() as i32);
+        }
+        if Instant::now() > deadline {
+            return Err(terr("no metadata for the topic".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+impl Producer {
+    /// Creates the producer.
+    pub fn new(cfg: &ProducerConfig) -> Result<Producer, ProducerError> {
+        let inner: ThreadedProducer<AckContext> = client_config(&cfg.brokers, &cfg.options)?
+            .create_with_context(AckContext::default())
+            .map_err(ProducerError::Setup)?;
+        Ok(Producer {
+            inner,
+            topic: cfg.topic.clone(),
+            brokers: cfg.brokers.clone(),
+            partitions: cfg.partitions,
+            by_doctype: cfg.partition_by_doctype,
+            sent: 0,
+            max_in_flight: cfg.max_in_flight.max(1),
+        })
+    }
+
+    fn check_failed(&self) -> Result<(), ProducerError> {
+        let f = self
+            .inner
+            .context()
+            .failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match &*f {
+            Some(e) => Err(ProducerError::Delivery(e.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Messages sent and not yet acknowledged.
+    pub fn in_flight(&self) -> u64 {
+        self.sent
+            .saturating_sub(self.inner.context().acked.load(Ordering::Acquire))
+    }
+
+    /// Sends one message (`payload` None is a tombstone). Blocks while the in-flight window or
+    /// librdkafka's queue is full.
+    pub fn send(
+        &mut self,
+        doctype: &str,
+        key: &[u8],
+        payload: Option<&[u8]>,
+    ) -> Result<(), ProducerError> {
+        while self.in_flight() >= self.max_in_flight {
+            self.check_failed()?;
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let mut rec: BaseRecord<'_, [u8], [u8], ()> = BaseRecord::to(&self.topic).key(key);
+        if let Some(p) = payload {
+            rec = rec.payload(p);
+        }
+        if self.by_doctype {
+            rec = rec.partition(doctype_partition(doctype, self.partitions));
+        }
+        loop {
+            match self.inner.send(rec) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(Code::QueueFull), r)) => {
+                    rec = r;
+                    self.check_failed()?;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((KafkaError::MessageProduction(Code::MessageSizeTooLarge), _)) => {
+                    return Err(ProducerError::TooLarge {
+                        bytes: payload.map_or(0, <[u8]>::len),
+                    });
+                }
+                Err((e, _)) => return Err(ProducerError::Delivery(e.to_string())),
+            }
+        }
+        self.sent += 1;
+        Ok(())
+    }
+
+    /// Waits until every message sent so far is acknowledged; errors if any failed.
+    pub fn flush(&self, timeout: Duration) -> Result<(), ProducerError> {
+        let deadline = Instant::now() + timeout;
+        while self.in_flight() > 0 {
+            self.check_failed()?;
+            if Instant::now() > deadline {
+                return Err(ProducerError::FlushTimeout {
+                    pending: self.in_flight(),
+                    timeout,
+                    brokers: self.brokers.clone(),
+                });
+            }
+            let _ = self.inner.flush(Duration::from_millis(100));
+        }
+        self.check_failed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn doctype_partition_is_stable_and_in_range() {
+        for p in 1..8 {
+            let a = doctype_partition("Sales Invoice", p);
+            assert!((0..p).contains(&a));
+            assert_eq!(a, doctype_partition("Sales Invoice", p));
+        }
+        assert_eq!(doctype_partition("x", 0), 0);
+    }
+
+    #[test]
+    fn fixed_settings_cannot_be_overridden() {
+        assert!(client_config("b:1", &[("acks".into(), "1".into())]).is_err());
+        assert!(client_config("b:1", &[("linger.ms".into(), "50".into())]).is_ok());
+    }
+}

@@ -1,0 +1,15 @@
+//! frappe-cdc: change-data-capture for Frappe/ERPNext.
+//!
+//! `capture` reads the primary MariaDB's row-based binlog, groups each committed transaction's
+//! row events into full Frappe document snapshots (parent row plus every child row, before and
+//! after), and publishes them to Kafka. See README.md for the design and operations.
+
+pub mod capture;
+pub mod cli;
+pub mod envelope;
+pub mod frappe;
+pub mod kafka;
+pub mod metrics;
+pub mod position;
+pub mod source;
+pub mod state;

@@ -1,0 +1,188 @@
+//! The `frappe-cdc` binary: parse flags, set up logging, run a subcommand, map errors to exit
+//! codes (0 ok, 1 runtime failure, 2 configuration or preflight failure).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use frappe_cdc::capture::{self, CaptureConfig, CaptureError};
+use frappe_cdc::cli::{CaptureArgs, Command, LogFormat, PartitionBy};
+use frappe_cdc::frappe::catalog::Filter;
+use frappe_cdc::kafka::producer::ProducerConfig;
+use frappe_cdc::metrics::{self, CaptureMetrics};
+use frappe_cdc::source::conn::{DbTarget, read_password_file};
+use frappe_cdc::source::preflight;
+use frappe_cdc::state::Store;
+use tokio_util::sync::CancellationToken;
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Text => b.init(),
+    }
+}
+
+fn source_target(a: &CaptureArgs) -> Result<DbTarget, String> {
+    let password = match (
+        &a.source_password_file,
+        std::env::var("FRAPPE_CDC_SOURCE_PASSWORD").ok(),
+    ) {
+        (Some(p), _) => Some(
+            read_password_file(p)
+                .map_err(|e| format!("cannot read --source-password-file {}: {e}", p.display()))?,
+        ),
+        (None, env) => env,
+    };
+    DbTarget::parse(&a.source, password.as_deref()).map_err(|e| e.to_string())
+}
+
+fn capture_config(a: &CaptureArgs) -> Result<CaptureConfig, String> {
+    if a.partitions < 1 {
+        return Err("--partitions must be at least 1".into());
+    }
+    Ok(CaptureConfig {
+        source: source_target(a)?,
+        server_id: a.server_id,
+        state_dir: a.state_dir.clone(),
+        producer: ProducerConfig {
+            brokers: a.brokers.clone(),
+            topic: a.topic.clone(),
+            partitions: a.partitions,
+            partition_by_doctype: a.partition_by == PartitionBy::Doctype,
+            max_in_flight: a.max_in_flight,
+            options: a.kafka_option.clone(),
+        },
+        filter: Filter::new(&a.include_doctype, &a.exclude_doctype),
+        heartbeat: a.heartbeat,
+        checkpoint_interval: a.checkpoint_interval,
+        spill_at: a.spill_at,
+        flush_timeout: Duration::from_secs(120),
+        stop_at_end: a.stop_at_end,
+    })
+}
+
+async fn run_check(a: &CaptureArgs) -> ExitCode {
+    let target = match source_target(a) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let checkpoint = Store::open(&a.state_dir)
+        .ok()
+        .and_then(|s| s.checkpoint().ok().flatten())
+        .map(|c| c.position);
+    match preflight::run(&target, a.server_id, checkpoint.as_ref()).await {
+        Ok(r) => {
+            for n in &r.notes {
+                println!("note: {n}");
+            }
+            if r.failures.is_empty() {
+                println!(
+                    "ok: {} (MariaDB {}, server_id {}) is ready for capture",
+                    target, r.server_version, r.server_id
+                );
+                ExitCode::SUCCESS
+            } else {
+                for f in &r.failures {
+                    println!("FAIL {f}");
+                }
+                ExitCode::from(2)
+            }
+        }
+        Err(e) => {
+            eprintln!(
+                "error: cannot reach {target}: {e}\n  fix: check --source host, port, user and password, and that MariaDB is running"
+            );
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run_capture(a: &CaptureArgs) -> ExitCode {
+    let cfg = match capture_config(a) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let m = CaptureMetrics::new();
+    let ready = Arc::new(AtomicBool::new(false));
+    let server = tokio::spawn(metrics::serve(
+        a.metrics_addr,
+        m.registry.clone(),
+        Arc::clone(&ready),
+    ));
+    let shutdown = CancellationToken::new();
+    let sd = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+        }
+        tracing::info!("shutdown requested");
+        sd.cancel();
+    });
+    let mut backoff = Duration::from_millis(500);
+    let code = loop {
+        ready.store(true, std::sync::atomic::Ordering::Release);
+        match capture::run(&cfg, &m, shutdown.clone()).await {
+            Ok(()) => break ExitCode::SUCCESS,
+            Err(e) if e.is_transient() && !shutdown.is_cancelled() => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "capture interrupted; resuming from the last checkpoint");
+                m.reconnects.inc();
+                ready.store(false, std::sync::atomic::Ordering::Release);
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.cancelled() => break ExitCode::SUCCESS,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => {
+                let code = if matches!(
+                    e,
+                    CaptureError::Preflight(_) | CaptureError::WrongState { .. }
+                ) {
+                    2
+                } else {
+                    1
+                };
+                eprintln!("error: {e}");
+                break ExitCode::from(code);
+            }
+        }
+    };
+    server.abort();
+    code
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = match frappe_cdc::cli::parse_from(std::env::args_os().collect()) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    match &cli.command {
+        Command::Capture(a) => {
+            init_logging(a.log_format);
+            run_capture(a).await
+        }
+        Command::Check(a) => {
+            init_logging(a.log_format);
+            run_check(a).await
+        }
+    }
+}

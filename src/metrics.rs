@@ -1,0 +1,141 @@
+//! Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoint.
+//!
+//! Names follow `frappe_cdc_<subsystem>_<name>_<unit>`; labels are bounded (doctype and table on
+//! counters only, never document names or GTIDs).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// Metrics of `capture`.
+#[derive(Clone)]
+pub struct CaptureMetrics {
+    pub registry: Registry,
+    pub binlog_events: IntCounter,
+    pub binlog_rows: IntCounterVec,
+    pub transactions: IntCounterVec,
+    pub documents: IntCounterVec,
+    pub source_lag: Gauge,
+    pub gtid_seq: GaugeVec,
+    pub produce_errors: IntCounter,
+    pub in_flight: IntGauge,
+    pub checkpoint_age: Gauge,
+    pub checkpoint_ts: Gauge,
+    pub state_bytes: IntGauge,
+    pub snapshot_rows: IntCounter,
+    pub snapshot_rows_estimated: IntGauge,
+    pub reconnects: IntCounter,
+    pub tx_docs: Histogram,
+    pub ddl: IntCounter,
+}
+
+fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+    // Names are unique constants, so registration cannot collide.
+    let _ = r.register(Box::new(c.clone()));
+    c
+}
+
+impl CaptureMetrics {
+    /// Creates and registers every capture metric.
+    pub fn new() -> Self {
+        let r = Registry::new();
+        register_build_info(&r);
+        CaptureMetrics {
+            binlog_events: reg(&r, IntCounter::new("frappe_cdc_capture_binlog_events_total", "Binlog events read").unwrap_or_else(|_| unreachable_metric())),
+            binlog_rows: reg(&r, IntCounterVec::new(Opts::new("frappe_cdc_capture_binlog_rows_total", "Row images decoded, by table and operation"), &["table", "op"]).unwrap_or_else(|_| unreachable_metric())),
+            transactions: reg(&r, IntCounterVec::new(Opts::new("frappe_cdc_capture_transactions_total", "Source transactions, by outcome (emitted, filtered)"), &["outcome"]).unwrap_or_else(|_| unreachable_metric())),
+            documents: reg(&r, IntCounterVec::new(Opts::new("frappe_cdc_capture_documents_total", "Document envelopes produced, by doctype and op"), &["doctype", "op"]).unwrap_or_else(|_| unreachable_metric())),
+            source_lag: reg(&r, Gauge::new("frappe_cdc_capture_source_lag_seconds", "Now minus the commit time of the last binlog transaction read (0 when caught up and idle)").unwrap_or_else(|_| unreachable_metric())),
+            gtid_seq: reg(&r, GaugeVec::new(Opts::new("frappe_cdc_capture_gtid_seq", "Sequence number of the last GTID read, by domain"), &["domain"]).unwrap_or_else(|_| unreachable_metric())),
+            produce_errors: reg(&r, IntCounter::new("frappe_cdc_capture_kafka_produce_errors_total", "Kafka produce or delivery errors").unwrap_or_else(|_| unreachable_metric())),
+            in_flight: reg(&r, IntGauge::new("frappe_cdc_capture_kafka_in_flight_messages", "Messages sent and not yet acknowledged").unwrap_or_else(|_| unreachable_metric())),
+            checkpoint_age: reg(&r, Gauge::new("frappe_cdc_capture_checkpoint_age_seconds", "Seconds since the last durable checkpoint").unwrap_or_else(|_| unreachable_metric())),
+            checkpoint_ts: reg(&r, Gauge::new("frappe_cdc_capture_checkpoint_timestamp_seconds", "Unix time of the last durable checkpoint").unwrap_or_else(|_| unreachable_metric())),
+            state_bytes: reg(&r, IntGauge::new("frappe_cdc_capture_state_store_bytes", "Size of the state store file").unwrap_or_else(|_| unreachable_metric())),
+            snapshot_rows: reg(&r, IntCounter::new("frappe_cdc_capture_snapshot_rows_total", "Rows read by the initial snapshot").unwrap_or_else(|_| unreachable_metric())),
+            snapshot_rows_estimated: reg(&r, IntGauge::new("frappe_cdc_capture_snapshot_rows_estimated", "Estimated rows the snapshot will read").unwrap_or_else(|_| unreachable_metric())),
+            reconnects: reg(&r, IntCounter::new("frappe_cdc_capture_reconnects_total", "Binlog reconnects and pipeline restarts").unwrap_or_else(|_| unreachable_metric())),
+            tx_docs: reg(&r, Histogram::with_opts(HistogramOpts::new("frappe_cdc_capture_transaction_documents", "Documents per source transaction").buckets(vec![1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 1000.0, 10000.0, 100000.0])).unwrap_or_else(|_| unreachable_metric())),
+            ddl: reg(&r, IntCounter::new("frappe_cdc_capture_ddl_statements_total", "DDL statements seen in the binlog").unwrap_or_else(|_| unreachable_metric())),
+            registry: r,
+        }
+    }
+}
+
+impl Default for CaptureMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn register_build_info(r: &Registry) {
+    if let Ok(g) = prometheus::IntGaugeVec::new(
+        Opts::new("frappe_cdc_build_info", "Build information"),
+        &["version"],
+    ) {
+        g.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let _ = r.register(Box::new(g));
+    }
+}
+
+/// Metric constructors only fail on invalid names, which are constants here.
+fn unreachable_metric<T>() -> T {
+    panic!("invalid metric definition (a constant in metrics.rs)")
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until the task is dropped.
+pub async fn serve(
+    addr: SocketAddr,
+    registry: Registry,
+    ready: Arc<AtomicBool>,
+) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "metrics endpoint listening");
+    loop {
+        let (mut sock, _) = listener.accept().await?;
+        let registry = registry.clone();
+        let ready = Arc::clone(&ready);
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            let n =
+                match tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf))
+                    .await
+                {
+                    Ok(Ok(n)) => n,
+                    _ => return,
+                };
+            let req = String::from_utf8_lossy(&buf[..n]);
+            let path = req.split_whitespace().nth(1).unwrap_or("/");
+            let (status, ctype, body) = match path {
+                "/metrics" => {
+                    let mut out = Vec::new();
+                    let _ = TextEncoder::new().encode(&registry.gather(), &mut out);
+                    ("200 OK", "text/plain; version=0.0.4", out)
+                }
+                "/healthz" => ("200 OK", "text/plain", b"ok\n".to_vec()),
+                "/readyz" if ready.load(Ordering::Acquire) => {
+                    ("200 OK", "text/plain", b"ready\n".to_vec())
+                }
+                "/readyz" => (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    b"not ready\n".to_vec(),
+                ),
+                _ => ("404 Not Found", "text/plain", b"not found\n".to_vec()),
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = sock.write_all(head.as_bytes()).await;
+            let _ = sock.write_all(&body).await;
+        });
+    }
+}

@@ -1,0 +1,86 @@
+//! Shared helpers for integration tests (real MariaDB and broker; see servers.rs).
+#![allow(dead_code)]
+
+pub mod rig;
+pub mod servers;
+pub mod topic;
+pub mod workload;
+
+use std::time::{Duration, Instant};
+
+use frappe_cdc::source::decode::{CellKind, cell_json};
+use mysql_async::prelude::Queryable;
+use serde_json::{Map, Value};
+
+/// Polls `f` until it returns true or the deadline passes (then panics with `what`).
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !f().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn rows_json(
+    conn: &mut mysql_async::Conn,
+    sql: &str,
+    params: mysql_async::Params,
+) -> Vec<Map<String, Value>> {
+    let mut res = conn.exec_iter(sql, params).await.expect("select");
+    let cols = res.columns().map(|c| c.to_vec()).unwrap_or_default();
+    let rows: Vec<mysql_async::Row> = res.collect().await.expect("rows");
+    rows.into_iter()
+        .map(|r| {
+            let vals = r.unwrap();
+            cols.iter()
+                .zip(vals)
+                .map(|(c, v)| {
+                    (
+                        c.name_str().into_owned(),
+                        cell_json(&CellKind::from_result_column(c), v, false).expect("decode"),
+                    )
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The image of a document read straight from a database, in the envelope's shape.
+pub async fn doc_image(conn: &mut mysql_async::Conn, doctype: &str, name: &str) -> Option<Value> {
+    let parents = rows_json(
+        conn,
+        &format!("SELECT * FROM `tab{doctype}` WHERE name=?"),
+        (name,).into(),
+    )
+    .await;
+    let mut children = Map::new();
+    let fields: Vec<(String, String)> = conn
+        .exec("SELECT fieldname, options FROM `tabDocField` WHERE parent=? AND fieldtype='Table' ORDER BY idx", (doctype,))
+        .await
+        .expect("docfields");
+    for (field, child) in fields {
+        let rows = rows_json(conn, &format!("SELECT * FROM `tab{child}` WHERE parent=? AND parenttype=? AND parentfield=? ORDER BY idx"), (name, doctype, field.as_str()).into()).await;
+        if !rows.is_empty() {
+            children.insert(
+                field,
+                Value::Array(rows.into_iter().map(Value::Object).collect()),
+            );
+        }
+    }
+    if parents.is_empty() && children.is_empty() {
+        return None;
+    }
+    let parent = parents
+        .into_iter()
+        .next()
+        .map(Value::Object)
+        .unwrap_or(Value::Null);
+    Some(serde_json::json!({"parent": parent, "children": children}))
+}

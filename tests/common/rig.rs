@@ -1,0 +1,106 @@
+//! A capture pipeline under test: a site database on a real primary, a topic on a real broker,
+//! a state directory, and capture runs that stop at the end of the binlog (deterministic).
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use frappe_cdc::capture::{self, CaptureConfig};
+use frappe_cdc::frappe::catalog::Filter;
+use frappe_cdc::kafka::producer::ProducerConfig;
+use frappe_cdc::metrics::CaptureMetrics;
+use frappe_cdc::source::conn::DbTarget;
+use tokio_util::sync::CancellationToken;
+
+use super::servers::{Broker, Mariadb, scratch_dir};
+use super::topic::{Msg, read_all};
+
+/// One primary and one broker shared by the tests of a test binary.
+pub fn shared() -> &'static (Mariadb, Broker) {
+    static S: OnceLock<(Mariadb, Broker)> = OnceLock::new();
+    S.get_or_init(|| (Mariadb::primary(), Broker::start()))
+}
+
+static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// One site and one topic.
+pub struct Rig {
+    pub db: String,
+    pub topic: String,
+    pub state: PathBuf,
+    pub server_id: u32,
+    pub seen: usize,
+    pub filter: Filter,
+}
+
+impl Rig {
+    /// Creates a fresh site database with the fixture schema.
+    pub async fn new(tag: &str) -> Rig {
+        let (m, _) = shared();
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let db = format!("{tag}_{n}_{}", std::process::id());
+        m.create_site(&db).await;
+        Rig {
+            topic: format!("{db}-docs"),
+            state: scratch_dir(&format!("state-{tag}")),
+            server_id: 5000 + n + (std::process::id() % 1000) * 50,
+            seen: 0,
+            db,
+            filter: Filter::new(&[], &[]),
+        }
+    }
+
+    pub fn primary(&self) -> &'static Mariadb {
+        &shared().0
+    }
+
+    pub fn bootstrap(&self) -> String {
+        shared().1.bootstrap()
+    }
+
+    /// The capture configuration of this rig (capture user, password through the target).
+    pub fn config(&self) -> CaptureConfig {
+        let source =
+            DbTarget::parse(&self.primary().cdc_url(&self.db), Some("cdcpass")).expect("url");
+        CaptureConfig {
+            source,
+            server_id: self.server_id,
+            state_dir: self.state.clone(),
+            producer: ProducerConfig {
+                brokers: self.bootstrap(),
+                topic: self.topic.clone(),
+                partitions: 1,
+                partition_by_doctype: true,
+                max_in_flight: 10_000,
+                options: vec![],
+            },
+            filter: self.filter.clone(),
+            heartbeat: Duration::from_secs(1),
+            checkpoint_interval: Duration::from_millis(200),
+            spill_at: 10_000,
+            flush_timeout: Duration::from_secs(60),
+            stop_at_end: true,
+        }
+    }
+
+    /// Runs capture until the end of the binlog.
+    pub async fn capture(&self) {
+        let m = CaptureMetrics::new();
+        capture::run(&self.config(), &m, CancellationToken::new())
+            .await
+            .expect("capture run");
+    }
+
+    /// Runs capture to the end and returns the messages it added to the topic.
+    pub async fn round(&mut self) -> Vec<Msg> {
+        self.capture().await;
+        let all = read_all(&self.bootstrap(), &self.topic);
+        let new = all[self.seen..].to_vec();
+        self.seen = all.len();
+        new
+    }
+
+    pub async fn frappe(&self) -> super::workload::Frappe {
+        super::workload::Frappe::new(self.primary().conn(&self.db).await)
+    }
+}

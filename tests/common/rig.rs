@@ -36,6 +36,13 @@ pub struct Rig {
 impl Rig {
     /// Creates a fresh site database with the fixture schema.
     pub async fn new(tag: &str) -> Rig {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn".into()),
+            )
+            .with_test_writer()
+            .try_init();
         let (m, _) = shared();
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let db = format!("{tag}_{n}_{}", std::process::id());

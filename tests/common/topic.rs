@@ -1,10 +1,17 @@
-//! Reads a whole topic (every partition up to its high watermark) as (key, value) pairs.
+//! Reads a whole topic as (key, value) pairs.
+//!
+//! tansu 0.6 reports a partition's high watermark as the base offset of its last record batch
+//! plus one, so a reader that stops at the watermark misses the rest of a batch. To read to the
+//! true end on any broker, the reader first appends a sentinel message (key
+//! `{"__sentinel": <unique>}`) to each partition and reads until it sees it. Sentinels are
+//! left out of the result (and of every earlier call's result).
 
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 /// One message.
@@ -16,8 +23,13 @@ pub struct Msg {
     pub value: Option<serde_json::Value>,
 }
 
-/// Every message of `topic`, in partition then offset order.
+fn is_sentinel(key: &serde_json::Value) -> bool {
+    key.get("__sentinel").is_some()
+}
+
+/// Every non-sentinel message of `topic`, in partition then offset order.
 pub fn read_all(bootstrap: &str, topic: &str) -> Vec<Msg> {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("reader-{}", std::process::id()))
@@ -27,6 +39,10 @@ pub fn read_all(bootstrap: &str, topic: &str) -> Vec<Msg> {
         .set("max.partition.fetch.bytes", "20971520")
         .create()
         .expect("consumer");
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("producer");
     let md = c
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .expect("metadata");
@@ -37,35 +53,50 @@ pub fn read_all(bootstrap: &str, topic: &str) -> Vec<Msg> {
         .map(|t| t.partitions().iter().map(|p| p.id()).collect())
         .unwrap_or_default();
     let mut out = Vec::new();
-    for p in parts {
-        let (low, high) = c
-            .fetch_watermarks(topic, p, Duration::from_secs(10))
-            .expect("watermarks");
-        if high <= low {
-            continue;
-        }
+    for part in parts {
+        let tag = format!(
+            "{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        );
+        let key = serde_json::to_vec(&serde_json::json!({ "__sentinel": tag })).expect("json");
+        p.send(
+            BaseRecord::<[u8], [u8]>::to(topic)
+                .partition(part)
+                .key(&key)
+                .payload(b"{}"),
+        )
+        .map_err(|(e, _)| e)
+        .expect("send sentinel");
+        p.flush(Duration::from_secs(30))
+            .expect("sentinel delivered");
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, p, Offset::Offset(low))
+        tpl.add_partition_offset(topic, part, Offset::Beginning)
             .expect("tpl");
         c.assign(&tpl).expect("assign");
         let deadline = Instant::now() + Duration::from_secs(120);
-        let mut next = low;
-        while next < high {
+        loop {
             assert!(
                 Instant::now() < deadline,
-                "timed out reading {topic}/{p} at {next} of {high}"
+                "timed out reading {topic}/{part} to its sentinel"
             );
             let Some(m) = c.poll(Duration::from_millis(200)) else {
                 continue;
             };
-            let m = m.expect("kafka message");
-            next = m.offset() + 1;
-            let key = serde_json::from_slice(m.key().unwrap_or(b"null")).expect("key json");
+            let m = m.unwrap_or_else(|e| panic!("kafka error reading {topic}: {e}"));
+            let key: serde_json::Value =
+                serde_json::from_slice(m.key().unwrap_or(b"null")).expect("key json");
+            if is_sentinel(&key) {
+                if key["__sentinel"] == tag.as_str() {
+                    break;
+                }
+                continue;
+            }
             let value = m
                 .payload()
                 .map(|v| serde_json::from_slice(v).expect("value json"));
             out.push(Msg {
-                partition: p,
+                partition: part,
                 offset: m.offset(),
                 key,
                 value,

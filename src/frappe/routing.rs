@@ -38,7 +38,7 @@ pub fn key_text(v: Option<&Value>) -> Option<String> {
     }
 }
 
-fn col<'a>(row: &'a RowImage, i: Option<usize>) -> Option<&'a Value> {
+fn col(row: &RowImage, i: Option<usize>) -> Option<&Value> {
     row.get(i?)
 }
 

@@ -45,16 +45,16 @@ pub enum BinlogItem {
 /// Errors of the binlog reader.
 #[derive(Debug, thiserror::Error)]
 pub enum BinlogError {
-    #[error("binlog connection failed")]
-    Connect(#[source] mysql_async::Error),
+    #[error("binlog connection failed: {0}")]
+    Connect(#[source] Box<mysql_async::Error>),
     #[error(
         "the primary no longer has the binlog for position {position:?}: {message}. The \
          checkpoint is older than the oldest binlog (binlogs purged). Take a new snapshot: \
          stop capture, delete the state directory, start capture again"
     )]
     NotAvailable { position: String, message: String },
-    #[error("binlog stream error")]
-    Stream(#[source] mysql_async::Error),
+    #[error("binlog stream error: {0}")]
+    Stream(#[source] Box<mysql_async::Error>),
     #[error("no binlog event or heartbeat for {0:?}: connection considered dead")]
     Timeout(Duration),
     #[error(transparent)]
@@ -122,7 +122,7 @@ fn compressed_query(data: &[u8]) -> Option<(String, String)> {
 pub async fn open_stream(cfg: &ReaderConfig) -> Result<mysql_async::BinlogStream, BinlogError> {
     let mut conn = Conn::new(cfg.opts.clone())
         .await
-        .map_err(BinlogError::Connect)?;
+        .map_err(|e| BinlogError::Connect(Box::new(e)))?;
     let hb_ns = cfg.heartbeat.as_nanos().min(4_294_967_000_000_000);
     for q in [
         "SET @mariadb_slave_capability=4".to_string(),
@@ -130,7 +130,9 @@ pub async fn open_stream(cfg: &ReaderConfig) -> Result<mysql_async::BinlogStream
         format!("SET @slave_connect_state='{}'", cfg.start),
         "SET @slave_gtid_strict_mode=0".to_string(),
     ] {
-        conn.query_drop(q).await.map_err(BinlogError::Connect)?;
+        conn.query_drop(q)
+            .await
+            .map_err(|e| BinlogError::Connect(Box::new(e)))?;
     }
     let mut req = BinlogStreamRequest::new(cfg.server_id);
     if cfg.non_blocking {
@@ -138,7 +140,7 @@ pub async fn open_stream(cfg: &ReaderConfig) -> Result<mysql_async::BinlogStream
     }
     conn.get_binlog_stream(req)
         .await
-        .map_err(BinlogError::Connect)
+        .map_err(|e| BinlogError::Connect(Box::new(e)))
 }
 
 fn map_stream_error(e: mysql_async::Error, start: &GtidPosition) -> BinlogError {
@@ -150,7 +152,7 @@ fn map_stream_error(e: mysql_async::Error, start: &GtidPosition) -> BinlogError 
             message: se.message.clone(),
         };
     }
-    BinlogError::Stream(e)
+    BinlogError::Stream(Box::new(e))
 }
 
 /// Reads the binlog until the channel closes, an error occurs, or (non-blocking) the end.
@@ -208,7 +210,7 @@ pub async fn run_reader(
             19 => {
                 if let Ok(Some(EventData::TableMapEvent(tme))) = ev.read_data() {
                     let id = tme.table_id();
-                    if !tables.contains_key(&id) {
+                    if let std::collections::hash_map::Entry::Vacant(slot) = tables.entry(id) {
                         let wanted = tme.database_name() == cfg.schema
                             && (cfg.want_table)(&tme.table_name());
                         let desc = if wanted {
@@ -216,7 +218,7 @@ pub async fn run_reader(
                         } else {
                             None
                         };
-                        tables.insert(id, desc);
+                        slot.insert(desc);
                     }
                 } else {
                     return Err(malformed("table map"));
@@ -250,7 +252,6 @@ pub async fn run_reader(
                     compressed_query(ev.data()).ok_or_else(|| malformed("compressed query"))?
                 };
                 let word = query
-                    .trim_start()
                     .split_whitespace()
                     .next()
                     .unwrap_or("")

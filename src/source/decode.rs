@@ -183,7 +183,11 @@ fn frac(us: u32, fsp: u8) -> String {
 }
 
 /// Formats a datetime with `fsp` fraction digits.
-pub fn format_datetime(y: u16, mo: u8, d: u8, h: u8, mi: u8, s: u8, us: u32, fsp: u8) -> String {
+pub fn format_datetime(
+    (y, mo, d): (u16, u8, u8),
+    (h, mi, s, us): (u8, u8, u8, u32),
+    fsp: u8,
+) -> String {
     format!(
         "{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}{}",
         frac(us, fsp)
@@ -286,7 +290,7 @@ pub fn cell_json(kind: &CellKind, value: MyValue, from_binlog: bool) -> Result<V
         (
             CellKind::DateTime { fsp } | CellKind::Timestamp { fsp },
             MyValue::Date(y, mo, d, h, mi, s, us),
-        ) => Value::String(format_datetime(y, mo, d, h, mi, s, us, *fsp)),
+        ) => Value::String(format_datetime((y, mo, d), (h, mi, s, us), *fsp)),
         (CellKind::Timestamp { fsp }, MyValue::Bytes(b)) if from_binlog => {
             let text = String::from_utf8_lossy(&b);
             Value::String(timestamp_from_epoch_text(&text, *fsp).ok_or(DecodeError {
@@ -335,19 +339,19 @@ mod tests {
     #[test]
     fn datetime_fraction_digits() {
         assert_eq!(
-            format_datetime(2024, 1, 2, 3, 4, 5, 123_456, 6),
+            format_datetime((2024, 1, 2), (3, 4, 5, 123_456), 6),
             "2024-01-02 03:04:05.123456"
         );
         assert_eq!(
-            format_datetime(2024, 1, 2, 3, 4, 5, 1, 6),
+            format_datetime((2024, 1, 2), (3, 4, 5, 1), 6),
             "2024-01-02 03:04:05.000001"
         );
         assert_eq!(
-            format_datetime(2024, 1, 2, 3, 4, 5, 120_000, 2),
+            format_datetime((2024, 1, 2), (3, 4, 5, 120_000), 2),
             "2024-01-02 03:04:05.12"
         );
         assert_eq!(
-            format_datetime(2024, 1, 2, 3, 4, 5, 0, 0),
+            format_datetime((2024, 1, 2), (3, 4, 5, 0), 0),
             "2024-01-02 03:04:05"
         );
     }

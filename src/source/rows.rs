@@ -365,15 +365,14 @@ fn read_image<'a>(
     };
     let nulls = take(buf, npresent.div_ceil(8)).ok_or_else(|| malformed("null bitmap"))?;
     let mut row = Vec::with_capacity(table.columns.len());
-    let mut bit = 0usize;
     for (i, col) in table.columns.iter().enumerate() {
         if !present.get(i).copied().unwrap_or(false) {
             return Err(RowsError::PartialImage {
                 table: table.table.clone(),
             });
         }
-        let is_null = nulls[bit / 8] & (1 << (bit % 8)) != 0;
-        bit += 1;
+        // Every column is present (checked above), so the null bit index is the column index.
+        let is_null = nulls[i / 8] & (1 << (i % 8)) != 0;
         if is_null {
             row.push(Value::Null);
             continue;

@@ -43,8 +43,8 @@ pub struct Snapshot {
 /// Errors of the snapshot reader.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
-    #[error("snapshot query failed")]
-    Sql(#[from] mysql_async::Error),
+    #[error("snapshot query failed: {0}")]
+    Sql(#[source] Box<mysql_async::Error>),
     #[error("binlog_snapshot_file/position not available: is log_bin on?")]
     NoPosition,
     #[error("cannot decode column {column} of {table}: {source}")]
@@ -55,6 +55,12 @@ pub enum SnapshotError {
     },
     #[error("snapshot loader stopped")]
     Closed,
+}
+
+impl From<mysql_async::Error> for SnapshotError {
+    fn from(e: mysql_async::Error) -> Self {
+        SnapshotError::Sql(Box::new(e))
+    }
 }
 
 fn quote_ident(s: &str) -> String {

@@ -31,17 +31,20 @@ const CHECKPOINT_KEY: &str = "checkpoint";
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("state store error: {0}")]
-    Db(#[from] redb::Error),
+    Db(Box<redb::Error>),
     #[error(
         "state store {path} cannot be opened: {source}. Is another capture running with the same --state-dir?"
     )]
-    Open { path: String, source: redb::Error },
+    Open {
+        path: String,
+        source: Box<redb::Error>,
+    },
     #[error("corrupt state store entry: {0}")]
     Corrupt(String),
 }
 
 fn db_err<E: Into<redb::Error>>(e: E) -> StateError {
-    StateError::Db(e.into())
+    StateError::Db(Box::new(e.into()))
 }
 
 /// Where capture stands.
@@ -117,7 +120,7 @@ impl Store {
             .create(&path)
             .map_err(|e| StateError::Open {
                 path: path.display().to_string(),
-                source: e.into(),
+                source: Box::new(e.into()),
             })?;
         Ok(Store { db })
     }

@@ -85,6 +85,7 @@ pub struct Mariadb {
     pub server_id: u32,
     pub pid: u32,
     args: Vec<String>,
+    child: Option<std::process::Child>,
 }
 
 /// Settings of a primary as frappe-cdc needs them.
@@ -122,6 +123,7 @@ impl Mariadb {
             server_id,
             pid: 0,
             args: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
         };
         m.launch();
         m
@@ -157,6 +159,7 @@ impl Mariadb {
             .spawn()
             .expect("mariadbd not found: run scripts/test.sh (it installs mariadb-server)");
         self.pid = child.id();
+        self.child = Some(child);
         watchdog(self.pid, &self.dir);
         let deadline = Instant::now() + Duration::from_secs(60);
         let sock = format!("{}/mysqld.sock", self.dir.display());
@@ -280,16 +283,8 @@ impl Mariadb {
     /// Stops the server (SIGTERM) and waits for it to exit.
     pub fn stop(&mut self) {
         let _ = Command::new("kill").arg(self.pid.to_string()).status();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Path::new(&format!("/proc/{}", self.pid)).exists() && Instant::now() < deadline {
-            // A zombie counts as stopped.
-            if std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
-                .map(|s| s.contains(") Z"))
-                .unwrap_or(true)
-            {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
         }
     }
 
@@ -302,17 +297,17 @@ impl Mariadb {
 
 impl Drop for Mariadb {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-9")
-            .arg(self.pid.to_string())
-            .status();
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
 /// A running tansu broker.
 pub struct Broker {
     pub port: u16,
-    pid: u32,
+    child: std::process::Child,
 }
 
 fn tansu_bin() -> String {
@@ -343,8 +338,7 @@ impl Broker {
             .stderr(log)
             .spawn()
             .expect("tansu broker not found: run scripts/test.sh (it installs the broker) or set TANSU_BIN");
-        let pid = child.id();
-        watchdog(pid, &dir);
+        watchdog(child.id(), &dir);
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
@@ -353,7 +347,7 @@ impl Broker {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Broker { port, pid }
+        Broker { port, child }
     }
 
     /// Bootstrap servers.
@@ -364,9 +358,7 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-9")
-            .arg(self.pid.to_string())
-            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

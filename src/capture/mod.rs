@@ -122,7 +122,7 @@ pub async fn run(
             source: e,
         })?;
     for n in &report.notes {
-        tracing::warn!(note = %n, "preflight");
+        tracing::info!(note = %n, "preflight");
     }
     if !report.failures.is_empty() {
         return Err(CaptureError::Preflight(report.failures));

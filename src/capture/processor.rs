@@ -153,6 +153,8 @@ impl Processor {
     /// Handles one item from the reader.
     pub fn on_item(&mut self, item: BinlogItem) -> Result<(), CaptureError> {
         self.metrics.binlog_events.inc();
+        // A checkpoint commits and closes the batch; the next item works in a new one.
+        self.batch()?;
         match item {
             BinlogItem::Begin { gtid, .. } => {
                 if self.cur_gtid.is_some() {

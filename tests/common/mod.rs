@@ -54,12 +54,35 @@ async fn rows_json(
 
 /// The image of a document read straight from a database, in the envelope's shape.
 pub async fn doc_image(conn: &mut mysql_async::Conn, doctype: &str, name: &str) -> Option<Value> {
-    let parents = rows_json(
-        conn,
-        &format!("SELECT * FROM `tab{doctype}` WHERE name=?"),
-        (name,).into(),
-    )
-    .await;
+    let single: Option<i64> = conn
+        .exec_first("SELECT issingle FROM `tabDocType` WHERE name=?", (doctype,))
+        .await
+        .expect("doctype");
+    let parents = if single == Some(1) {
+        let fields: Vec<(String, Option<String>)> = conn
+            .exec(
+                "SELECT field, value FROM `tabSingles` WHERE doctype=? ORDER BY field",
+                (doctype,),
+            )
+            .await
+            .expect("singles");
+        if fields.is_empty() {
+            Vec::new()
+        } else {
+            let m: Map<String, Value> = fields
+                .into_iter()
+                .map(|(f, v)| (f, v.map(Value::String).unwrap_or(Value::Null)))
+                .collect();
+            vec![m]
+        }
+    } else {
+        rows_json(
+            conn,
+            &format!("SELECT * FROM `tab{doctype}` WHERE name=?"),
+            (name,).into(),
+        )
+        .await
+    };
     let mut children = Map::new();
     let fields: Vec<(String, String)> = conn
         .exec("SELECT fieldname, options FROM `tabDocField` WHERE parent=? AND fieldtype='Table' ORDER BY idx", (doctype,))

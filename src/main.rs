@@ -75,9 +75,9 @@ async fn run_check(a: &CaptureArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let checkpoint = Store::open(&a.state_dir)
+    let checkpoint = Store::peek_checkpoint(&a.state_dir)
         .ok()
-        .and_then(|s| s.checkpoint().ok().flatten())
+        .flatten()
         .map(|c| c.position);
     match preflight::run(&target, a.server_id, checkpoint.as_ref()).await {
         Ok(r) => {

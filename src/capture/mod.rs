@@ -35,7 +35,7 @@ pub enum CaptureError {
     #[error("cannot reach the source database {target}: {source}")]
     Connect {
         target: String,
-        source: mysql_async::Error,
+        source: Box<mysql_async::Error>,
     },
     #[error(transparent)]
     State(#[from] StateError),
@@ -99,8 +99,8 @@ pub async fn run(
     metrics: &CaptureMetrics,
     shutdown: CancellationToken,
 ) -> Result<(), CaptureError> {
-    let store = Arc::new(Store::open(&cfg.state_dir)?);
-    let cp = store.checkpoint()?;
+    // Preflight reads the checkpoint but creates nothing: a failed check leaves no trace.
+    let cp = Store::peek_checkpoint(&cfg.state_dir)?;
     if let Some(c) = &cp
         && !c.schema.is_empty()
         && c.schema != cfg.source.database
@@ -119,7 +119,7 @@ pub async fn run(
         .await
         .map_err(|e| CaptureError::Connect {
             target: cfg.source.to_string(),
-            source: e,
+            source: Box::new(e),
         })?;
     for n in &report.notes {
         tracing::info!(note = %n, "preflight");
@@ -127,6 +127,7 @@ pub async fn run(
     if !report.failures.is_empty() {
         return Err(CaptureError::Preflight(report.failures));
     }
+    let store = Arc::new(Store::open(&cfg.state_dir)?);
     let partitions = ensure_topic(
         &cfg.producer.brokers,
         &cfg.producer.topic,

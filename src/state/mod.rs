@@ -125,6 +125,20 @@ impl Store {
         Ok(Store { db })
     }
 
+    /// Reads the checkpoint of an existing store without creating anything; `None` when the
+    /// directory holds no store yet.
+    pub fn peek_checkpoint(dir: &Path) -> Result<Option<Checkpoint>, StateError> {
+        let path = dir.join("state.redb");
+        if !path.exists() {
+            return Ok(None);
+        }
+        let db = Database::open(&path).map_err(|e| StateError::Open {
+            path: path.display().to_string(),
+            source: Box::new(e.into()),
+        })?;
+        Store { db }.checkpoint()
+    }
+
     /// Starts a write batch.
     pub fn batch(&self) -> Result<Batch, StateError> {
         let wtx = self.db.begin_write().map_err(db_err)?;

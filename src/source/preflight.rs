@@ -39,8 +39,13 @@ pub struct Report {
 }
 
 fn setting_fix(var: &str, value: &str) -> String {
+    let session = if matches!(var, "binlog_format" | "binlog_row_image") {
+        "; existing connections keep their session value, so restart the Frappe workers (bench restart) afterwards"
+    } else {
+        ""
+    };
     format!(
-        "SET GLOBAL {var}='{value}'; and add `{var}={value}` under [mariadb] in my.cnf so it survives a restart"
+        "SET GLOBAL {var}='{value}'; and add `{var}={value}` under [mariadb] in my.cnf so it survives a restart{session}"
     )
 }
 

@@ -15,10 +15,21 @@ use tokio_util::sync::CancellationToken;
 use super::servers::{Broker, Mariadb, scratch_dir};
 use super::topic::{Msg, read_all};
 
+static EXTRA_ARGS: OnceLock<Vec<&'static str>> = OnceLock::new();
+
+/// Extra server options for this test binary's shared primary; call before the first `Rig`.
+pub fn primary_options(extra: &[&'static str]) {
+    let _ = EXTRA_ARGS.set(extra.to_vec());
+}
+
 /// One primary and one broker shared by the tests of a test binary.
 pub fn shared() -> &'static (Mariadb, Broker) {
     static S: OnceLock<(Mariadb, Broker)> = OnceLock::new();
-    S.get_or_init(|| (Mariadb::primary(), Broker::start()))
+    S.get_or_init(|| {
+        let mut args: Vec<&str> = super::servers::PRIMARY_ARGS.to_vec();
+        args.extend(EXTRA_ARGS.get().cloned().unwrap_or_default());
+        (Mariadb::start(&args), Broker::start())
+    })
 }
 
 static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);

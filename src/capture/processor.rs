@@ -196,28 +196,54 @@ impl Processor {
         Ok(())
     }
 
-    fn touch(&mut self, key: &DocKey, shape: DocShape) -> Result<usize, CaptureError> {
+    /// Records that a row of `table` touched the document `key`: the first touch captures the
+    /// before image (from the store, before any change of this transaction is applied) and
+    /// sets the flags in one write; later touches only bump the counts.
+    fn touch(
+        &mut self,
+        key: &DocKey,
+        shape: DocShape,
+        table: &str,
+        slot: usize,
+        changed: bool,
+    ) -> Result<usize, CaptureError> {
         let b = self.batch.as_ref().ok_or(CaptureError::Internal("batch"))?;
         if let Some(i) = self.pending.find(b, key)? {
+            let mut flipped = false;
+            self.pending.update(b, i, |d| {
+                if changed && !d.changed {
+                    d.changed = true;
+                    flipped = true;
+                }
+                d.tables.entry(table.to_string()).or_insert([0; 3])[slot] += 1;
+            })?;
+            if flipped {
+                self.changed_count += 1;
+            }
             return Ok(i);
         }
         let before = b.assemble(key, shape)?;
+        let mut counts = [0; 3];
+        counts[slot] = 1;
         let doc = PendingDoc {
             key: key.clone(),
             single: shape == DocShape::Single,
             before,
-            changed: false,
-            tables: BTreeMap::new(),
+            changed,
+            tables: BTreeMap::from([(table.to_string(), counts)]),
             renamed_to: None,
         };
+        if changed {
+            self.changed_count += 1;
+        }
         Ok(self.pending.push(b, doc)?)
     }
 
-    fn touch_route(&mut self, r: &Route) -> Result<Option<usize>, CaptureError> {
+    fn route_key(r: &Route) -> Option<(&DocKey, DocShape)> {
         match r {
-            Route::Doc { key, shape, .. } => self.touch(key, *shape).map(Some),
-            Route::Single { key, .. } => self.touch(key, DocShape::Single).map(Some),
-            Route::Skip { .. } => Ok(None),
+            Route::Doc { key, shape, .. } => Some((key, *shape)),
+            Route::Single { key, .. } => Some((key, DocShape::Single)),
+            Route::Skip { .. } => None,
         }
     }
 
@@ -299,12 +325,26 @@ impl Processor {
                 self.catalog_dirty = true;
                 continue;
             }
-            let ib = match &rb_route {
-                Some(r) => self.touch_route(r)?,
+            let changed = match (&before, &after) {
+                (Some(b), Some(a)) => !only_ignored_changed(&table, b, a),
+                _ => true,
+            };
+            let slot = op_slot(rb.op);
+            let kb = rb_route
+                .as_ref()
+                .and_then(Self::route_key)
+                .map(|(k, s)| (k.clone(), s));
+            let ka = ra_route
+                .as_ref()
+                .and_then(Self::route_key)
+                .map(|(k, s)| (k.clone(), s));
+            let ib = match &kb {
+                Some((k, s)) => Some(self.touch(k, *s, &table.table, slot, changed)?),
                 None => None,
             };
-            let ia = match &ra_route {
-                Some(r) => self.touch_route(r)?,
+            let ia = match &ka {
+                Some((k, _)) if kb.as_ref().is_some_and(|(b, _)| b == k) => ib,
+                Some((k, s)) => Some(self.touch(k, *s, &table.table, slot, changed)?),
                 None => None,
             };
             if ib.is_none() && ia.is_none() {
@@ -315,29 +355,6 @@ impl Processor {
             }
             if let (Some(r), Some(row)) = (&ra_route, &after) {
                 self.apply_put(&table, r, row)?;
-            }
-            let changed = match (&before, &after) {
-                (Some(b), Some(a)) => !only_ignored_changed(&table, b, a),
-                _ => true,
-            };
-            let slot = op_slot(rb.op);
-            let mut seen = HashSet::new();
-            for i in [ib, ia].into_iter().flatten() {
-                if !seen.insert(i) {
-                    continue;
-                }
-                let b = self.batch.as_ref().ok_or(CaptureError::Internal("batch"))?;
-                let mut flipped = false;
-                self.pending.update(b, i, |d| {
-                    if changed && !d.changed {
-                        d.changed = true;
-                        flipped = true;
-                    }
-                    d.tables.entry(table.table.clone()).or_insert([0; 3])[slot] += 1;
-                })?;
-                if flipped {
-                    self.changed_count += 1;
-                }
             }
             // A parent row whose name changed is a rename of the document.
             if let (

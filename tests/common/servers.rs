@@ -130,7 +130,10 @@ impl Mariadb {
     }
 
     fn launch(&mut self) {
-        self.port = free_port();
+        // A restart keeps the port, so clients reconnect to the same address.
+        if self.port == 0 {
+            self.port = free_port();
+        }
         let d = &self.dir;
         let mut cmd = Command::new("mariadbd");
         cmd.arg("--no-defaults")
@@ -288,7 +291,7 @@ impl Mariadb {
         }
     }
 
-    /// Starts the server again on a new port with the same data.
+    /// Starts the server again on the same port with the same data.
     pub fn restart(&mut self) {
         self.stop();
         self.launch();
@@ -360,5 +363,22 @@ impl Drop for Broker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A child process (e.g. a capture under test) killed and reaped when dropped, so a failing
+/// test leaves nothing running.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl KillOnDrop {
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }

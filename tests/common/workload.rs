@@ -151,7 +151,12 @@ impl Frappe {
     }
 
     async fn version(&mut self, doctype: &str, name: &str, now: &str) {
-        let vname = format!("v-{}", self.tick);
+        static VERSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let vname = format!(
+            "v-{}-{}",
+            std::process::id(),
+            VERSIONS.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        );
         self.exec(
             "INSERT INTO `tabVersion` (name, creation, modified, modified_by, owner, ref_doctype, docname, data) VALUES (?,?,?,?,?,?,?,?)",
             (vname, now, now, "Administrator", "Administrator", doctype, name, "{\"changed\": []}"),

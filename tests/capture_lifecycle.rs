@@ -137,7 +137,7 @@ async fn survives_a_primary_restart() {
     rig.server_id += 1;
     let url = format!("mysql://cdc@127.0.0.1:{}/{}", m.port, rig.db);
     let port = free_port();
-    let mut child = spawn_capture(&url, &rig, port);
+    let child = spawn_capture(&url, &rig, port);
     // Restart only once capture is streaming the binlog (a create envelope, not a snapshot).
     let mut f = Frappe::new(m.conn(&rig.db).await);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);

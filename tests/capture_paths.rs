@@ -594,3 +594,41 @@ async fn delete_emits_before_image_then_tombstone() {
         "nothing more after the delete"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn include_and_exclude_doctype_filters() {
+    let mut rig = Rig::new("filter").await;
+    rig.filter = frappe_cdc::frappe::catalog::Filter::new(
+        &["Customer".into(), "Sales Invoice".into()],
+        &["Sales Invoice".into()],
+    );
+    let mut f = rig.frappe().await;
+    f.insert_customer("C1", "Commercial").await;
+    f.insert_sales_order("SO-1", "C1", "SO-1-it0").await;
+    let snap = rig.round().await;
+    assert_eq!(
+        keys(&snap),
+        vec![k("Customer", "C1", true)],
+        "only included, not excluded, doctypes"
+    );
+    assert_eq!(
+        env(&snap[0])["after"]["children"]["sales_team"][0]["sales_person"],
+        "Bob",
+        "children of an included parent are part of it"
+    );
+    f.insert_invoice(&Invoice::draft("SINV-1", "C1", 1)).await;
+    f.db_set("tabCustomer", "C1", "customer_name", "C1 Ltd".into(), true)
+        .await;
+    let ms = rig.round().await;
+    assert_eq!(
+        keys(&ms),
+        vec![k("Customer", "C1", true)],
+        "the excluded invoice (and its Sales Team row) is not streamed"
+    );
+    assert_eq!(
+        env(&ms[0])["after"]["children"]["sales_team"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+}

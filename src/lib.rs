@@ -4,6 +4,7 @@
 //! row events into full Frappe document snapshots (parent row plus every child row, before and
 //! after), and publishes them to Kafka. See README.md for the design and operations.
 
+pub mod apply;
 pub mod capture;
 pub mod cli;
 pub mod envelope;

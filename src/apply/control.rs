@@ -1,0 +1,178 @@
+//! frappe-cdc's own tables on the replica (never `tab*`, so Frappe ignores them), written in
+//! the same replica transaction as the document they describe:
+//!
+//! * `_frappe_cdc_applied`: per document, the source position of the last envelope applied
+//!   (kept after a delete or rename, so older replays are recognised). An envelope at or
+//!   before it is a duplicate from a capture restart and is skipped, which is what makes
+//!   at-least-once delivery exactly-once in effect.
+//! * `_frappe_cdc_offsets`: the next Kafka offset per topic partition; the consumer seeks
+//!   there on start, so a crash between the write and a Kafka commit loses nothing and
+//!   repeats nothing.
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Transaction};
+
+use super::replica::ReplicaError;
+use crate::envelope::Source;
+use crate::position::{Gtid, GtidPosition};
+
+/// Order of envelopes for one document within a GTID domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct EventKey {
+    pub domain: u32,
+    pub seq: u64,
+    pub doc_index: u64,
+}
+
+impl EventKey {
+    /// The key of an envelope: its transaction's GTID, or for a snapshot the snapshot
+    /// position (the first domain's sequence; 0 on a server without GTIDs yet).
+    pub fn of(source: &Source) -> Option<EventKey> {
+        let (domain, seq) = match &source.gtid {
+            Some(g) => {
+                let g: Gtid = g.parse().ok()?;
+                (g.domain_id, g.seq_no)
+            }
+            None => {
+                let p: GtidPosition = source.position.parse().ok()?;
+                p.iter().next().map_or((0, 0), |g| (g.domain_id, g.seq_no))
+            }
+        };
+        Some(EventKey {
+            domain,
+            seq,
+            doc_index: source.doc_index,
+        })
+    }
+
+    /// True when `self` is at or before `other` (same domain only; other domains are not
+    /// comparable and never count as duplicates).
+    pub fn covered_by(&self, other: &EventKey) -> bool {
+        self.domain == other.domain && (self.seq, self.doc_index) <= (other.seq, other.doc_index)
+    }
+}
+
+/// Creates the control tables if missing.
+pub async fn ensure_tables(conn: &mut Conn) -> Result<(), ReplicaError> {
+    conn.query_drop(
+        "CREATE TABLE IF NOT EXISTS `_frappe_cdc_applied` (
+           `doctype` varchar(140) NOT NULL, `name` varchar(255) NOT NULL,
+           `domain_id` int unsigned NOT NULL, `seq_no` bigint unsigned NOT NULL, `doc_index` bigint unsigned NOT NULL,
+           `applied_at` datetime(6) NOT NULL DEFAULT current_timestamp(6),
+           PRIMARY KEY (`doctype`, `name`)
+         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci",
+    )
+    .await?;
+    conn.query_drop(
+        "CREATE TABLE IF NOT EXISTS `_frappe_cdc_offsets` (
+           `consumer_group` varchar(255) NOT NULL, `topic` varchar(255) NOT NULL, `kafka_partition` int NOT NULL,
+           `next_offset` bigint NOT NULL, `updated_at` datetime(6) NOT NULL DEFAULT current_timestamp(6),
+           PRIMARY KEY (`consumer_group`, `topic`, `kafka_partition`)
+         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci",
+    )
+    .await?;
+    Ok(())
+}
+
+/// The last applied position of a document (locked until the transaction ends).
+pub async fn last_applied(
+    tx: &mut Transaction<'_>,
+    doctype: &str,
+    name: &str,
+) -> Result<Option<EventKey>, ReplicaError> {
+    let row: Option<(u32, u64, u64)> = tx
+        .exec_first("SELECT domain_id, seq_no, doc_index FROM `_frappe_cdc_applied` WHERE doctype = ? AND name = ? FOR UPDATE", (doctype, name))
+        .await?;
+    Ok(row.map(|(domain, seq, doc_index)| EventKey {
+        domain,
+        seq,
+        doc_index,
+    }))
+}
+
+/// Records that the document's envelope at `key` was handled.
+pub async fn mark_applied(
+    tx: &mut Transaction<'_>,
+    doctype: &str,
+    name: &str,
+    key: EventKey,
+) -> Result<(), ReplicaError> {
+    tx.exec_drop(
+        "INSERT INTO `_frappe_cdc_applied` (doctype, name, domain_id, seq_no, doc_index, applied_at) VALUES (?, ?, ?, ?, ?, current_timestamp(6)) \
+         ON DUPLICATE KEY UPDATE domain_id = VALUES(domain_id), seq_no = VALUES(seq_no), doc_index = VALUES(doc_index), applied_at = VALUES(applied_at)",
+        (doctype, name, key.domain, key.seq, key.doc_index),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Stores the next offset to consume for a partition.
+pub async fn store_offset(
+    tx: &mut Transaction<'_>,
+    group: &str,
+    topic: &str,
+    partition: i32,
+    next: i64,
+) -> Result<(), ReplicaError> {
+    tx.exec_drop(
+        "INSERT INTO `_frappe_cdc_offsets` (consumer_group, topic, kafka_partition, next_offset, updated_at) VALUES (?, ?, ?, ?, current_timestamp(6)) \
+         ON DUPLICATE KEY UPDATE next_offset = VALUES(next_offset), updated_at = VALUES(updated_at)",
+        (group, topic, partition, next),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The stored next offsets of a topic, by partition.
+pub async fn stored_offsets(
+    conn: &mut Conn,
+    group: &str,
+    topic: &str,
+) -> Result<Vec<(i32, i64)>, ReplicaError> {
+    Ok(conn
+        .exec("SELECT kafka_partition, next_offset FROM `_frappe_cdc_offsets` WHERE consumer_group = ? AND topic = ?", (group, topic))
+        .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn src(gtid: Option<&str>, position: &str, doc_index: u64) -> Source {
+        Source {
+            server_id: 1,
+            db: "d".into(),
+            gtid: gtid.map(String::from),
+            position: position.into(),
+            file: String::new(),
+            pos: 0,
+            commit_ts: 0,
+            doc_index,
+            doc_count: 1,
+            snapshot: gtid.is_none(),
+        }
+    }
+
+    #[test]
+    fn ordering_of_snapshot_and_changes() {
+        let snap = EventKey::of(&src(None, "0-1-10", 500)).unwrap();
+        let change = EventKey::of(&src(Some("0-1-11"), "0-1-11", 0)).unwrap();
+        assert!(snap.covered_by(&change));
+        assert!(!change.covered_by(&snap));
+        assert!(
+            change.covered_by(&change),
+            "a replay of the same envelope is a duplicate"
+        );
+        let other_domain = EventKey::of(&src(Some("1-1-5"), "1-1-5", 0)).unwrap();
+        assert!(!other_domain.covered_by(&change) && !change.covered_by(&other_domain));
+        assert_eq!(
+            EventKey::of(&src(None, "", 3)).unwrap(),
+            EventKey {
+                domain: 0,
+                seq: 0,
+                doc_index: 3
+            }
+        );
+        assert!(EventKey::of(&src(Some("garbage"), "", 0)).is_none());
+    }
+}

@@ -1,0 +1,315 @@
+//! The conflict decision: a pure function of the envelope's operation and images and the
+//! replica's current copy of the document (no I/O, exhaustively unit-tested).
+//!
+//! The replica is "as expected" when its copy equals the envelope's `before` image on the
+//! columns both sides have, ignoring Frappe's bookkeeping columns. A copy equal to `after`
+//! means the change is already there (a replay after a capture restart, or a snapshot of a
+//! document the replica already holds) and is skipped, not flagged.
+
+use std::collections::BTreeSet;
+
+use serde_json::{Map, Value};
+
+use crate::envelope::Op;
+
+/// What to do with one envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Write `after` (or delete when `after` is null).
+    Apply,
+    /// The replica already has the result.
+    AlreadyApplied,
+    /// The replica's copy was changed locally: record, do not write.
+    Conflict(String),
+}
+
+/// Compares images on shared columns, ignoring `ignored` columns.
+#[derive(Debug, Clone, Default)]
+pub struct Comparator {
+    ignored: BTreeSet<String>,
+}
+
+fn rows_of(img: &Value, field: &str) -> Vec<Map<String, Value>> {
+    img.get("children")
+        .and_then(|c| c.get(field))
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|r| r.as_object().cloned()).collect())
+        .unwrap_or_default()
+}
+
+impl Comparator {
+    /// A comparator that ignores `ignored` columns (besides none by default).
+    pub fn new(ignored: impl IntoIterator<Item = String>) -> Self {
+        Comparator {
+            ignored: ignored.into_iter().collect(),
+        }
+    }
+
+    fn row_diff(
+        &self,
+        path: &str,
+        a: &Map<String, Value>,
+        b: &Map<String, Value>,
+        out: &mut Vec<String>,
+    ) {
+        for (k, va) in a {
+            if self.ignored.contains(k) {
+                continue;
+            }
+            if let Some(vb) = b.get(k)
+                && va != vb
+            {
+                out.push(format!("{path}.{k}"));
+            }
+        }
+    }
+
+    /// Column-level differences between two images (paths like `parent.status`,
+    /// `items[2].qty`, `items: rows added/removed`); empty when equal.
+    pub fn diff(&self, a: Option<&Value>, b: Option<&Value>) -> Vec<String> {
+        let (a, b) = match (a, b) {
+            (None, None) => return Vec::new(),
+            (Some(_), None) => return vec!["document: missing on one side".into()],
+            (None, Some(_)) => return vec!["document: missing on one side".into()],
+            (Some(a), Some(b)) => (a, b),
+        };
+        let mut out = Vec::new();
+        match (
+            a.get("parent").and_then(Value::as_object),
+            b.get("parent").and_then(Value::as_object),
+        ) {
+            (Some(pa), Some(pb)) => self.row_diff("parent", pa, pb, &mut out),
+            (None, None) => {}
+            _ => out.push("parent: missing on one side".into()),
+        }
+        let fields: BTreeSet<String> = [a, b]
+            .iter()
+            .filter_map(|i| i.get("children").and_then(Value::as_object))
+            .flat_map(|c| c.keys().cloned())
+            .collect();
+        for f in fields {
+            let (ra, rb) = (rows_of(a, &f), rows_of(b, &f));
+            let names = |rows: &[Map<String, Value>]| {
+                rows.iter()
+                    .map(|r| r.get("name").cloned().unwrap_or(Value::Null))
+                    .collect::<Vec<_>>()
+            };
+            if names(&ra) != names(&rb) {
+                out.push(format!("{f}: rows added, removed or reordered"));
+                continue;
+            }
+            for (i, (x, y)) in ra.iter().zip(rb.iter()).enumerate() {
+                self.row_diff(&format!("{f}[{i}]"), x, y, &mut out);
+            }
+        }
+        out
+    }
+
+    fn same(&self, a: Option<&Value>, b: Option<&Value>) -> bool {
+        self.diff(a, b).is_empty()
+    }
+
+    /// Decides what to do with an envelope given the replica's copy. For a rename, `replica`
+    /// is the copy under the old name and `replica_new` the copy under the new name.
+    pub fn decide(
+        &self,
+        op: Op,
+        before: Option<&Value>,
+        after: Option<&Value>,
+        replica: Option<&Value>,
+        replica_new: Option<&Value>,
+    ) -> Decision {
+        let conflict = |why: &str, d: Vec<String>| {
+            Decision::Conflict(if d.is_empty() {
+                why.to_string()
+            } else {
+                format!("{why}: {}", d.join(", "))
+            })
+        };
+        match op {
+            Op::Create | Op::Snapshot => match replica {
+                None => Decision::Apply,
+                Some(_) if self.same(replica, after) => Decision::AlreadyApplied,
+                Some(_) => conflict(
+                    "document exists on the replica with other content",
+                    self.diff(after, replica),
+                ),
+            },
+            Op::Update => {
+                if self.same(replica, before) {
+                    Decision::Apply
+                } else if self.same(replica, after) {
+                    Decision::AlreadyApplied
+                } else if replica.is_none() {
+                    conflict("document missing on the replica", Vec::new())
+                } else {
+                    conflict(
+                        "replica copy differs from the primary's before image",
+                        self.diff(before, replica),
+                    )
+                }
+            }
+            Op::Delete => {
+                if replica.is_none() {
+                    Decision::AlreadyApplied
+                } else if self.same(replica, before) {
+                    Decision::Apply
+                } else {
+                    conflict(
+                        "replica copy changed locally before a delete",
+                        self.diff(before, replica),
+                    )
+                }
+            }
+            Op::Rename => {
+                if replica.is_none() && self.same(replica_new, after) {
+                    Decision::AlreadyApplied
+                } else if replica_new.is_some() {
+                    conflict("the new name already exists on the replica", Vec::new())
+                } else if self.same(replica, before) {
+                    Decision::Apply
+                } else if replica.is_none() {
+                    conflict("document missing on the replica", Vec::new())
+                } else {
+                    conflict(
+                        "replica copy differs from the primary's before image",
+                        self.diff(before, replica),
+                    )
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn img(status: &str, qty: &str) -> Value {
+        json!({"parent": {"name": "S1", "status": status, "_seen": "x"},
+               "children": {"items": [{"name": "i1", "qty": qty}]}})
+    }
+
+    fn cmp() -> Comparator {
+        Comparator::new(["_seen".to_string()])
+    }
+
+    #[test]
+    fn diff_paths_and_ignored_columns() {
+        let c = cmp();
+        let a = img("Draft", "1");
+        let mut b = img("Paid", "2");
+        b["parent"]["_seen"] = json!("other");
+        assert_eq!(
+            c.diff(Some(&a), Some(&b)),
+            vec!["parent.status", "items[0].qty"]
+        );
+        let mut extra = a.clone();
+        extra["parent"]["only_here"] = json!(1);
+        assert!(
+            c.diff(Some(&a), Some(&extra)).is_empty(),
+            "columns one side lacks are not compared"
+        );
+        let mut more = a.clone();
+        more["children"]["items"]
+            .as_array_mut()
+            .map(|v| v.push(json!({"name": "i2"})));
+        assert_eq!(
+            c.diff(Some(&a), Some(&more)),
+            vec!["items: rows added, removed or reordered"]
+        );
+        assert!(!c.diff(Some(&a), None).is_empty());
+    }
+
+    #[test]
+    fn decision_table() {
+        use Decision::*;
+        let c = cmp();
+        let (b, a, local) = (img("Draft", "1"), img("Paid", "1"), img("Draft", "9"));
+        let is_conflict = |d: Decision| matches!(d, Conflict(_));
+        // create / snapshot
+        for op in [Op::Create, Op::Snapshot] {
+            assert_eq!(c.decide(op, None, Some(&a), None, None), Apply);
+            assert_eq!(c.decide(op, None, Some(&a), Some(&a), None), AlreadyApplied);
+            assert!(is_conflict(c.decide(
+                op,
+                None,
+                Some(&a),
+                Some(&local),
+                None
+            )));
+        }
+        // update
+        assert_eq!(
+            c.decide(Op::Update, Some(&b), Some(&a), Some(&b), None),
+            Apply
+        );
+        assert_eq!(
+            c.decide(Op::Update, Some(&b), Some(&a), Some(&a), None),
+            AlreadyApplied
+        );
+        assert!(is_conflict(c.decide(
+            Op::Update,
+            Some(&b),
+            Some(&a),
+            Some(&local),
+            None
+        )));
+        assert!(is_conflict(c.decide(
+            Op::Update,
+            Some(&b),
+            Some(&a),
+            None,
+            None
+        )));
+        // delete
+        assert_eq!(c.decide(Op::Delete, Some(&b), None, Some(&b), None), Apply);
+        assert_eq!(
+            c.decide(Op::Delete, Some(&b), None, None, None),
+            AlreadyApplied
+        );
+        assert!(is_conflict(c.decide(
+            Op::Delete,
+            Some(&b),
+            None,
+            Some(&local),
+            None
+        )));
+        // rename
+        assert_eq!(
+            c.decide(Op::Rename, Some(&b), Some(&a), Some(&b), None),
+            Apply
+        );
+        assert_eq!(
+            c.decide(Op::Rename, Some(&b), Some(&a), None, Some(&a)),
+            AlreadyApplied
+        );
+        assert!(is_conflict(c.decide(
+            Op::Rename,
+            Some(&b),
+            Some(&a),
+            Some(&b),
+            Some(&local)
+        )));
+        assert!(is_conflict(c.decide(
+            Op::Rename,
+            Some(&b),
+            Some(&a),
+            Some(&local),
+            None
+        )));
+        assert!(is_conflict(c.decide(
+            Op::Rename,
+            Some(&b),
+            Some(&a),
+            None,
+            None
+        )));
+        // A conflict says which columns differ.
+        match c.decide(Op::Update, Some(&b), Some(&a), Some(&local), None) {
+            Conflict(why) => assert!(why.contains("items[0].qty"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

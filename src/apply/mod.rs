@@ -1,0 +1,6 @@
+//! `frappe-cdc apply`: Kafka → replica MariaDB, one replica transaction per document, with
+//! conflict checks against the envelope's `before` image.
+
+pub mod control;
+pub mod decision;
+pub mod replica;

@@ -1,0 +1,443 @@
+//! Reading and writing whole documents on the replica, inside a caller's transaction.
+//!
+//! A document is read as the same image capture emits (`{"parent", "children"}`, values in the
+//! envelope's JSON forms, via the same decoder as the snapshot). Writing makes the replica's
+//! rows equal to an image: the parent is upserted, each child table is made equal to the
+//! image's set of rows (rows not in it are deleted, the rest upserted by name), a Single's
+//! `tabSingles` rows are rewritten, a delete removes the parent and its children. Only columns
+//! the replica's table has are written; the others are reported so the caller can count them.
+//! Which child table holds a `parentfield` comes from the replica's own `tabDocField` and
+//! `tabCustom Field` rows (as in Frappe), cached per doctype.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Row, Transaction, Value as MyValue};
+use serde_json::{Map, Value};
+
+use crate::source::decode::{CellKind, binary_from_json, cell_json};
+
+/// Errors of replica reads and writes.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    #[error("replica query failed: {0}")]
+    Sql(#[source] Box<mysql_async::Error>),
+    #[error("table {table} does not exist on the replica")]
+    UnknownTable { table: String },
+    #[error(
+        "doctype {doctype} has no table field {field} on the replica (tabDocField / tabCustom Field)"
+    )]
+    UnknownTableField { doctype: String, field: String },
+    #[error("document image is malformed: {0}")]
+    BadImage(String),
+    #[error("cannot decode replica column {column} of {table}")]
+    Decode { table: String, column: String },
+}
+
+impl From<mysql_async::Error> for ReplicaError {
+    fn from(e: mysql_async::Error) -> Self {
+        ReplicaError::Sql(Box::new(e))
+    }
+}
+
+fn q(ident: &str) -> String {
+    format!("`{}`", ident.replace('`', "``"))
+}
+
+/// Converts an envelope value into a SQL parameter.
+pub fn to_param(v: &Value) -> MyValue {
+    match v {
+        Value::Null => MyValue::NULL,
+        Value::Bool(b) => MyValue::Int(*b as i64),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                MyValue::Int(i)
+            } else if let Some(u) = n.as_u64() {
+                MyValue::UInt(u)
+            } else {
+                MyValue::Double(n.as_f64().unwrap_or(0.0))
+            }
+        }
+        Value::String(s) => MyValue::Bytes(s.clone().into_bytes()),
+        Value::Object(_) => match binary_from_json(v) {
+            Some(b) => MyValue::Bytes(b),
+            None => MyValue::Bytes(v.to_string().into_bytes()),
+        },
+        Value::Array(_) => MyValue::Bytes(v.to_string().into_bytes()),
+    }
+}
+
+/// Cached facts about the replica's schema.
+#[derive(Default)]
+pub struct SchemaCache {
+    columns: HashMap<String, Arc<BTreeSet<String>>>,
+    child_tables: HashMap<String, Arc<BTreeMap<String, String>>>,
+    single: HashMap<String, bool>,
+}
+
+/// A write that skipped columns the replica lacks.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct WriteReport {
+    /// (table, column) pairs present in the image and missing on the replica.
+    pub missing_columns: BTreeSet<(String, String)>,
+}
+
+impl SchemaCache {
+    /// Forgets everything (after DDL on the replica, or an unknown-column error).
+    pub fn clear(&mut self) {
+        *self = SchemaCache::default();
+    }
+
+    async fn columns(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        table: &str,
+    ) -> Result<Arc<BTreeSet<String>>, ReplicaError> {
+        if let Some(c) = self.columns.get(table) {
+            return Ok(Arc::clone(c));
+        }
+        let cols: Vec<String> = tx
+            .exec("SELECT column_name FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = ?", (table,))
+            .await?;
+        if cols.is_empty() {
+            return Err(ReplicaError::UnknownTable {
+                table: table.to_string(),
+            });
+        }
+        let set = Arc::new(cols.into_iter().collect::<BTreeSet<_>>());
+        self.columns.insert(table.to_string(), Arc::clone(&set));
+        Ok(set)
+    }
+
+    /// parentfield → child table, from the replica's DocField and Custom Field rows.
+    async fn child_tables(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        doctype: &str,
+    ) -> Result<Arc<BTreeMap<String, String>>, ReplicaError> {
+        if let Some(c) = self.child_tables.get(doctype) {
+            return Ok(Arc::clone(c));
+        }
+        let mut map = BTreeMap::new();
+        let rows: Vec<(String, Option<String>)> = tx
+            .exec("SELECT fieldname, options FROM `tabDocField` WHERE parent = ? AND fieldtype IN ('Table', 'Table MultiSelect')", (doctype,))
+            .await?;
+        map.extend(
+            rows.into_iter()
+                .filter_map(|(f, o)| Some((f, format!("tab{}", o?)))),
+        );
+        if self.columns(tx, "tabCustom Field").await.is_ok() {
+            let rows: Vec<(String, Option<String>)> = tx
+                .exec("SELECT fieldname, options FROM `tabCustom Field` WHERE dt = ? AND fieldtype IN ('Table', 'Table MultiSelect')", (doctype,))
+                .await?;
+            map.extend(
+                rows.into_iter()
+                    .filter_map(|(f, o)| Some((f, format!("tab{}", o?)))),
+            );
+        }
+        let map = Arc::new(map);
+        self.child_tables
+            .insert(doctype.to_string(), Arc::clone(&map));
+        Ok(map)
+    }
+
+    /// True if the doctype is a Single on the replica.
+    pub async fn is_single(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        doctype: &str,
+    ) -> Result<bool, ReplicaError> {
+        if let Some(s) = self.single.get(doctype) {
+            return Ok(*s);
+        }
+        let s: Option<i64> = tx
+            .exec_first(
+                "SELECT issingle FROM `tabDocType` WHERE name = ?",
+                (doctype,),
+            )
+            .await?;
+        let s = s == Some(1);
+        self.single.insert(doctype.to_string(), s);
+        Ok(s)
+    }
+}
+
+async fn select_rows(
+    tx: &mut Transaction<'_>,
+    table: &str,
+    sql: &str,
+    params: Vec<MyValue>,
+) -> Result<Vec<Map<String, Value>>, ReplicaError> {
+    let rows: Vec<Row> = tx.exec(sql, params).await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let cols = row.columns();
+        let vals = row.unwrap();
+        let mut m = Map::new();
+        for (c, v) in cols.iter().zip(vals) {
+            let j = cell_json(&CellKind::from_result_column(c), v, false).map_err(|_| {
+                ReplicaError::Decode {
+                    table: table.to_string(),
+                    column: c.name_str().into_owned(),
+                }
+            })?;
+            m.insert(c.name_str().into_owned(), j);
+        }
+        out.push(m);
+    }
+    Ok(out)
+}
+
+/// Reads the replica's copy of a document (locking its rows), or `None` when absent.
+pub async fn read_doc(
+    tx: &mut Transaction<'_>,
+    cache: &mut SchemaCache,
+    doctype: &str,
+    name: &str,
+) -> Result<Option<Value>, ReplicaError> {
+    let parent: Option<Value> = if cache.is_single(tx, doctype).await? {
+        let fields: Vec<(String, Option<String>)> = tx
+            .exec(
+                "SELECT field, value FROM `tabSingles` WHERE doctype = ? ORDER BY field FOR UPDATE",
+                (doctype,),
+            )
+            .await?;
+        if fields.is_empty() {
+            None
+        } else {
+            Some(Value::Object(
+                fields
+                    .into_iter()
+                    .map(|(f, v)| (f, v.map(Value::String).unwrap_or(Value::Null)))
+                    .collect(),
+            ))
+        }
+    } else {
+        let table = format!("tab{doctype}");
+        cache.columns(tx, &table).await?;
+        let rows = select_rows(
+            tx,
+            &table,
+            &format!("SELECT * FROM {} WHERE name = ? FOR UPDATE", q(&table)),
+            vec![name.into()],
+        )
+        .await?;
+        rows.into_iter().next().map(Value::Object)
+    };
+    let mut children = Map::new();
+    let tables: BTreeSet<String> = cache
+        .child_tables(tx, doctype)
+        .await?
+        .values()
+        .cloned()
+        .collect();
+    for table in tables {
+        let rows = select_rows(
+            tx,
+            &table,
+            &format!("SELECT * FROM {} WHERE parent = ? AND parenttype = ? ORDER BY parentfield, idx, name FOR UPDATE", q(&table)),
+            vec![name.into(), doctype.into()],
+        )
+        .await?;
+        for r in rows {
+            let field = r
+                .get("parentfield")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            children
+                .entry(field)
+                .or_insert_with(|| Value::Array(Vec::new()))
+                .as_array_mut()
+                .map(|a| a.push(Value::Object(r)));
+        }
+    }
+    if parent.is_none() && children.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(
+        serde_json::json!({ "parent": parent.unwrap_or(Value::Null), "children": children }),
+    ))
+}
+
+async fn upsert(
+    tx: &mut Transaction<'_>,
+    cache: &mut SchemaCache,
+    table: &str,
+    row: &Map<String, Value>,
+    report: &mut WriteReport,
+) -> Result<(), ReplicaError> {
+    let cols = cache.columns(tx, table).await?;
+    let mut names = Vec::new();
+    let mut params = Vec::new();
+    for (k, v) in row {
+        if cols.contains(k) {
+            names.push(q(k));
+            params.push(to_param(v));
+        } else {
+            report
+                .missing_columns
+                .insert((table.to_string(), k.clone()));
+        }
+    }
+    if names.is_empty() {
+        return Ok(());
+    }
+    let updates: Vec<String> = names.iter().map(|n| format!("{n} = VALUES({n})")).collect();
+    let sql = format!(
+        "INSERT INTO {} ({}) VALUES ({}) ON DUPLICATE KEY UPDATE {}",
+        q(table),
+        names.join(", "),
+        vec!["?"; names.len()].join(", "),
+        updates.join(", ")
+    );
+    tx.exec_drop(sql, params).await?;
+    Ok(())
+}
+
+async fn delete_children(
+    tx: &mut Transaction<'_>,
+    table: &str,
+    doctype: &str,
+    parent: &str,
+    keep: &[String],
+) -> Result<(), ReplicaError> {
+    let mut params: Vec<MyValue> = vec![parent.into(), doctype.into()];
+    let mut sql = format!(
+        "DELETE FROM {} WHERE parent = ? AND parenttype = ?",
+        q(table)
+    );
+    if !keep.is_empty() {
+        sql.push_str(&format!(
+            " AND name NOT IN ({})",
+            vec!["?"; keep.len()].join(", ")
+        ));
+        params.extend(keep.iter().map(|k| MyValue::from(k.as_str())));
+    }
+    tx.exec_drop(sql, params).await?;
+    Ok(())
+}
+
+/// Makes the replica's rows of document `(doctype, name)` equal to `image` (`None` deletes it).
+/// For a rename, `old_name` is removed and its children move to `name`.
+pub async fn write_doc(
+    tx: &mut Transaction<'_>,
+    cache: &mut SchemaCache,
+    doctype: &str,
+    name: &str,
+    old_name: Option<&str>,
+    image: Option<&Value>,
+) -> Result<WriteReport, ReplicaError> {
+    let mut report = WriteReport::default();
+    let single = cache.is_single(tx, doctype).await?;
+    let child_tables = cache.child_tables(tx, doctype).await?;
+    let parent_table = format!("tab{doctype}");
+    if let Some(old) = old_name
+        && !single
+    {
+        tx.exec_drop(
+            format!("DELETE FROM {} WHERE name = ?", q(&parent_table)),
+            (old,),
+        )
+        .await?;
+    }
+    let Some(image) = image else {
+        if single {
+            tx.exec_drop("DELETE FROM `tabSingles` WHERE doctype = ?", (doctype,))
+                .await?;
+        } else {
+            tx.exec_drop(
+                format!("DELETE FROM {} WHERE name = ?", q(&parent_table)),
+                (name,),
+            )
+            .await?;
+        }
+        for t in child_tables.values().collect::<BTreeSet<_>>() {
+            delete_children(tx, t, doctype, name, &[]).await?;
+        }
+        return Ok(report);
+    };
+    match image.get("parent") {
+        Some(Value::Object(p)) if single => {
+            tx.exec_drop("DELETE FROM `tabSingles` WHERE doctype = ?", (doctype,))
+                .await?;
+            for (field, v) in p {
+                tx.exec_drop(
+                    "INSERT INTO `tabSingles` (doctype, field, value) VALUES (?, ?, ?)",
+                    (doctype, field.as_str(), to_param(v)),
+                )
+                .await?;
+            }
+        }
+        Some(Value::Object(p)) => upsert(tx, cache, &parent_table, p, &mut report).await?,
+        Some(Value::Null) | None => {}
+        Some(_) => return Err(ReplicaError::BadImage("parent is not an object".into())),
+    }
+    let children = image
+        .get("children")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    let mut keep: BTreeMap<&str, Vec<String>> = child_tables
+        .values()
+        .map(|t| (t.as_str(), Vec::new()))
+        .collect();
+    let mut rows_by_table: Vec<(&str, Map<String, Value>)> = Vec::new();
+    for (field, rows) in &children {
+        let table = child_tables
+            .get(field)
+            .ok_or_else(|| ReplicaError::UnknownTableField {
+                doctype: doctype.to_string(),
+                field: field.clone(),
+            })?;
+        let rows = rows
+            .as_array()
+            .ok_or_else(|| ReplicaError::BadImage(format!("children.{field} is not an array")))?;
+        for r in rows {
+            let r = r.as_object().ok_or_else(|| {
+                ReplicaError::BadImage(format!("a row of {field} is not an object"))
+            })?;
+            if let Some(n) = r.get("name").and_then(Value::as_str) {
+                keep.entry(table.as_str()).or_default().push(n.to_string());
+            }
+            rows_by_table.push((table.as_str(), r.clone()));
+        }
+    }
+    for (table, names) in &keep {
+        delete_children(tx, table, doctype, name, names).await?;
+        if let Some(old) = old_name {
+            delete_children(tx, table, doctype, old, names).await?;
+        }
+    }
+    for (table, row) in rows_by_table {
+        upsert(tx, cache, table, &row, &mut report).await?;
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn params_from_envelope_values() {
+        assert_eq!(to_param(&json!(null)), MyValue::NULL);
+        assert_eq!(to_param(&json!(-5)), MyValue::Int(-5));
+        assert_eq!(
+            to_param(&json!(18446744073709551615u64)),
+            MyValue::UInt(u64::MAX)
+        );
+        assert_eq!(to_param(&json!(1.5)), MyValue::Double(1.5));
+        assert_eq!(
+            to_param(&json!("12.500000000")),
+            MyValue::Bytes(b"12.500000000".to_vec())
+        );
+        assert_eq!(
+            to_param(&json!({"$base64": "3q2+7w=="})),
+            MyValue::Bytes(vec![0xde, 0xad, 0xbe, 0xef])
+        );
+        assert_eq!(q("a`b"), "`a``b`");
+    }
+}

@@ -15,7 +15,6 @@ use frappe_cdc::apply::decision::{Comparator, Decision};
 use frappe_cdc::apply::replica::{SchemaCache, read_doc, write_doc};
 use frappe_cdc::envelope::{Envelope, Op};
 use mysql_async::TxOpts;
-use mysql_async::prelude::Queryable;
 
 /// Applies envelopes in order, skipping duplicates by source position (recorded per document
 /// in the same transaction); returns the decisions taken (duplicates as `AlreadyApplied`).

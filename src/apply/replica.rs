@@ -246,11 +246,13 @@ pub async fn read_doc(
                 .and_then(Value::as_str)
                 .unwrap_or("")
                 .to_string();
-            children
+            if let Some(a) = children
                 .entry(field)
                 .or_insert_with(|| Value::Array(Vec::new()))
                 .as_array_mut()
-                .map(|a| a.push(Value::Object(r)));
+            {
+                a.push(Value::Object(r));
+            }
         }
     }
     if parent.is_none() && children.is_empty() {

@@ -27,6 +27,8 @@ pub enum Command {
     Capture(CaptureArgs),
     /// Check the primary's settings and privileges (the same checks capture runs first).
     Check(CaptureArgs),
+    /// Apply the topic's documents to a replica MariaDB, with conflict checks.
+    Apply(ApplyArgs),
 }
 
 /// Log output format.
@@ -141,6 +143,55 @@ pub struct CaptureArgs {
     /// Stop at the end of the binlog instead of waiting (tests, benchmarks).
     #[arg(long, hide = true, env = "FRAPPE_CDC_STOP_AT_END")]
     pub stop_at_end: bool,
+}
+
+/// Flags of `apply`.
+#[derive(Debug, Clone, Args)]
+pub struct ApplyArgs {
+    /// TOML file with defaults for any flag (keys are the long flag names).
+    #[arg(long, env = "FRAPPE_CDC_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Replica database: mysql://user@host:port/site_db (password via FRAPPE_CDC_REPLICA_PASSWORD).
+    #[arg(long, env = "FRAPPE_CDC_REPLICA")]
+    pub replica: String,
+    /// File holding the replica password.
+    #[arg(long, env = "FRAPPE_CDC_REPLICA_PASSWORD_FILE")]
+    pub replica_password_file: Option<PathBuf>,
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "FRAPPE_CDC_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    /// Topic of document envelopes.
+    #[arg(long, env = "FRAPPE_CDC_TOPIC", default_value = "frappe-cdc")]
+    pub topic: String,
+    /// The replica's name: its consumer group, and the key of its stored offsets.
+    #[arg(long, env = "FRAPPE_CDC_GROUP")]
+    pub group: String,
+    /// Only apply these doctypes (repeatable; env: comma-separated).
+    #[arg(long, env = "FRAPPE_CDC_INCLUDE_DOCTYPE", value_delimiter = ',')]
+    pub include_doctype: Vec<String>,
+    /// Never apply these doctypes (repeatable; env: comma-separated).
+    #[arg(long, env = "FRAPPE_CDC_EXCLUDE_DOCTYPE", value_delimiter = ',')]
+    pub exclude_doctype: Vec<String>,
+    /// Topic for messages that can never apply (default: <topic>.dead-letter).
+    #[arg(long, env = "FRAPPE_CDC_DEAD_LETTER_TOPIC")]
+    pub dead_letter_topic: Option<String>,
+    /// Extra columns the conflict check ignores (repeatable), besides _seen, _comments,
+    /// _assign, _liked_by, _user_tags.
+    #[arg(long, env = "FRAPPE_CDC_IGNORE_COLUMN", value_delimiter = ',')]
+    pub ignore_column: Vec<String>,
+    /// Address of the /metrics, /healthz and /readyz endpoint.
+    #[arg(
+        long,
+        env = "FRAPPE_CDC_APPLY_METRICS_ADDR",
+        default_value = "127.0.0.1:9465"
+    )]
+    pub metrics_addr: SocketAddr,
+    /// Longest wait between retries of a transient replica failure.
+    #[arg(long, env = "FRAPPE_CDC_MAX_BACKOFF", default_value = "30s", value_parser = parse_duration)]
+    pub max_backoff: Duration,
+    /// Log format.
+    #[arg(long, env = "FRAPPE_CDC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 /// Errors reading the config file.

@@ -104,6 +104,61 @@ pub struct Envelope {
     pub source: Source,
 }
 
+fn check_image(which: &str, img: &serde_json::Value) -> Result<(), String> {
+    let obj = img
+        .as_object()
+        .ok_or_else(|| format!("{which} is not an object"))?;
+    if let Some(k) = obj.keys().find(|k| *k != "parent" && *k != "children") {
+        return Err(format!("{which} has an unknown field {k:?}"));
+    }
+    match obj.get("parent") {
+        Some(serde_json::Value::Null) | Some(serde_json::Value::Object(_)) => {}
+        _ => return Err(format!("{which}.parent must be an object or null")),
+    }
+    let children = obj
+        .get("children")
+        .and_then(|c| c.as_object())
+        .ok_or_else(|| format!("{which}.children must be an object"))?;
+    for (field, rows) in children {
+        let rows = rows
+            .as_array()
+            .ok_or_else(|| format!("{which}.children.{field} must be an array"))?;
+        if rows.iter().any(|r| !r.is_object()) {
+            return Err(format!("{which}.children.{field} must hold row objects"));
+        }
+    }
+    Ok(())
+}
+
+impl Envelope {
+    /// Checks what serde cannot: image shapes and their consistency with `op`.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.doctype.is_empty() {
+            return Err("empty doctype".into());
+        }
+        if let Some(b) = &self.before {
+            check_image("before", b)?;
+        }
+        if let Some(a) = &self.after {
+            check_image("after", a)?;
+        }
+        let (b, a) = (self.before.is_some(), self.after.is_some());
+        let ok = match self.op {
+            Op::Create | Op::Snapshot => !b && a,
+            Op::Update => b && a,
+            Op::Delete => b && !a,
+            Op::Rename => b && a && self.old_name.is_some(),
+        };
+        if !ok {
+            return Err(format!(
+                "op {} does not fit the before/after images given",
+                self.op.as_str()
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Serializes a key.
 pub fn key_json(doctype: &str, name: &str) -> Vec<u8> {
     let k = Key {

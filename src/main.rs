@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use frappe_cdc::apply::run::{ApplyConfig, run as run_apply_loop};
 use frappe_cdc::capture::{self, CaptureConfig, CaptureError};
-use frappe_cdc::cli::{CaptureArgs, Command, LogFormat, PartitionBy};
+use frappe_cdc::cli::{ApplyArgs, CaptureArgs, Command, LogFormat, PartitionBy};
 use frappe_cdc::frappe::catalog::Filter;
 use frappe_cdc::kafka::producer::ProducerConfig;
-use frappe_cdc::metrics::{self, CaptureMetrics};
+use frappe_cdc::metrics::{self, ApplyMetrics, CaptureMetrics};
 use frappe_cdc::source::conn::{DbTarget, read_password_file};
 use frappe_cdc::source::preflight;
 use frappe_cdc::state::Store;
@@ -166,6 +167,73 @@ async fn run_capture(a: &CaptureArgs) -> ExitCode {
     code
 }
 
+fn shutdown_token() -> CancellationToken {
+    let shutdown = CancellationToken::new();
+    let sd = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+        }
+        tracing::info!("shutdown requested");
+        sd.cancel();
+    });
+    shutdown
+}
+
+async fn run_apply(a: &ApplyArgs) -> ExitCode {
+    let password = match (
+        &a.replica_password_file,
+        std::env::var("FRAPPE_CDC_REPLICA_PASSWORD").ok(),
+    ) {
+        (Some(p), _) => match read_password_file(p) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!(
+                    "error: cannot read --replica-password-file {}: {e}",
+                    p.display()
+                );
+                return ExitCode::from(2);
+            }
+        },
+        (None, env) => env,
+    };
+    let replica = match DbTarget::parse(&a.replica, password.as_deref()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cfg = ApplyConfig {
+        replica,
+        brokers: a.brokers.clone(),
+        topic: a.topic.clone(),
+        group: a.group.clone(),
+        dead_letter_topic: a
+            .dead_letter_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}.dead-letter", a.topic)),
+        filter: Filter::new(&a.include_doctype, &a.exclude_doctype),
+        ignore_columns: a.ignore_column.clone(),
+        max_backoff: a.max_backoff,
+    };
+    let m = ApplyMetrics::new();
+    let ready = Arc::new(AtomicBool::new(true));
+    let server = tokio::spawn(metrics::serve(a.metrics_addr, m.registry.clone(), ready));
+    let code = match run_apply_loop(cfg, m, shutdown_token()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    };
+    server.abort();
+    code
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = match frappe_cdc::cli::parse_from(std::env::args_os().collect()) {
@@ -183,6 +251,10 @@ async fn main() -> ExitCode {
         Command::Check(a) => {
             init_logging(a.log_format);
             run_check(a).await
+        }
+        Command::Apply(a) => {
+            init_logging(a.log_format);
+            run_apply(a).await
         }
     }
 }

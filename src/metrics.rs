@@ -90,6 +90,41 @@ fn unreachable_metric<T>() -> T {
     panic!("invalid metric definition (a constant in metrics.rs)")
 }
 
+/// Metrics of `apply`.
+#[derive(Clone)]
+pub struct ApplyMetrics {
+    pub registry: Registry,
+    pub documents: IntCounterVec,
+    pub dead_letters: IntCounter,
+    pub retries: IntCounter,
+    pub open_conflicts: IntGauge,
+    pub missing_columns: IntCounterVec,
+    pub lag: Histogram,
+}
+
+impl ApplyMetrics {
+    /// Creates and registers every apply metric.
+    pub fn new() -> Self {
+        let r = Registry::new();
+        register_build_info(&r);
+        ApplyMetrics {
+            documents: reg(&r, IntCounterVec::new(Opts::new("frappe_cdc_apply_documents_total", "Envelopes handled, by doctype and outcome (applied, skipped, filtered, conflict, dead_letter, tombstone)"), &["doctype", "outcome"]).unwrap_or_else(|_| unreachable_metric())),
+            dead_letters: reg(&r, IntCounter::new("frappe_cdc_apply_dead_letters_total", "Messages sent to the dead-letter topic").unwrap_or_else(|_| unreachable_metric())),
+            retries: reg(&r, IntCounter::new("frappe_cdc_apply_retries_total", "Retries after transient replica failures").unwrap_or_else(|_| unreachable_metric())),
+            open_conflicts: reg(&r, IntGauge::new("frappe_cdc_apply_open_conflicts", "Conflicts recorded and not resolved").unwrap_or_else(|_| unreachable_metric())),
+            missing_columns: reg(&r, IntCounterVec::new(Opts::new("frappe_cdc_apply_missing_columns_total", "Values not written because the replica table lacks the column, by table"), &["table"]).unwrap_or_else(|_| unreachable_metric())),
+            lag: reg(&r, Histogram::with_opts(HistogramOpts::new("frappe_cdc_apply_end_to_end_lag_seconds", "Apply time minus source commit time").buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0])).unwrap_or_else(|_| unreachable_metric())),
+            registry: r,
+        }
+    }
+}
+
+impl Default for ApplyMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Serves `/metrics`, `/healthz` and `/readyz` until the task is dropped.
 pub async fn serve(
     addr: SocketAddr,

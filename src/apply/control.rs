@@ -134,6 +134,76 @@ pub async fn stored_offsets(
         .await?)
 }
 
+/// Creates the conflicts table if missing.
+pub async fn ensure_conflicts_table(conn: &mut Conn) -> Result<(), ReplicaError> {
+    conn.query_drop(
+        "CREATE TABLE IF NOT EXISTS `_frappe_cdc_conflicts` (
+           `id` bigint unsigned NOT NULL AUTO_INCREMENT,
+           `doctype` varchar(140) NOT NULL, `name` varchar(255) NOT NULL,
+           `status` varchar(16) NOT NULL DEFAULT 'open',
+           `reason` text NOT NULL,
+           `primary_before` longtext, `primary_after` longtext, `replica_copy` longtext,
+           `source_gtid` varchar(64), `source_position` varchar(255),
+           `envelopes` int unsigned NOT NULL DEFAULT 1,
+           `created_at` datetime(6) NOT NULL DEFAULT current_timestamp(6),
+           `updated_at` datetime(6) NOT NULL DEFAULT current_timestamp(6),
+           `resolved_at` datetime(6) NULL, `resolution` varchar(32) NULL,
+           PRIMARY KEY (`id`), KEY `doc` (`doctype`, `name`, `status`)
+         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci",
+    )
+    .await?;
+    Ok(())
+}
+
+/// The open conflict of a document, if any.
+pub async fn open_conflict(
+    tx: &mut Transaction<'_>,
+    doctype: &str,
+    name: &str,
+) -> Result<Option<u64>, ReplicaError> {
+    Ok(tx
+        .exec_first("SELECT id FROM `_frappe_cdc_conflicts` WHERE doctype = ? AND name = ? AND status = 'open' ORDER BY id LIMIT 1 FOR UPDATE", (doctype, name))
+        .await?)
+}
+
+/// One conflict to record.
+pub struct ConflictRecord<'a> {
+    pub doctype: &'a str,
+    pub name: &'a str,
+    pub reason: &'a str,
+    pub before: Option<&'a serde_json::Value>,
+    pub after: Option<&'a serde_json::Value>,
+    pub replica: Option<&'a serde_json::Value>,
+    pub source: &'a Source,
+}
+
+fn json_text(v: Option<&serde_json::Value>) -> Option<String> {
+    v.map(|v| v.to_string())
+}
+
+/// Records a new conflict, or moves an open one's pending primary version forward.
+pub async fn record_conflict(
+    tx: &mut Transaction<'_>,
+    c: &ConflictRecord<'_>,
+) -> Result<u64, ReplicaError> {
+    if let Some(id) = open_conflict(tx, c.doctype, c.name).await? {
+        tx.exec_drop(
+            "UPDATE `_frappe_cdc_conflicts` SET primary_after = ?, source_gtid = ?, source_position = ?, envelopes = envelopes + 1, \
+             updated_at = current_timestamp(6) WHERE id = ?",
+            (json_text(c.after), c.source.gtid.clone(), c.source.position.clone(), id),
+        )
+        .await?;
+        return Ok(id);
+    }
+    tx.exec_drop(
+        "INSERT INTO `_frappe_cdc_conflicts` (doctype, name, reason, primary_before, primary_after, replica_copy, source_gtid, source_position) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (c.doctype, c.name, c.reason, json_text(c.before), json_text(c.after), json_text(c.replica), c.source.gtid.clone(), c.source.position.clone()),
+    )
+    .await?;
+    Ok(tx.last_insert_id().unwrap_or(0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

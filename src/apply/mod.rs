@@ -4,3 +4,4 @@
 pub mod control;
 pub mod decision;
 pub mod replica;
+pub mod run;

@@ -1,0 +1,430 @@
+//! The apply loop: consume the topic and apply each envelope in one replica transaction.
+//!
+//! Consistency: the replica transaction that writes a document also stores the partition's
+//! next offset (`_frappe_cdc_offsets`) and the document's applied source position
+//! (`_frappe_cdc_applied`). On start the consumer is assigned every partition at the stored
+//! offsets, so after a crash anywhere the first message not committed on the replica is read
+//! again and nothing is applied twice or skipped. Kafka's own group offsets are committed too,
+//! for lag tools only. Transient failures (replica unreachable, deadlock, lock wait) retry
+//! the same message with capped backoff; a message that can never apply (not an envelope, an
+//! unknown version, a table or value the replica rejects) goes to the dead-letter topic with
+//! the reason and its coordinates in headers, and the partition moves on.
+
+use std::time::Duration;
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Pool, TxOpts};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use super::control::{self, ConflictRecord, EventKey};
+use super::decision::{Comparator, Decision};
+use super::replica::{ReplicaError, SchemaCache, read_doc, write_doc};
+use crate::envelope::{ENVELOPE_VERSION, Envelope, Op};
+use crate::frappe::catalog::{Filter, IGNORED_COLUMNS};
+use crate::kafka::producer::ensure_topic;
+use crate::metrics::ApplyMetrics;
+use crate::source::conn::DbTarget;
+
+/// Settings of `apply`.
+#[derive(Clone)]
+pub struct ApplyConfig {
+    pub replica: DbTarget,
+    pub brokers: String,
+    pub topic: String,
+    pub group: String,
+    pub dead_letter_topic: String,
+    pub filter: Filter,
+    pub ignore_columns: Vec<String>,
+    pub max_backoff: Duration,
+}
+
+/// Errors that stop apply.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("kafka: {0}")]
+    Kafka(String),
+    #[error(transparent)]
+    Replica(#[from] ReplicaError),
+}
+
+/// What happened to one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Applied,
+    Duplicate,
+    AlreadyApplied,
+    Filtered,
+    Tombstone,
+    Conflict,
+    DeadLetter(String),
+}
+
+impl Outcome {
+    fn label(&self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::Duplicate | Outcome::AlreadyApplied => "skipped",
+            Outcome::Filtered => "filtered",
+            Outcome::Tombstone => "tombstone",
+            Outcome::Conflict => "conflict",
+            Outcome::DeadLetter(_) => "dead_letter",
+        }
+    }
+}
+
+/// True for failures a retry can cure.
+fn transient(e: &ReplicaError) -> bool {
+    match e {
+        ReplicaError::Sql(e) => match e.as_ref() {
+            mysql_async::Error::Server(se) => {
+                matches!(se.code, 1205 | 1213 | 1040 | 1053 | 2006 | 2013 | 1927)
+            }
+            mysql_async::Error::Io(_) | mysql_async::Error::Driver(_) => true,
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+struct Applier {
+    cfg: ApplyConfig,
+    pool: Pool,
+    cache: SchemaCache,
+    cmp: Comparator,
+    metrics: ApplyMetrics,
+    missing_logged: std::collections::BTreeSet<(String, String)>,
+}
+
+impl Applier {
+    async fn store_only(&self, partition: i32, next: i64) -> Result<(), ReplicaError> {
+        let mut conn = self.pool.get_conn().await?;
+        let mut tx = conn.start_transaction(TxOpts::default()).await?;
+        control::store_offset(&mut tx, &self.cfg.group, &self.cfg.topic, partition, next).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn apply_envelope(
+        &mut self,
+        e: &Envelope,
+        partition: i32,
+        next: i64,
+    ) -> Result<Outcome, ReplicaError> {
+        let Some(key) = EventKey::of(&e.source) else {
+            return Ok(Outcome::DeadLetter(
+                "source position is not a GTID position".into(),
+            ));
+        };
+        let mut conn = self.pool.get_conn().await?;
+        let mut tx = conn.start_transaction(TxOpts::default()).await?;
+        let outcome = self.apply_in(&mut tx, e, key).await?;
+        control::store_offset(&mut tx, &self.cfg.group, &self.cfg.topic, partition, next).await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn apply_in(
+        &mut self,
+        tx: &mut mysql_async::Transaction<'_>,
+        e: &Envelope,
+        key: EventKey,
+    ) -> Result<Outcome, ReplicaError> {
+        if control::last_applied(tx, &e.doctype, &e.name)
+            .await?
+            .is_some_and(|l| key.covered_by(&l))
+        {
+            return Ok(Outcome::Duplicate);
+        }
+        let lookup = e.old_name.as_deref().unwrap_or(&e.name);
+        let copy = read_doc(tx, &mut self.cache, &e.doctype, lookup).await?;
+        let copy_new = if e.op == Op::Rename {
+            read_doc(tx, &mut self.cache, &e.doctype, &e.name).await?
+        } else {
+            None
+        };
+        let open = control::open_conflict(tx, &e.doctype, lookup).await?;
+        let decision = if open.is_some() {
+            Decision::Conflict("an earlier conflict of this document is still open".into())
+        } else {
+            self.cmp.decide(
+                e.op,
+                e.before.as_ref(),
+                e.after.as_ref(),
+                copy.as_ref(),
+                copy_new.as_ref(),
+            )
+        };
+        match decision {
+            Decision::Apply => {
+                let report = write_doc(
+                    tx,
+                    &mut self.cache,
+                    &e.doctype,
+                    &e.name,
+                    e.old_name.as_deref(),
+                    e.after.as_ref(),
+                )
+                .await?;
+                for (t, c) in report.missing_columns {
+                    self.metrics.missing_columns.with_label_values(&[&t]).inc();
+                    if self.missing_logged.insert((t.clone(), c.clone())) {
+                        tracing::warn!(table = %t, column = %c, "column missing on the replica; its values are not written (add it with bench migrate)");
+                    }
+                }
+                control::mark_applied(tx, &e.doctype, &e.name, key).await?;
+                if let Some(old) = &e.old_name {
+                    control::mark_applied(tx, &e.doctype, old, key).await?;
+                }
+                Ok(Outcome::Applied)
+            }
+            Decision::AlreadyApplied => {
+                control::mark_applied(tx, &e.doctype, &e.name, key).await?;
+                Ok(Outcome::AlreadyApplied)
+            }
+            Decision::Conflict(reason) => {
+                control::record_conflict(
+                    tx,
+                    &ConflictRecord {
+                        doctype: &e.doctype,
+                        name: lookup,
+                        reason: &reason,
+                        before: e.before.as_ref(),
+                        after: e.after.as_ref(),
+                        replica: copy.as_ref(),
+                        source: &e.source,
+                    },
+                )
+                .await?;
+                tracing::warn!(doctype = %e.doctype, reason = %reason, "conflict recorded; document skipped");
+                Ok(Outcome::Conflict)
+            }
+        }
+    }
+
+    /// Handles one message, retrying transient failures until shutdown.
+    async fn handle(
+        &mut self,
+        m: &BorrowedMessage<'_>,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Outcome>, ApplyError> {
+        let next = m.offset() + 1;
+        let partition = m.partition();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let r = match m.payload() {
+                None => self
+                    .store_only(partition, next)
+                    .await
+                    .map(|_| Outcome::Tombstone),
+                Some(p) => match serde_json::from_slice::<Envelope>(p) {
+                    Err(err) => Ok(Outcome::DeadLetter(format!(
+                        "not a frappe-cdc envelope: {err}"
+                    ))),
+                    Ok(e) if e.version != ENVELOPE_VERSION => Ok(Outcome::DeadLetter(format!(
+                        "unknown envelope version {}",
+                        e.version
+                    ))),
+                    Ok(e) if e.validate().is_err() => Ok(Outcome::DeadLetter(format!(
+                        "invalid envelope: {}",
+                        e.validate().err().unwrap_or_default()
+                    ))),
+                    Ok(e) if !self.cfg.filter.tracks(&e.doctype) => self
+                        .store_only(partition, next)
+                        .await
+                        .map(|_| Outcome::Filtered),
+                    Ok(e) => {
+                        let r = self.apply_envelope(&e, partition, next).await;
+                        if let Ok(o) = &r {
+                            self.metrics
+                                .documents
+                                .with_label_values(&[&e.doctype, o.label()])
+                                .inc();
+                            if e.source.commit_ts > 0 && matches!(o, Outcome::Applied) {
+                                let now = std::time::SystemTime::now()
+                                    .duration_since(std::time::UNIX_EPOCH)
+                                    .map(|d| d.as_secs_f64())
+                                    .unwrap_or(0.0);
+                                self.metrics
+                                    .lag
+                                    .observe((now - e.source.commit_ts as f64).max(0.0));
+                            }
+                        }
+                        r
+                    }
+                },
+            };
+            match r {
+                Ok(o) => return Ok(Some(o)),
+                Err(e) if transient(&e) => {
+                    self.metrics.retries.inc();
+                    tracing::warn!(error = %e, retry_in = ?backoff, "replica unavailable; retrying the same message");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.cancelled() => return Ok(None),
+                    }
+                    backoff = (backoff * 2).min(self.cfg.max_backoff);
+                    self.cache.clear();
+                }
+                Err(e) => return Ok(Some(Outcome::DeadLetter(e.to_string()))),
+            }
+        }
+    }
+}
+
+fn headers(m: &BorrowedMessage<'_>, reason: &str) -> OwnedHeaders {
+    let part = m.partition().to_string();
+    let off = m.offset().to_string();
+    OwnedHeaders::new()
+        .insert(Header {
+            key: "frappe-cdc-reason",
+            value: Some(reason),
+        })
+        .insert(Header {
+            key: "frappe-cdc-topic",
+            value: Some(m.topic()),
+        })
+        .insert(Header {
+            key: "frappe-cdc-partition",
+            value: Some(&part),
+        })
+        .insert(Header {
+            key: "frappe-cdc-offset",
+            value: Some(&off),
+        })
+}
+
+/// Runs apply until shutdown.
+pub async fn run(
+    cfg: ApplyConfig,
+    metrics: ApplyMetrics,
+    shutdown: CancellationToken,
+) -> Result<(), ApplyError> {
+    let pool = Pool::new(cfg.replica.opts.clone());
+    let mut conn = loop {
+        match pool.get_conn().await {
+            Ok(c) => break c,
+            Err(e) => {
+                tracing::warn!(replica = %cfg.replica, error = %e, "cannot reach the replica; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    _ = shutdown.cancelled() => return Ok(()),
+                }
+            }
+        }
+    };
+    control::ensure_tables(&mut conn).await?;
+    control::ensure_conflicts_table(&mut conn).await?;
+    let stored = control::stored_offsets(&mut conn, &cfg.group, &cfg.topic).await?;
+    let open: Option<u64> = conn
+        .query_first("SELECT COUNT(*) FROM `_frappe_cdc_conflicts` WHERE status = 'open'")
+        .await
+        .map_err(ReplicaError::from)?;
+    metrics.open_conflicts.set(open.unwrap_or(0) as i64);
+    drop(conn);
+    ensure_topic(&cfg.brokers, &cfg.dead_letter_topic, 1, &[])
+        .await
+        .map_err(|e| ApplyError::Kafka(e.to_string()))?;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &cfg.brokers)
+        .set("group.id", &cfg.group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("fetch.wait.max.ms", "50")
+        .set("fetch.max.bytes", "67108864")
+        .set("max.partition.fetch.bytes", "16777216")
+        .create()
+        .map_err(|e| ApplyError::Kafka(e.to_string()))?;
+    let dlq: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &cfg.brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("message.max.bytes", "16777216")
+        .create()
+        .map_err(|e| ApplyError::Kafka(e.to_string()))?;
+    let md = consumer
+        .fetch_metadata(Some(&cfg.topic), Duration::from_secs(30))
+        .map_err(|e| ApplyError::Kafka(e.to_string()))?;
+    let parts: Vec<i32> = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == cfg.topic)
+        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+        .unwrap_or_default();
+    if parts.is_empty() {
+        return Err(ApplyError::Kafka(format!(
+            "topic {} does not exist yet: start capture first",
+            cfg.topic
+        )));
+    }
+    let mut tpl = TopicPartitionList::new();
+    for p in &parts {
+        let off = stored
+            .iter()
+            .find(|(sp, _)| sp == p)
+            .map_or(Offset::Beginning, |(_, o)| Offset::Offset(*o));
+        tpl.add_partition_offset(&cfg.topic, *p, off)
+            .map_err(|e| ApplyError::Kafka(e.to_string()))?;
+    }
+    consumer
+        .assign(&tpl)
+        .map_err(|e| ApplyError::Kafka(e.to_string()))?;
+    tracing::info!(topic = %cfg.topic, group = %cfg.group, partitions = parts.len(), "apply started");
+    let mut applier = Applier {
+        cmp: Comparator::new(
+            IGNORED_COLUMNS
+                .iter()
+                .map(|s| s.to_string())
+                .chain(cfg.ignore_columns.iter().cloned()),
+        ),
+        cfg,
+        pool,
+        cache: SchemaCache::default(),
+        metrics,
+        missing_logged: Default::default(),
+    };
+    while !shutdown.is_cancelled() {
+        let Some(m) = tokio::task::block_in_place(|| consumer.poll(Duration::from_millis(200)))
+        else {
+            continue;
+        };
+        let m = match m {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "kafka consume error");
+                continue;
+            }
+        };
+        let Some(outcome) = applier.handle(&m, &shutdown).await? else {
+            break;
+        };
+        if let Outcome::DeadLetter(reason) = &outcome {
+            applier.metrics.dead_letters.inc();
+            tracing::warn!(partition = m.partition(), offset = m.offset(), reason = %reason, "message sent to the dead-letter topic");
+            let key = m.key().unwrap_or(b"");
+            let rec = FutureRecord::<[u8], [u8]>::to(&applier.cfg.dead_letter_topic)
+                .key(key)
+                .headers(headers(&m, reason));
+            let rec = match m.payload() {
+                Some(p) => rec.payload(p),
+                None => rec,
+            };
+            dlq.send(rec, Duration::from_secs(60))
+                .await
+                .map_err(|(e, _)| ApplyError::Kafka(format!("dead-letter topic: {e}")))?;
+            applier.store_only(m.partition(), m.offset() + 1).await?;
+        }
+        if outcome == Outcome::Conflict {
+            applier.metrics.open_conflicts.inc();
+        }
+        let mut commit = TopicPartitionList::new();
+        let _ =
+            commit.add_partition_offset(m.topic(), m.partition(), Offset::Offset(m.offset() + 1));
+        let _ = consumer.commit(&commit, rdkafka::consumer::CommitMode::Async);
+    }
+    Ok(())
+}

@@ -122,18 +122,7 @@ async fn run_capture(a: &CaptureArgs) -> ExitCode {
         m.registry.clone(),
         Arc::clone(&ready),
     ));
-    let shutdown = CancellationToken::new();
-    let sd = shutdown.clone();
-    tokio::spawn(async move {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
-        }
-        tracing::info!("shutdown requested");
-        sd.cancel();
-    });
+    let shutdown = shutdown_token();
     let mut backoff = Duration::from_millis(500);
     let code = loop {
         ready.store(true, std::sync::atomic::Ordering::Release);

@@ -7,14 +7,14 @@
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::doc_image;
 use common::rig::Rig;
-use common::servers::free_port;
+use common::servers::{KillOnDrop, free_port};
 use common::topic::read_all;
 use common::workload::{Frappe, Invoice};
 use mysql_async::prelude::Queryable;
@@ -32,38 +32,12 @@ impl Lcg {
     }
 }
 
-fn spawn_capture(rig: &Rig, metrics_port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_frappe-cdc"))
-        .args([
-            "capture",
-            "--source",
-            &rig.primary().cdc_url(&rig.db),
-            "--brokers",
-            &rig.bootstrap(),
-            "--topic",
-            &rig.topic,
-        ])
-        .args([
-            "--server-id",
-            &rig.server_id.to_string(),
-            "--state-dir",
-            rig.state.to_str().unwrap_or_default(),
-        ])
-        .args([
-            "--metrics-addr",
-            &format!("127.0.0.1:{metrics_port}"),
-            "--heartbeat",
-            "1s",
-            "--checkpoint-interval",
-            "100ms",
-        ])
-        .env("FRAPPE_CDC_SOURCE_PASSWORD", "cdcpass")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn frappe-cdc")
+fn spawn_capture(rig: &Rig, metrics_port: u16) -> KillOnDrop {
+    rig.spawn_capture(
+        None,
+        metrics_port,
+        &["--heartbeat", "1s", "--checkpoint-interval", "100ms"],
+    )
 }
 
 /// Sum of a metric's samples on the process's /metrics, or None while it is not serving.
@@ -201,7 +175,7 @@ async fn kill_nine_twenty_times_loses_nothing() {
             if metric(port, what).await.is_some_and(|v| v >= target) {
                 break;
             }
-            if let Ok(Some(status)) = child.try_wait() {
+            if let Ok(Some(status)) = child.0.try_wait() {
                 panic!("capture exited by itself in round {round}: {status}");
             }
             assert!(
@@ -213,7 +187,7 @@ async fn kill_nine_twenty_times_loses_nothing() {
         let _ = Command::new("kill")
             .args(["-9", &child.id().to_string()])
             .status();
-        let _ = child.wait();
+        drop(child);
         kills.push((round, what, target, done.load(Ordering::Acquire)));
     }
     stop.store(true, Ordering::Release);

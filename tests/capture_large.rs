@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::rig::Rig;
@@ -41,39 +40,14 @@ async fn million_row_transaction_with_bounded_memory() {
     );
 
     let t = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_frappe-cdc"))
-        .args([
-            "capture",
-            "--source",
-            &rig.primary().cdc_url(&rig.db),
-            "--brokers",
-            &rig.bootstrap(),
-            "--topic",
-            &rig.topic,
-        ])
-        .args([
-            "--server-id",
-            &rig.server_id.to_string(),
-            "--state-dir",
-            rig.state.to_str().unwrap_or_default(),
-        ])
-        .args([
-            "--metrics-addr",
-            &format!("127.0.0.1:{}", common::servers::free_port()),
-            "--stop-at-end",
-        ])
-        .env("FRAPPE_CDC_SOURCE_PASSWORD", "cdcpass")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("spawn frappe-cdc");
+    let mut child = rig.spawn_capture(None, common::servers::free_port(), &["--stop-at-end"]);
     let pid = child.id();
     let mut peak_kib = 0;
     let status = loop {
         if let Some(h) = vm_hwm_kib(pid) {
             peak_kib = peak_kib.max(h);
         }
-        if let Some(s) = child.try_wait().expect("wait") {
+        if let Some(s) = child.0.try_wait().expect("wait") {
             break s;
         }
         assert!(

@@ -4,7 +4,7 @@
 mod common;
 
 use std::collections::HashSet;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::rig::Rig;
@@ -13,39 +13,10 @@ use common::topic::read_all;
 use common::workload::{Frappe, Invoice};
 
 fn spawn_capture(url: &str, rig: &Rig, port: u16) -> KillOnDrop {
-    KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_frappe-cdc"))
-            .args([
-                "capture",
-                "--source",
-                url,
-                "--brokers",
-                &rig.bootstrap(),
-                "--topic",
-                &rig.topic,
-            ])
-            .args([
-                "--server-id",
-                &rig.server_id.to_string(),
-                "--state-dir",
-                rig.state.to_str().unwrap_or_default(),
-            ])
-            .args([
-                "--metrics-addr",
-                &format!("127.0.0.1:{port}"),
-                "--heartbeat",
-                "1s",
-                "--checkpoint-interval",
-                "5s",
-            ])
-            .env("FRAPPE_CDC_SOURCE_PASSWORD", "cdcpass")
-            .env(
-                "RUST_LOG",
-                std::env::var("CAPTURE_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn frappe-cdc"),
+    rig.spawn_capture(
+        Some(url),
+        port,
+        &["--heartbeat", "1s", "--checkpoint-interval", "5s"],
     )
 }
 

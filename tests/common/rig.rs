@@ -122,3 +122,45 @@ impl Rig {
         super::workload::Frappe::new(self.primary().conn(&self.db).await)
     }
 }
+
+impl Rig {
+    /// Starts the `frappe-cdc capture` binary for this rig (killed when dropped), reading
+    /// `source_url` (default: this rig's site on the shared primary), with `extra` flags.
+    pub fn spawn_capture(
+        &self,
+        source_url: Option<&str>,
+        metrics_port: u16,
+        extra: &[&str],
+    ) -> super::servers::KillOnDrop {
+        let url = source_url
+            .map(String::from)
+            .unwrap_or_else(|| self.primary().cdc_url(&self.db));
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_frappe-cdc"))
+            .args([
+                "capture",
+                "--source",
+                &url,
+                "--brokers",
+                &self.bootstrap(),
+                "--topic",
+                &self.topic,
+            ])
+            .args([
+                "--server-id",
+                &self.server_id.to_string(),
+                "--state-dir",
+                self.state.to_str().unwrap_or_default(),
+            ])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .args(extra)
+            .env("FRAPPE_CDC_SOURCE_PASSWORD", "cdcpass")
+            .env(
+                "RUST_LOG",
+                std::env::var("CAPTURE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn frappe-cdc capture");
+        super::servers::KillOnDrop(child)
+    }
+}

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -23,98 +23,13 @@ pub struct Msg {
     pub value: Option<serde_json::Value>,
 }
 
-fn is_sentinel(key: &serde_json::Value) -> bool {
-    key.get("__sentinel").is_some()
-}
-
-/// Every non-sentinel message of `topic`, in partition then offset order.
-pub fn read_all(bootstrap: &str, topic: &str) -> Vec<Msg> {
+/// Calls `f` for every non-sentinel message of `topic`, partition by partition, up to a
+/// sentinel this call appended.
+fn scan(bootstrap: &str, topic: &str, mut f: impl FnMut(i32, &BorrowedMessage<'_>)) {
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("reader-{}", std::process::id()))
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "20")
-        .set("fetch.max.bytes", "52428800")
-        .set("max.partition.fetch.bytes", "20971520")
-        .create()
-        .expect("consumer");
-    let p: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .expect("producer");
-    let md = c
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("metadata");
-    let parts: Vec<i32> = md
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-        .unwrap_or_default();
-    let mut out = Vec::new();
-    for part in parts {
-        let tag = format!(
-            "{}-{}",
-            std::process::id(),
-            N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-        );
-        let key = serde_json::to_vec(&serde_json::json!({ "__sentinel": tag })).expect("json");
-        p.send(
-            BaseRecord::<[u8], [u8]>::to(topic)
-                .partition(part)
-                .key(&key)
-                .payload(b"{}"),
-        )
-        .map_err(|(e, _)| e)
-        .expect("send sentinel");
-        p.flush(Duration::from_secs(30))
-            .expect("sentinel delivered");
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, part, Offset::Beginning)
-            .expect("tpl");
-        c.assign(&tpl).expect("assign");
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            assert!(
-                Instant::now() < deadline,
-                "timed out reading {topic}/{part} to its sentinel"
-            );
-            let Some(m) = c.poll(Duration::from_millis(200)) else {
-                continue;
-            };
-            let m = m.unwrap_or_else(|e| panic!("kafka error reading {topic}: {e}"));
-            let key: serde_json::Value = serde_json::from_slice(m.key().unwrap_or(b"null"))
-                .unwrap_or(serde_json::Value::Null);
-            if is_sentinel(&key) {
-                if key["__sentinel"] == tag.as_str() {
-                    break;
-                }
-                continue;
-            }
-            // Non-JSON payloads (hostile-message tests) are kept as text.
-            let value = m.payload().map(|v| {
-                serde_json::from_slice(v).unwrap_or_else(|_| {
-                    serde_json::Value::String(String::from_utf8_lossy(v).into_owned())
-                })
-            });
-            out.push(Msg {
-                partition: part,
-                offset: m.offset(),
-                key,
-                value,
-            });
-        }
-    }
-    out
-}
-
-/// Number of non-sentinel messages in `topic` (keys only are decoded), for large volumes.
-pub fn count_all(bootstrap: &str, topic: &str) -> u64 {
-    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("counter-{}", std::process::id()))
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "20")
         .set("fetch.max.bytes", "104857600")
@@ -134,18 +49,17 @@ pub fn count_all(bootstrap: &str, topic: &str) -> u64 {
         .find(|t| t.name() == topic)
         .map(|t| t.partitions().iter().map(|p| p.id()).collect())
         .unwrap_or_default();
-    let mut n = 0;
     for part in parts {
         let tag = format!(
-            "count-{}-{}",
+            "{}-{}",
             std::process::id(),
             N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
         );
-        let key = serde_json::to_vec(&serde_json::json!({ "__sentinel": tag })).expect("json");
+        let own = serde_json::to_vec(&serde_json::json!({ "__sentinel": tag })).expect("json");
         p.send(
             BaseRecord::<[u8], [u8]>::to(topic)
                 .partition(part)
-                .key(&key)
+                .key(&own)
                 .payload(b"{}"),
         )
         .map_err(|(e, _)| e)
@@ -160,7 +74,7 @@ pub fn count_all(bootstrap: &str, topic: &str) -> u64 {
         loop {
             assert!(
                 Instant::now() < deadline,
-                "timed out counting {topic}/{part}"
+                "timed out reading {topic}/{part} to its sentinel"
             );
             let Some(m) = c.poll(Duration::from_millis(200)) else {
                 continue;
@@ -168,17 +82,41 @@ pub fn count_all(bootstrap: &str, topic: &str) -> u64 {
             let m = m.unwrap_or_else(|e| panic!("kafka error reading {topic}: {e}"));
             let key = m.key().unwrap_or(b"");
             if key.starts_with(b"{\"__sentinel\"") {
-                if key == key_bytes(&tag).as_slice() {
+                if key == own.as_slice() {
                     break;
                 }
                 continue;
             }
-            n += 1;
+            f(part, &m);
         }
     }
-    n
 }
 
-fn key_bytes(tag: &str) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({ "__sentinel": tag })).expect("json")
+/// Every non-sentinel message of `topic`, in partition then offset order.
+pub fn read_all(bootstrap: &str, topic: &str) -> Vec<Msg> {
+    let mut out = Vec::new();
+    scan(bootstrap, topic, |partition, m| {
+        let key =
+            serde_json::from_slice(m.key().unwrap_or(b"null")).unwrap_or(serde_json::Value::Null);
+        // Non-JSON payloads (hostile-message tests) are kept as text.
+        let value = m.payload().map(|v| {
+            serde_json::from_slice(v).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(v).into_owned())
+            })
+        });
+        out.push(Msg {
+            partition,
+            offset: m.offset(),
+            key,
+            value,
+        });
+    });
+    out
+}
+
+/// Number of non-sentinel messages in `topic` (nothing is decoded), for large volumes.
+pub fn count_all(bootstrap: &str, topic: &str) -> u64 {
+    let mut n = 0;
+    scan(bootstrap, topic, |_, _| n += 1);
+    n
 }

@@ -29,6 +29,37 @@ pub enum Command {
     Check(CaptureArgs),
     /// Apply the topic's documents to a replica MariaDB, with conflict checks.
     Apply(ApplyArgs),
+    /// Compare source and replica document by document; exit 0 only when equal.
+    Verify(VerifyArgs),
+}
+
+/// Flags of `verify`.
+#[derive(Debug, Clone, Args)]
+pub struct VerifyArgs {
+    /// TOML file with defaults for any flag (keys are the long flag names).
+    #[arg(long, env = "FRAPPE_CDC_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Source (primary): mysql://user@host:port/site_db (password via FRAPPE_CDC_SOURCE_PASSWORD).
+    #[arg(long, env = "FRAPPE_CDC_SOURCE")]
+    pub source: String,
+    /// Replica: mysql://user@host:port/site_db (password via FRAPPE_CDC_REPLICA_PASSWORD).
+    #[arg(long, env = "FRAPPE_CDC_REPLICA")]
+    pub replica: String,
+    /// Only this doctype.
+    #[arg(long)]
+    pub doctype: Option<String>,
+    /// Only these doctypes (repeatable; env: comma-separated).
+    #[arg(long, env = "FRAPPE_CDC_INCLUDE_DOCTYPE", value_delimiter = ',')]
+    pub include_doctype: Vec<String>,
+    /// Not these doctypes (repeatable; env: comma-separated).
+    #[arg(long, env = "FRAPPE_CDC_EXCLUDE_DOCTYPE", value_delimiter = ',')]
+    pub exclude_doctype: Vec<String>,
+    /// Extra columns to ignore (repeatable).
+    #[arg(long, env = "FRAPPE_CDC_IGNORE_COLUMN", value_delimiter = ',')]
+    pub ignore_column: Vec<String>,
+    /// Log format.
+    #[arg(long, env = "FRAPPE_CDC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 /// Log output format.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use frappe_cdc::apply::run::{ApplyConfig, run as run_apply_loop};
 use frappe_cdc::capture::{self, CaptureConfig, CaptureError};
-use frappe_cdc::cli::{ApplyArgs, CaptureArgs, Command, LogFormat, PartitionBy};
+use frappe_cdc::cli::{ApplyArgs, CaptureArgs, Command, LogFormat, PartitionBy, VerifyArgs};
 use frappe_cdc::frappe::catalog::Filter;
 use frappe_cdc::kafka::producer::ProducerConfig;
 use frappe_cdc::metrics::{self, ApplyMetrics, CaptureMetrics};
@@ -223,6 +223,71 @@ async fn run_apply(a: &ApplyArgs) -> ExitCode {
     code
 }
 
+async fn run_verify(a: &VerifyArgs) -> ExitCode {
+    let target = |url: &str, env: &str| DbTarget::parse(url, std::env::var(env).ok().as_deref());
+    let (source, replica) = match (
+        target(&a.source, "FRAPPE_CDC_SOURCE_PASSWORD"),
+        target(&a.replica, "FRAPPE_CDC_REPLICA_PASSWORD"),
+    ) {
+        (Ok(s), Ok(r)) => (s, r),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let connect = |t: DbTarget| async move {
+        mysql_async::Conn::new(t.opts.clone())
+            .await
+            .map_err(|e| format!("cannot reach {t}: {e}"))
+    };
+    let (mut s, mut r) = match (connect(source).await, connect(replica).await) {
+        (Ok(s), Ok(r)) => (s, r),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = Filter::new(&a.include_doctype, &a.exclude_doctype);
+    let cmp = frappe_cdc::apply::decision::Comparator::new(
+        frappe_cdc::frappe::catalog::IGNORED_COLUMNS
+            .iter()
+            .map(|c| c.to_string())
+            .chain(a.ignore_column.iter().cloned()),
+    );
+    let report =
+        match frappe_cdc::apply::verify::run(&mut s, &mut r, &filter, a.doctype.as_deref(), &cmp)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        };
+    for (d, c) in &report.per_doctype {
+        if c != &Default::default() {
+            println!(
+                "{d}: {} equal, {} missing on replica, {} extra on replica, {} different, {} known divergences",
+                c.equal, c.missing, c.extra, c.different, c.known
+            );
+        }
+    }
+    let t = &report.total;
+    println!(
+        "total: {} equal, {} missing on replica, {} extra on replica, {} different, {} known divergences (open or kept-local conflicts)",
+        t.equal, t.missing, t.extra, t.different, t.known
+    );
+    for (kind, d, n, detail) in &report.examples {
+        println!("  {kind}: {d} {n} {detail}");
+    }
+    if report.is_equal() {
+        println!("replica in sync");
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = match frappe_cdc::cli::parse_from(std::env::args_os().collect()) {
@@ -244,6 +309,10 @@ async fn main() -> ExitCode {
         Command::Apply(a) => {
             init_logging(a.log_format);
             run_apply(a).await
+        }
+        Command::Verify(a) => {
+            init_logging(a.log_format);
+            run_verify(a).await
         }
     }
 }

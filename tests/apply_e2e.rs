@@ -197,6 +197,51 @@ async fn capture_to_apply_keeps_the_replica_equal() {
         vec!["C1-renamed"],
         "no hostile document and no stale name on the replica"
     );
+    // verify agrees, then notices a local edit.
+    let verify = || {
+        Command::new(env!("CARGO_BIN_EXE_frappe-cdc"))
+            .args([
+                "verify",
+                "--source",
+                &rig.primary().cdc_url(&rig.db),
+                "--replica",
+                &format!("mysql://admin@127.0.0.1:{}/{}", replica.port, rig.db),
+            ])
+            .env("FRAPPE_CDC_SOURCE_PASSWORD", "cdcpass")
+            .env("FRAPPE_CDC_REPLICA_PASSWORD", "adminpass")
+            .output()
+            .expect("verify")
+    };
+    let out = verify();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "verify failed:\n{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("replica in sync")
+            && text.contains(" 0 missing on replica, 0 extra on replica, 0 different"),
+        "{text}"
+    );
+    drop(_apply);
+    r.query_drop("UPDATE `tabSales Invoice` SET remarks = 'local' WHERE name = 'B-3'")
+        .await
+        .expect("local edit");
+    r.query_drop("DELETE FROM `tabCustomer Group` WHERE name = 'Retail'")
+        .await
+        .expect("local delete");
+    let out = verify();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("different: Sales Invoice B-3 parent.remarks"),
+        "{text}"
+    );
+    assert!(
+        text.contains("missing on replica: Customer Group Retail"),
+        "{text}"
+    );
     eprintln!(
         "replica equal to the primary over {} documents; {hostile} hostile messages dead-lettered",
         keys.len()

@@ -5,3 +5,4 @@ pub mod control;
 pub mod decision;
 pub mod replica;
 pub mod run;
+pub mod verify;

@@ -196,10 +196,32 @@ pub async fn read_doc(
     doctype: &str,
     name: &str,
 ) -> Result<Option<Value>, ReplicaError> {
+    read_doc_with(tx, cache, doctype, name, " FOR UPDATE").await
+}
+
+/// Reads a document without locking (verify reads the primary this way).
+pub async fn read_doc_plain(
+    tx: &mut Transaction<'_>,
+    cache: &mut SchemaCache,
+    doctype: &str,
+    name: &str,
+) -> Result<Option<Value>, ReplicaError> {
+    read_doc_with(tx, cache, doctype, name, "").await
+}
+
+async fn read_doc_with(
+    tx: &mut Transaction<'_>,
+    cache: &mut SchemaCache,
+    doctype: &str,
+    name: &str,
+    lock: &str,
+) -> Result<Option<Value>, ReplicaError> {
     let parent: Option<Value> = if cache.is_single(tx, doctype).await? {
         let fields: Vec<(String, Option<String>)> = tx
             .exec(
-                "SELECT field, value FROM `tabSingles` WHERE doctype = ? ORDER BY field FOR UPDATE",
+                format!(
+                    "SELECT field, value FROM `tabSingles` WHERE doctype = ? ORDER BY field{lock}"
+                ),
                 (doctype,),
             )
             .await?;
@@ -219,7 +241,7 @@ pub async fn read_doc(
         let rows = select_rows(
             tx,
             &table,
-            &format!("SELECT * FROM {} WHERE name = ? FOR UPDATE", q(&table)),
+            &format!("SELECT * FROM {} WHERE name = ?{lock}", q(&table)),
             vec![name.into()],
         )
         .await?;
@@ -236,7 +258,7 @@ pub async fn read_doc(
         let rows = select_rows(
             tx,
             &table,
-            &format!("SELECT * FROM {} WHERE parent = ? AND parenttype = ? ORDER BY parentfield, idx, name FOR UPDATE", q(&table)),
+            &format!("SELECT * FROM {} WHERE parent = ? AND parenttype = ? ORDER BY parentfield, idx, name{lock}", q(&table)),
             vec![name.into(), doctype.into()],
         )
         .await?;

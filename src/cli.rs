@@ -31,6 +31,48 @@ pub enum Command {
     Apply(ApplyArgs),
     /// Compare source and replica document by document; exit 0 only when equal.
     Verify(VerifyArgs),
+    /// List, show and resolve conflicts recorded by apply on a replica.
+    Conflicts(ConflictsArgs),
+}
+
+/// Flags of `conflicts`.
+#[derive(Debug, Clone, Args)]
+pub struct ConflictsArgs {
+    /// TOML file with defaults for any flag (keys are the long flag names).
+    #[arg(long, env = "FRAPPE_CDC_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Replica: mysql://user@host:port/site_db (password via FRAPPE_CDC_REPLICA_PASSWORD).
+    #[arg(long, env = "FRAPPE_CDC_REPLICA")]
+    pub replica: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub action: ConflictAction,
+}
+
+/// `conflicts` actions.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ConflictAction {
+    /// Open conflicts (all with --all).
+    List {
+        #[arg(long)]
+        all: bool,
+    },
+    /// One conflict as JSON: the primary's images, the replica's copy then and now, the diff.
+    Show { id: u64 },
+    /// Close a conflict.
+    Resolve {
+        id: u64,
+        /// Write the primary's latest version over the replica's copy.
+        #[arg(
+            long,
+            conflicts_with = "keep_local",
+            required_unless_present = "keep_local"
+        )]
+        accept_primary: bool,
+        /// Keep the replica's copy.
+        #[arg(long)]
+        keep_local: bool,
+    },
 }
 
 /// Flags of `verify`.

@@ -6,9 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use frappe_cdc::apply::conflicts::{self, Resolution};
 use frappe_cdc::apply::run::{ApplyConfig, run as run_apply_loop};
 use frappe_cdc::capture::{self, CaptureConfig, CaptureError};
-use frappe_cdc::cli::{ApplyArgs, CaptureArgs, Command, LogFormat, PartitionBy, VerifyArgs};
+use frappe_cdc::cli::{
+    ApplyArgs, CaptureArgs, Command, ConflictAction, ConflictsArgs, LogFormat, PartitionBy,
+    VerifyArgs,
+};
 use frappe_cdc::frappe::catalog::Filter;
 use frappe_cdc::kafka::producer::ProducerConfig;
 use frappe_cdc::metrics::{self, ApplyMetrics, CaptureMetrics};
@@ -288,6 +292,75 @@ async fn run_verify(a: &VerifyArgs) -> ExitCode {
     }
 }
 
+async fn run_conflicts(a: &ConflictsArgs) -> ExitCode {
+    let target = match DbTarget::parse(
+        &a.replica,
+        std::env::var("FRAPPE_CDC_REPLICA_PASSWORD").ok().as_deref(),
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut conn = match mysql_async::Conn::new(target.opts.clone()).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: cannot reach {target}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cmp = frappe_cdc::apply::decision::Comparator::new(
+        frappe_cdc::frappe::catalog::IGNORED_COLUMNS
+            .iter()
+            .map(|c| c.to_string()),
+    );
+    let r = match &a.action {
+        ConflictAction::List { all } => conflicts::list(&mut conn, *all).await.map(|list| {
+            println!(
+                "{:>6}  {:<9} {:<14} {:>9}  {:<26}  document / reason",
+                "id", "status", "resolution", "envelopes", "created"
+            );
+            for c in &list {
+                println!(
+                    "{:>6}  {:<9} {:<14} {:>9}  {:<26}  {} {}: {}",
+                    c.id,
+                    c.status,
+                    c.resolution.clone().unwrap_or_default(),
+                    c.envelopes,
+                    c.created_at,
+                    c.doctype,
+                    c.name,
+                    c.reason
+                );
+            }
+            println!("{} conflict(s)", list.len());
+        }),
+        ConflictAction::Show { id } => conflicts::show(&mut conn, *id, &cmp)
+            .await
+            .map(|v| println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default())),
+        ConflictAction::Resolve {
+            id, accept_primary, ..
+        } => {
+            let how = if *accept_primary {
+                Resolution::AcceptPrimary
+            } else {
+                Resolution::KeepLocal
+            };
+            conflicts::resolve(&mut conn, *id, how)
+                .await
+                .map(|_| println!("conflict {id} resolved ({how:?})"))
+        }
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = match frappe_cdc::cli::parse_from(std::env::args_os().collect()) {
@@ -313,6 +386,10 @@ async fn main() -> ExitCode {
         Command::Verify(a) => {
             init_logging(a.log_format);
             run_verify(a).await
+        }
+        Command::Conflicts(a) => {
+            init_logging(LogFormat::Text);
+            run_conflicts(a).await
         }
     }
 }

@@ -143,7 +143,7 @@ pub async fn ensure_conflicts_table(conn: &mut Conn) -> Result<(), ReplicaError>
            `status` varchar(16) NOT NULL DEFAULT 'open',
            `reason` text NOT NULL,
            `primary_before` longtext, `primary_after` longtext, `replica_copy` longtext,
-           `source_gtid` varchar(64), `source_position` varchar(255),
+           `source_gtid` varchar(64), `source_position` varchar(255), `source_doc_index` bigint unsigned NOT NULL DEFAULT 0,
            `envelopes` int unsigned NOT NULL DEFAULT 1,
            `created_at` datetime(6) NOT NULL DEFAULT current_timestamp(6),
            `updated_at` datetime(6) NOT NULL DEFAULT current_timestamp(6),
@@ -188,17 +188,17 @@ pub async fn record_conflict(
 ) -> Result<u64, ReplicaError> {
     if let Some(id) = open_conflict(tx, c.doctype, c.name).await? {
         tx.exec_drop(
-            "UPDATE `_frappe_cdc_conflicts` SET primary_after = ?, source_gtid = ?, source_position = ?, envelopes = envelopes + 1, \
-             updated_at = current_timestamp(6) WHERE id = ?",
-            (json_text(c.after), c.source.gtid.clone(), c.source.position.clone(), id),
+            "UPDATE `_frappe_cdc_conflicts` SET primary_after = ?, source_gtid = ?, source_position = ?, source_doc_index = ?, \
+             envelopes = envelopes + 1, updated_at = current_timestamp(6) WHERE id = ?",
+            (json_text(c.after), c.source.gtid.clone(), c.source.position.clone(), c.source.doc_index, id),
         )
         .await?;
         return Ok(id);
     }
     tx.exec_drop(
-        "INSERT INTO `_frappe_cdc_conflicts` (doctype, name, reason, primary_before, primary_after, replica_copy, source_gtid, source_position) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (c.doctype, c.name, c.reason, json_text(c.before), json_text(c.after), json_text(c.replica), c.source.gtid.clone(), c.source.position.clone()),
+        "INSERT INTO `_frappe_cdc_conflicts` (doctype, name, reason, primary_before, primary_after, replica_copy, source_gtid, source_position, source_doc_index) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (c.doctype, c.name, c.reason, json_text(c.before), json_text(c.after), json_text(c.replica), c.source.gtid.clone(), c.source.position.clone(), c.source.doc_index),
     )
     .await?;
     Ok(tx.last_insert_id().unwrap_or(0))

@@ -1,0 +1,178 @@
+//! Operator commands on recorded conflicts: list, show, resolve.
+//!
+//! `--accept-primary` writes the primary's latest version (the conflict's pending `after`
+//! image) over the replica's copy; `--keep-local` keeps the replica's copy. Both close the
+//! conflict and record its source position as applied, in one replica transaction, so
+//! replays of the envelopes it absorbed are skipped; the next primary change to the document
+//! is checked afresh against the replica's copy at that time.
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Row, TxOpts};
+use serde_json::Value;
+
+use super::control::{self, EventKey};
+use super::decision::Comparator;
+use super::replica::{ReplicaError, SchemaCache, read_doc_plain, write_doc};
+use crate::envelope::Source;
+
+/// One conflict row.
+#[derive(Debug, Clone)]
+pub struct Conflict {
+    pub id: u64,
+    pub doctype: String,
+    pub name: String,
+    pub status: String,
+    pub resolution: Option<String>,
+    pub reason: String,
+    pub envelopes: u64,
+    pub created_at: String,
+    pub before: Option<Value>,
+    pub after: Option<Value>,
+    pub replica: Option<Value>,
+    pub source_gtid: Option<String>,
+    pub source_position: String,
+    pub source_doc_index: u64,
+}
+
+/// Errors of conflict commands.
+#[derive(Debug, thiserror::Error)]
+pub enum ConflictError {
+    #[error(transparent)]
+    Replica(#[from] ReplicaError),
+    #[error("no conflict {0}")]
+    NotFound(u64),
+    #[error("conflict {0} is already resolved")]
+    Resolved(u64),
+}
+
+impl From<mysql_async::Error> for ConflictError {
+    fn from(e: mysql_async::Error) -> Self {
+        ConflictError::Replica(e.into())
+    }
+}
+
+const COLS: &str = "id, doctype, name, status, resolution, reason, envelopes, CAST(created_at AS CHAR), primary_before, primary_after, replica_copy, source_gtid, source_position, source_doc_index";
+
+fn parse(row: Row) -> Option<Conflict> {
+    let json = |s: Option<String>| s.and_then(|s| serde_json::from_str(&s).ok());
+    Some(Conflict {
+        id: row.get(0)?,
+        doctype: row.get(1)?,
+        name: row.get(2)?,
+        status: row.get(3)?,
+        resolution: row.get::<Option<String>, _>(4)?,
+        reason: row.get(5)?,
+        envelopes: row.get(6)?,
+        created_at: row.get(7)?,
+        before: json(row.get::<Option<String>, _>(8)?),
+        after: json(row.get::<Option<String>, _>(9)?),
+        replica: json(row.get::<Option<String>, _>(10)?),
+        source_gtid: row.get::<Option<String>, _>(11)?,
+        source_position: row.get::<Option<String>, _>(12)?.unwrap_or_default(),
+        source_doc_index: row.get(13)?,
+    })
+}
+
+/// Conflicts, open ones only unless `all`.
+pub async fn list(conn: &mut Conn, all: bool) -> Result<Vec<Conflict>, ConflictError> {
+    control::ensure_conflicts_table(conn).await?;
+    let filter = if all { "" } else { " WHERE status = 'open'" };
+    let rows: Vec<Row> = conn
+        .query(format!(
+            "SELECT {COLS} FROM `_frappe_cdc_conflicts`{filter} ORDER BY id"
+        ))
+        .await?;
+    Ok(rows.into_iter().filter_map(parse).collect())
+}
+
+/// One conflict.
+pub async fn get(conn: &mut Conn, id: u64) -> Result<Conflict, ConflictError> {
+    control::ensure_conflicts_table(conn).await?;
+    let row: Option<Row> = conn
+        .exec_first(
+            format!("SELECT {COLS} FROM `_frappe_cdc_conflicts` WHERE id = ?"),
+            (id,),
+        )
+        .await?;
+    row.and_then(parse).ok_or(ConflictError::NotFound(id))
+}
+
+/// A conflict with the replica's current copy and column differences, as JSON for `show`.
+pub async fn show(conn: &mut Conn, id: u64, cmp: &Comparator) -> Result<Value, ConflictError> {
+    let c = get(conn, id).await?;
+    let mut cache = SchemaCache::default();
+    let mut tx = conn.start_transaction(TxOpts::default()).await?;
+    let now = read_doc_plain(&mut tx, &mut cache, &c.doctype, &c.name).await?;
+    tx.commit().await?;
+    Ok(serde_json::json!({
+        "id": c.id, "doctype": c.doctype, "name": c.name, "status": c.status, "resolution": c.resolution,
+        "reason": c.reason, "envelopes": c.envelopes, "created_at": c.created_at,
+        "source": {"gtid": c.source_gtid, "position": c.source_position, "doc_index": c.source_doc_index},
+        "replica_differs_from_primary_before": cmp.diff(c.before.as_ref(), now.as_ref()),
+        "primary_before": c.before, "primary_after": c.after, "replica_at_conflict": c.replica, "replica_now": now,
+    }))
+}
+
+/// How to resolve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    AcceptPrimary,
+    KeepLocal,
+}
+
+/// Resolves an open conflict.
+pub async fn resolve(conn: &mut Conn, id: u64, how: Resolution) -> Result<(), ConflictError> {
+    let c = get(conn, id).await?;
+    if c.status != "open" {
+        return Err(ConflictError::Resolved(id));
+    }
+    let mut cache = SchemaCache::default();
+    let mut tx = conn.start_transaction(TxOpts::default()).await?;
+    let src = Source {
+        server_id: 0,
+        db: String::new(),
+        gtid: c.source_gtid.clone(),
+        position: c.source_position.clone(),
+        file: String::new(),
+        pos: 0,
+        commit_ts: 0,
+        doc_index: c.source_doc_index,
+        doc_count: 1,
+        snapshot: c.source_gtid.is_none(),
+    };
+    let target = c
+        .after
+        .as_ref()
+        .and_then(|a| a["parent"]["name"].as_str())
+        .unwrap_or(&c.name)
+        .to_string();
+    if how == Resolution::AcceptPrimary {
+        let old = (target != c.name).then_some(c.name.as_str());
+        write_doc(
+            &mut tx,
+            &mut cache,
+            &c.doctype,
+            &target,
+            old,
+            c.after.as_ref(),
+        )
+        .await?;
+    }
+    if let Some(key) = EventKey::of(&src) {
+        control::mark_applied(&mut tx, &c.doctype, &c.name, key).await?;
+        if target != c.name {
+            control::mark_applied(&mut tx, &c.doctype, &target, key).await?;
+        }
+    }
+    let label = match how {
+        Resolution::AcceptPrimary => "accept_primary",
+        Resolution::KeepLocal => "keep_local",
+    };
+    tx.exec_drop(
+        "UPDATE `_frappe_cdc_conflicts` SET status = 'resolved', resolution = ?, resolved_at = current_timestamp(6) WHERE id = ? AND status = 'open'",
+        (label, id),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}

@@ -91,6 +91,20 @@ fn hostile_messages(bootstrap: &str, topic: &str) -> usize {
     let mut v = valid.clone();
     v["after"]["children"] = serde_json::json!({"no_such_table_field": [{"name": "c1"}]});
     bad.push(serde_json::to_vec(&v).expect("json"));
+    // 1,000 messages: the variants above, each made unique.
+    let variants = bad;
+    let bad: Vec<Vec<u8>> = (0..1000)
+        .map(|i| {
+            let v = &variants[i % variants.len()];
+            match serde_json::from_slice::<serde_json::Value>(v) {
+                Ok(mut j) if j.is_object() => {
+                    j["name"] = format!("hostile-{i}' OR '1'='1").into();
+                    serde_json::to_vec(&j).expect("json")
+                }
+                _ => [v.as_slice(), format!(" #{i}").as_bytes()].concat(),
+            }
+        })
+        .collect();
     for b in &bad {
         p.send(
             BaseRecord::<[u8], [u8]>::to(topic)

@@ -245,6 +245,10 @@ pub struct ApplyArgs {
     /// Never apply these doctypes (repeatable; env: comma-separated).
     #[arg(long, env = "FRAPPE_CDC_EXCLUDE_DOCTYPE", value_delimiter = ',')]
     pub exclude_doctype: Vec<String>,
+    /// Only documents of DocType whose parent row has these values:
+    /// 'Sales Invoice:{"company": "Acme"}' (repeatable; others are counted as filtered).
+    #[arg(long = "filter", env = "FRAPPE_CDC_FILTER", value_delimiter = ';')]
+    pub filter: Vec<String>,
     /// Topic for messages that can never apply (default: <topic>.dead-letter).
     #[arg(long, env = "FRAPPE_CDC_DEAD_LETTER_TOPIC")]
     pub dead_letter_topic: Option<String>,

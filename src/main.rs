@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use frappe_cdc::apply::conflicts::{self, Resolution};
-use frappe_cdc::apply::run::{ApplyConfig, run as run_apply_loop};
+use frappe_cdc::apply::run::{ApplyConfig, RowFilter, run as run_apply_loop};
 use frappe_cdc::capture::{self, CaptureConfig, CaptureError};
 use frappe_cdc::cli::{
     ApplyArgs, CaptureArgs, Command, ConflictAction, ConflictsArgs, LogFormat, PartitionBy,
@@ -200,7 +200,20 @@ async fn run_apply(a: &ApplyArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let row_filters = match a
+        .filter
+        .iter()
+        .map(|f| RowFilter::parse(f))
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let cfg = ApplyConfig {
+        row_filters,
         replica,
         brokers: a.brokers.clone(),
         topic: a.topic.clone(),

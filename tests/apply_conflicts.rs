@@ -329,3 +329,77 @@ async fn replica_outage_is_survived() {
     ]);
     assert!(v.status.success(), "{}", text(&v));
 }
+
+/// `--filter`: only documents whose parent row matches reach the replica; the rest are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_filter_applies_only_matching_documents() {
+    let rig = Rig::new("rowfilter").await;
+    let replica = Mariadb::start(&[]);
+    replica.create_site(&rig.db).await;
+    let rurl = format!("mysql://admin@127.0.0.1:{}/{}", replica.port, rig.db);
+    let mut f = rig.frappe().await;
+    for i in 0..6 {
+        let customer = if i % 2 == 0 { "Acme" } else { "Other" };
+        f.insert_invoice(&Invoice::draft(&format!("F-{i}"), customer, 1))
+            .await;
+    }
+    rig.capture().await;
+    let port = free_port();
+    let _apply = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_frappe-cdc"))
+            .args([
+                "apply",
+                "--replica",
+                &rurl,
+                "--brokers",
+                &rig.bootstrap(),
+                "--topic",
+                &rig.topic,
+                "--group",
+                "r1",
+            ])
+            .args([
+                "--filter",
+                r#"Sales Invoice:{"customer": "Acme"}"#,
+                "--metrics-addr",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .env("FRAPPE_CDC_REPLICA_PASSWORD", "adminpass")
+            .env("RUST_LOG", "error")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn apply"),
+    );
+    let filtered = || async {
+        let body = match reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => return 0.0,
+        };
+        body.lines()
+            .filter(|l| {
+                l.starts_with("frappe_cdc_apply_documents_total")
+                    && l.contains("Sales Invoice")
+                    && l.contains("filtered")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    common::wait_until(Duration::from_secs(60), "3 filtered invoices", || async {
+        filtered().await >= 3.0
+    })
+    .await;
+    let mut p = rig.primary().conn(&rig.db).await;
+    let mut r = replica.conn(&rig.db).await;
+    for i in [0, 2, 4] {
+        until_equal(&mut p, &mut r, "Sales Invoice", &format!("F-{i}")).await;
+    }
+    for i in [1, 3, 5] {
+        assert!(
+            doc_image(&mut r, "Sales Invoice", &format!("F-{i}"))
+                .await
+                .is_none(),
+            "F-{i} (customer Other) must not be applied"
+        );
+    }
+    assert_eq!(filtered().await, 3.0);
+}

@@ -458,18 +458,47 @@ pub async fn run(
         if let Outcome::DeadLetter(reason) = &outcome {
             applier.metrics.dead_letters.inc();
             tracing::warn!(partition = m.partition(), offset = m.offset(), reason = %reason, "message sent to the dead-letter topic");
+            // The broker may be unreachable: retry with capped backoff, never moving past the
+            // message until its dead letter is acknowledged.
             let key = m.key().unwrap_or(b"");
-            let rec = FutureRecord::<[u8], [u8]>::to(&applier.cfg.dead_letter_topic)
-                .key(key)
-                .headers(headers(&m, reason));
-            let rec = match m.payload() {
-                Some(p) => rec.payload(p),
-                None => rec,
-            };
-            dlq.send(rec, Duration::from_secs(60))
-                .await
-                .map_err(|(e, _)| ApplyError::Kafka(format!("dead-letter topic: {e}")))?;
-            applier.store_only(m.partition(), m.offset() + 1).await?;
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                let rec = FutureRecord::<[u8], [u8]>::to(&applier.cfg.dead_letter_topic)
+                    .key(key)
+                    .headers(headers(&m, reason));
+                let rec = match m.payload() {
+                    Some(p) => rec.payload(p),
+                    None => rec,
+                };
+                match dlq.send(rec, Duration::from_secs(30)).await {
+                    Ok(_) => break,
+                    Err((e, _)) => {
+                        applier.metrics.retries.inc();
+                        tracing::warn!(error = %e, retry_in = ?backoff, "cannot write to the dead-letter topic; retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = shutdown.cancelled() => return Ok(()),
+                        }
+                        backoff = (backoff * 2).min(applier.cfg.max_backoff);
+                    }
+                }
+            }
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                match applier.store_only(m.partition(), m.offset() + 1).await {
+                    Ok(()) => break,
+                    Err(e) if transient(&e) => {
+                        applier.metrics.retries.inc();
+                        tracing::warn!(error = %e, retry_in = ?backoff, "replica unavailable; retrying the offset store");
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = shutdown.cancelled() => return Ok(()),
+                        }
+                        backoff = (backoff * 2).min(applier.cfg.max_backoff);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
         }
         if outcome == Outcome::Conflict {
             applier.metrics.open_conflicts.inc();

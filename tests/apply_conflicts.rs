@@ -6,12 +6,12 @@
 
 mod common;
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::doc_image;
 use common::rig::Rig;
-use common::servers::{KillOnDrop, Mariadb, free_port};
+use common::servers::{Mariadb, free_port};
 use common::workload::{Frappe, Invoice};
 
 fn cdc(args: &[&str]) -> Output {
@@ -60,26 +60,7 @@ async fn conflicts_are_recorded_and_resolved_both_ways() {
         f.insert_invoice(&Invoice::draft(n, "C1", 2)).await;
     }
     rig.capture().await;
-    let _apply = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_frappe-cdc"))
-            .args([
-                "apply",
-                "--replica",
-                &rurl,
-                "--brokers",
-                &rig.bootstrap(),
-                "--topic",
-                &rig.topic,
-                "--group",
-                "r1",
-            ])
-            .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port())])
-            .env("FRAPPE_CDC_REPLICA_PASSWORD", "adminpass")
-            .env("RUST_LOG", "error")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn apply"),
-    );
+    let _apply = rig.spawn_apply(&rurl, free_port(), &[]);
     let mut p = rig.primary().conn(&rig.db).await;
     let mut r = replica.conn(&rig.db).await;
     until_equal(&mut p, &mut r, "Sales Invoice", "SINV-2").await;
@@ -278,28 +259,7 @@ async fn replica_outage_is_survived() {
     let mut f = rig.frappe().await;
     f.insert_invoice(&Invoice::draft("O-0", "C1", 1)).await;
     rig.capture().await;
-    let _apply = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_frappe-cdc"))
-            .args([
-                "apply",
-                "--replica",
-                &rurl,
-                "--brokers",
-                &rig.bootstrap(),
-                "--topic",
-                &rig.topic,
-                "--group",
-                "r1",
-                "--max-backoff",
-                "2s",
-            ])
-            .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port())])
-            .env("FRAPPE_CDC_REPLICA_PASSWORD", "adminpass")
-            .env("RUST_LOG", "error")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn apply"),
-    );
+    let _apply = rig.spawn_apply(&rurl, free_port(), &["--max-backoff", "2s"]);
     let mut p = rig.primary().conn(&rig.db).await;
     {
         let mut r = replica.conn(&rig.db).await;
@@ -345,30 +305,10 @@ async fn row_filter_applies_only_matching_documents() {
     }
     rig.capture().await;
     let port = free_port();
-    let _apply = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_frappe-cdc"))
-            .args([
-                "apply",
-                "--replica",
-                &rurl,
-                "--brokers",
-                &rig.bootstrap(),
-                "--topic",
-                &rig.topic,
-                "--group",
-                "r1",
-            ])
-            .args([
-                "--filter",
-                r#"Sales Invoice:{"customer": "Acme"}"#,
-                "--metrics-addr",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .env("FRAPPE_CDC_REPLICA_PASSWORD", "adminpass")
-            .env("RUST_LOG", "error")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn apply"),
+    let _apply = rig.spawn_apply(
+        &rurl,
+        port,
+        &["--filter", r#"Sales Invoice:{"customer": "Acme"}"#],
     );
     let filtered = || async {
         let body = match reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {

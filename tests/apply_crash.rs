@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -16,26 +16,7 @@ use common::workload::{Frappe, Invoice};
 use mysql_async::prelude::Queryable;
 
 fn spawn_apply(rig: &Rig, rurl: &str, port: u16) -> KillOnDrop {
-    KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_frappe-cdc"))
-            .args([
-                "apply",
-                "--replica",
-                rurl,
-                "--brokers",
-                &rig.bootstrap(),
-                "--topic",
-                &rig.topic,
-                "--group",
-                "r1",
-            ])
-            .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
-            .env("FRAPPE_CDC_REPLICA_PASSWORD", "adminpass")
-            .env("RUST_LOG", "error")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn apply"),
-    )
+    rig.spawn_apply(rurl, port, &[])
 }
 
 async fn applied(port: u16) -> Option<f64> {

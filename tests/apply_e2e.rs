@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::doc_image;
@@ -18,33 +18,10 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 fn spawn_apply(rig: &Rig, replica: &Mariadb, port: u16) -> KillOnDrop {
-    KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_frappe-cdc"))
-            .args([
-                "apply",
-                "--replica",
-                &format!("mysql://admin@127.0.0.1:{}/{}", replica.port, rig.db),
-                "--brokers",
-                &rig.bootstrap(),
-            ])
-            .args([
-                "--topic",
-                &rig.topic,
-                "--group",
-                "replica-1",
-                "--metrics-addr",
-                &format!("127.0.0.1:{port}"),
-                "--max-backoff",
-                "1s",
-            ])
-            .env("FRAPPE_CDC_REPLICA_PASSWORD", "adminpass")
-            .env(
-                "RUST_LOG",
-                std::env::var("APPLY_LOG").unwrap_or_else(|_| "error".into()),
-            )
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn apply"),
+    rig.spawn_apply(
+        &format!("mysql://admin@127.0.0.1:{}/{}", replica.port, rig.db),
+        port,
+        &[],
     )
 }
 

@@ -164,3 +164,38 @@ impl Rig {
         super::servers::KillOnDrop(child)
     }
 }
+
+impl Rig {
+    /// Starts the `frappe-cdc apply` binary for this rig's topic into `replica_url` (admin
+    /// password), consumer group `r1`, with `extra` flags; killed when dropped.
+    pub fn spawn_apply(
+        &self,
+        replica_url: &str,
+        metrics_port: u16,
+        extra: &[&str],
+    ) -> super::servers::KillOnDrop {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_frappe-cdc"))
+            .args([
+                "apply",
+                "--replica",
+                replica_url,
+                "--brokers",
+                &self.bootstrap(),
+                "--topic",
+                &self.topic,
+                "--group",
+                "r1",
+            ])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .args(extra)
+            .env("FRAPPE_CDC_REPLICA_PASSWORD", "adminpass")
+            .env(
+                "RUST_LOG",
+                std::env::var("APPLY_LOG").unwrap_or_else(|_| "error".into()),
+            )
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn frappe-cdc apply");
+        super::servers::KillOnDrop(child)
+    }
+}

@@ -33,18 +33,31 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn source_target(a: &CaptureArgs) -> Result<DbTarget, String> {
-    let password = match (
-        &a.source_password_file,
-        std::env::var("FRAPPE_CDC_SOURCE_PASSWORD").ok(),
-    ) {
-        (Some(p), _) => Some(
+/// A connection target whose password comes from `file` (flag `flag`) or else from the
+/// environment variable `env`, never from argv.
+fn db_target(
+    url: &str,
+    file: Option<&std::path::Path>,
+    flag: &str,
+    env: &str,
+) -> Result<DbTarget, String> {
+    let password = match file {
+        Some(p) => Some(
             read_password_file(p)
-                .map_err(|e| format!("cannot read --source-password-file {}: {e}", p.display()))?,
+                .map_err(|e| format!("cannot read {flag} {}: {e}", p.display()))?,
         ),
-        (None, env) => env,
+        None => std::env::var(env).ok(),
     };
-    DbTarget::parse(&a.source, password.as_deref()).map_err(|e| e.to_string())
+    DbTarget::parse(url, password.as_deref()).map_err(|e| e.to_string())
+}
+
+fn source_target(a: &CaptureArgs) -> Result<DbTarget, String> {
+    db_target(
+        &a.source,
+        a.source_password_file.as_deref(),
+        "--source-password-file",
+        "FRAPPE_CDC_SOURCE_PASSWORD",
+    )
 }
 
 fn capture_config(a: &CaptureArgs) -> Result<CaptureConfig, String> {
@@ -177,23 +190,12 @@ fn shutdown_token() -> CancellationToken {
 }
 
 async fn run_apply(a: &ApplyArgs) -> ExitCode {
-    let password = match (
-        &a.replica_password_file,
-        std::env::var("FRAPPE_CDC_REPLICA_PASSWORD").ok(),
+    let replica = match db_target(
+        &a.replica,
+        a.replica_password_file.as_deref(),
+        "--replica-password-file",
+        "FRAPPE_CDC_REPLICA_PASSWORD",
     ) {
-        (Some(p), _) => match read_password_file(p) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                eprintln!(
-                    "error: cannot read --replica-password-file {}: {e}",
-                    p.display()
-                );
-                return ExitCode::from(2);
-            }
-        },
-        (None, env) => env,
-    };
-    let replica = match DbTarget::parse(&a.replica, password.as_deref()) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: {e}");
@@ -241,7 +243,7 @@ async fn run_apply(a: &ApplyArgs) -> ExitCode {
 }
 
 async fn run_verify(a: &VerifyArgs) -> ExitCode {
-    let target = |url: &str, env: &str| DbTarget::parse(url, std::env::var(env).ok().as_deref());
+    let target = |url: &str, env: &str| db_target(url, None, "", env);
     let (source, replica) = match (
         target(&a.source, "FRAPPE_CDC_SOURCE_PASSWORD"),
         target(&a.replica, "FRAPPE_CDC_REPLICA_PASSWORD"),
@@ -306,10 +308,7 @@ async fn run_verify(a: &VerifyArgs) -> ExitCode {
 }
 
 async fn run_conflicts(a: &ConflictsArgs) -> ExitCode {
-    let target = match DbTarget::parse(
-        &a.replica,
-        std::env::var("FRAPPE_CDC_REPLICA_PASSWORD").ok().as_deref(),
-    ) {
+    let target = match db_target(&a.replica, None, "", "FRAPPE_CDC_REPLICA_PASSWORD") {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: {e}");

@@ -13,7 +13,6 @@ use serde_json::Value;
 use super::control::{self, EventKey};
 use super::decision::Comparator;
 use super::replica::{ReplicaError, SchemaCache, read_doc_plain, write_doc};
-use crate::envelope::Source;
 
 /// One conflict row.
 #[derive(Debug, Clone)]
@@ -128,18 +127,6 @@ pub async fn resolve(conn: &mut Conn, id: u64, how: Resolution) -> Result<(), Co
     }
     let mut cache = SchemaCache::default();
     let mut tx = conn.start_transaction(TxOpts::default()).await?;
-    let src = Source {
-        server_id: 0,
-        db: String::new(),
-        gtid: c.source_gtid.clone(),
-        position: c.source_position.clone(),
-        file: String::new(),
-        pos: 0,
-        commit_ts: 0,
-        doc_index: c.source_doc_index,
-        doc_count: 1,
-        snapshot: c.source_gtid.is_none(),
-    };
     let target = c
         .after
         .as_ref()
@@ -158,7 +145,11 @@ pub async fn resolve(conn: &mut Conn, id: u64, how: Resolution) -> Result<(), Co
         )
         .await?;
     }
-    if let Some(key) = EventKey::of(&src) {
+    if let Some(key) = EventKey::from_parts(
+        c.source_gtid.as_deref(),
+        &c.source_position,
+        c.source_doc_index,
+    ) {
         control::mark_applied(&mut tx, &c.doctype, &c.name, key).await?;
         if target != c.name {
             control::mark_applied(&mut tx, &c.doctype, &target, key).await?;

@@ -28,20 +28,25 @@ impl EventKey {
     /// The key of an envelope: its transaction's GTID, or for a snapshot the snapshot
     /// position (the first domain's sequence; 0 on a server without GTIDs yet).
     pub fn of(source: &Source) -> Option<EventKey> {
-        let (domain, seq) = match &source.gtid {
+        Self::from_parts(source.gtid.as_deref(), &source.position, source.doc_index)
+    }
+
+    /// The key from a transaction GTID (None for a snapshot), the position and the index.
+    pub fn from_parts(gtid: Option<&str>, position: &str, doc_index: u64) -> Option<EventKey> {
+        let (domain, seq) = match gtid {
             Some(g) => {
                 let g: Gtid = g.parse().ok()?;
                 (g.domain_id, g.seq_no)
             }
             None => {
-                let p: GtidPosition = source.position.parse().ok()?;
+                let p: GtidPosition = position.parse().ok()?;
                 p.iter().next().map_or((0, 0), |g| (g.domain_id, g.seq_no))
             }
         };
         Some(EventKey {
             domain,
             seq,
-            doc_index: source.doc_index,
+            doc_index,
         })
     }
 

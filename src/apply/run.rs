@@ -132,6 +132,36 @@ fn transient(e: &ReplicaError) -> bool {
     }
 }
 
+/// Capped exponential backoff for retries that must not move past the current message.
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(first: Duration, max: Duration) -> Self {
+        Backoff { next: first, max }
+    }
+
+    /// Counts and logs a retry of `what`, then waits; false when shutdown came first.
+    async fn wait(
+        &mut self,
+        retries: &prometheus::IntCounter,
+        what: &str,
+        error: &dyn std::fmt::Display,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        retries.inc();
+        tracing::warn!(error = %error, retry_in = ?self.next, "{what}");
+        let go_on = tokio::select! {
+            _ = tokio::time::sleep(self.next) => true,
+            _ = shutdown.cancelled() => false,
+        };
+        self.next = (self.next * 2).min(self.max);
+        go_on
+    }
+}
+
 struct Applier {
     cfg: ApplyConfig,
     pool: Pool,
@@ -255,7 +285,7 @@ impl Applier {
     ) -> Result<Option<Outcome>, ApplyError> {
         let next = m.offset() + 1;
         let partition = m.partition();
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), self.cfg.max_backoff);
         loop {
             let r = match m.payload() {
                 None => self
@@ -314,13 +344,17 @@ impl Applier {
             match r {
                 Ok(o) => return Ok(Some(o)),
                 Err(e) if transient(&e) => {
-                    self.metrics.retries.inc();
-                    tracing::warn!(error = %e, retry_in = ?backoff, "replica unavailable; retrying the same message");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.cancelled() => return Ok(None),
+                    if !backoff
+                        .wait(
+                            &self.metrics.retries,
+                            "replica unavailable; retrying the same message",
+                            &e,
+                            shutdown,
+                        )
+                        .await
+                    {
+                        return Ok(None);
                     }
-                    backoff = (backoff * 2).min(self.cfg.max_backoff);
                     self.cache.clear();
                 }
                 Err(e) => return Ok(Some(Outcome::DeadLetter(e.to_string()))),
@@ -461,7 +495,7 @@ pub async fn run(
             // The broker may be unreachable: retry with capped backoff, never moving past the
             // message until its dead letter is acknowledged.
             let key = m.key().unwrap_or(b"");
-            let mut backoff = Duration::from_millis(200);
+            let mut backoff = Backoff::new(Duration::from_millis(200), applier.cfg.max_backoff);
             loop {
                 let rec = FutureRecord::<[u8], [u8]>::to(&applier.cfg.dead_letter_topic)
                     .key(key)
@@ -473,28 +507,36 @@ pub async fn run(
                 match dlq.send(rec, Duration::from_secs(30)).await {
                     Ok(_) => break,
                     Err((e, _)) => {
-                        applier.metrics.retries.inc();
-                        tracing::warn!(error = %e, retry_in = ?backoff, "cannot write to the dead-letter topic; retrying");
-                        tokio::select! {
-                            _ = tokio::time::sleep(backoff) => {}
-                            _ = shutdown.cancelled() => return Ok(()),
+                        if !backoff
+                            .wait(
+                                &applier.metrics.retries,
+                                "cannot write to the dead-letter topic; retrying",
+                                &e,
+                                &shutdown,
+                            )
+                            .await
+                        {
+                            return Ok(());
                         }
-                        backoff = (backoff * 2).min(applier.cfg.max_backoff);
                     }
                 }
             }
-            let mut backoff = Duration::from_millis(200);
+            let mut backoff = Backoff::new(Duration::from_millis(200), applier.cfg.max_backoff);
             loop {
                 match applier.store_only(m.partition(), m.offset() + 1).await {
                     Ok(()) => break,
                     Err(e) if transient(&e) => {
-                        applier.metrics.retries.inc();
-                        tracing::warn!(error = %e, retry_in = ?backoff, "replica unavailable; retrying the offset store");
-                        tokio::select! {
-                            _ = tokio::time::sleep(backoff) => {}
-                            _ = shutdown.cancelled() => return Ok(()),
+                        if !backoff
+                            .wait(
+                                &applier.metrics.retries,
+                                "replica unavailable; retrying the offset store",
+                                &e,
+                                &shutdown,
+                            )
+                            .await
+                        {
+                            return Ok(());
                         }
-                        backoff = (backoff * 2).min(applier.cfg.max_backoff);
                     }
                     Err(e) => return Err(e.into()),
                 }

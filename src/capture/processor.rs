@@ -80,6 +80,47 @@ pub fn load_catalog(b: &Batch) -> Result<Catalog, CaptureError> {
     Ok(Catalog::from_rows(rows.iter()))
 }
 
+/// Stores a routed row: a document or child row (with its child link), or a Single's field.
+/// Shared by the snapshot loader and the binlog processor so both build the same state.
+pub(crate) fn put_routed(
+    b: &mut Batch,
+    table: &TableDesc,
+    r: &Route,
+    row: &[serde_json::Value],
+) -> Result<(), CaptureError> {
+    match r {
+        Route::Doc { name, link, .. } => {
+            b.put_row(&table.table, name, &table.row_json(row), link.as_ref())?
+        }
+        Route::Single { key, field } => {
+            let v = table
+                .column("value")
+                .and_then(|i| row.get(i))
+                .cloned()
+                .unwrap_or(serde_json::Value::Null);
+            b.put_single(
+                &key.doctype,
+                field,
+                &serde_json::to_vec(&v).unwrap_or_else(|_| b"null".to_vec()),
+            )?;
+        }
+        Route::Skip { .. } => {}
+    }
+    Ok(())
+}
+
+/// Stores a `tabDocType` row (catalog input), keyed by its name.
+pub(crate) fn put_catalog_row(
+    b: &mut Batch,
+    table: &TableDesc,
+    row: &[serde_json::Value],
+) -> Result<(), CaptureError> {
+    if let Some(name) = crate::frappe::routing::key_text(table.name_col.and_then(|i| row.get(i))) {
+        b.put_row(&table.table, &name, &table.row_json(row), None)?;
+    }
+    Ok(())
+}
+
 fn raw(image: Option<String>) -> Result<Option<Box<RawValue>>, CaptureError> {
     image
         .map(RawValue::from_string)
@@ -263,29 +304,7 @@ impl Processor {
         r: &Route,
         row: &[serde_json::Value],
     ) -> Result<(), CaptureError> {
-        let b = self.batch()?;
-        match r {
-            Route::Doc { name, link, .. } => b.put_row(
-                &table.table,
-                name,
-                &table.row_json(&row.to_vec()),
-                link.as_ref(),
-            )?,
-            Route::Single { key, field } => {
-                let v = table
-                    .column("value")
-                    .and_then(|i| row.get(i))
-                    .cloned()
-                    .unwrap_or(serde_json::Value::Null);
-                b.put_single(
-                    &key.doctype,
-                    field,
-                    &serde_json::to_vec(&v).unwrap_or_else(|_| b"null".to_vec()),
-                )?;
-            }
-            Route::Skip { .. } => {}
-        }
-        Ok(())
+        put_routed(self.batch()?, table, r, row)
     }
 
     fn on_rows(&mut self, rb: RowsBatch) -> Result<(), CaptureError> {
@@ -316,11 +335,8 @@ impl Processor {
                 {
                     b.delete_row(&table.table, &name, None)?;
                 }
-                if let Some(row) = &after
-                    && let Some(name) =
-                        crate::frappe::routing::key_text(table.name_col.and_then(|i| row.get(i)))
-                {
-                    b.put_row(&table.table, &name, &table.row_json(row), None)?;
+                if let Some(row) = &after {
+                    put_catalog_row(b, &table, row)?;
                 }
                 self.catalog_dirty = true;
                 continue;

@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use super::CaptureError;
-use super::processor::load_catalog;
+use super::processor::{load_catalog, put_catalog_row, put_routed};
 use crate::envelope::{ENVELOPE_VERSION, EnvelopeOut, Op, Source, key_json};
 use crate::frappe::catalog::{Catalog, Filter};
 use crate::frappe::routing::{Route, route};
@@ -161,36 +161,17 @@ pub async fn load(
                     let n = rows.len() as u64;
                     for row in rows {
                         if desc.table == "tabDocType" {
-                            if let Some(name) = crate::frappe::routing::key_text(
-                                desc.name_col.and_then(|i| row.get(i)),
-                            ) {
-                                b.put_row(&desc.table, &name, &desc.row_json(&row), None)?;
-                            }
+                            put_catalog_row(&mut b, &desc, &row)?;
                             continue;
                         }
-                        match route(&desc, &row, &catalog, &filter2) {
-                            Route::Doc {
-                                key, name, link, ..
-                            } => {
-                                if link.is_none() {
-                                    parents.insert(key.doctype.clone());
-                                }
-                                b.put_row(&desc.table, &name, &desc.row_json(&row), link.as_ref())?;
-                            }
-                            Route::Single { key, field } => {
-                                let v = desc
-                                    .column("value")
-                                    .and_then(|i| row.get(i))
-                                    .cloned()
-                                    .unwrap_or(serde_json::Value::Null);
-                                b.put_single(
-                                    &key.doctype,
-                                    &field,
-                                    &serde_json::to_vec(&v).unwrap_or_else(|_| b"null".to_vec()),
-                                )?;
-                            }
-                            Route::Skip { .. } => {}
+                        let r = route(&desc, &row, &catalog, &filter2);
+                        if let Route::Doc {
+                            key, link: None, ..
+                        } = &r
+                        {
+                            parents.insert(key.doctype.clone());
                         }
+                        put_routed(&mut b, &desc, &r, &row)?;
                     }
                     metrics2.snapshot_rows.inc_by(n);
                     progress.add(n);

@@ -209,7 +209,7 @@ impl TableDesc {
     }
 
     /// The row as a JSON object keyed by column name, in table order.
-    pub fn row_json(&self, row: &RowImage) -> Vec<u8> {
+    pub fn row_json(&self, row: &[Value]) -> Vec<u8> {
         let mut out = Vec::with_capacity(64 + row.len() * 24);
         out.push(b'{');
         for (i, (c, v)) in self.columns.iter().zip(row.iter()).enumerate() {

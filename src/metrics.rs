@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -34,6 +34,9 @@ pub struct CaptureMetrics {
     pub reconnects: IntCounter,
     pub tx_docs: Histogram,
     pub ddl: IntCounter,
+    pub retention_headroom: Gauge,
+    pub binlog_behind: IntGauge,
+    pub binlog_expire: Gauge,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -64,6 +67,9 @@ impl CaptureMetrics {
             reconnects: reg(&r, IntCounter::new("frappe_cdc_capture_reconnects_total", "Binlog reconnects and pipeline restarts").unwrap_or_else(|_| unreachable_metric())),
             tx_docs: reg(&r, Histogram::with_opts(HistogramOpts::new("frappe_cdc_capture_transaction_documents", "Documents per source transaction").buckets(vec![1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 1000.0, 10000.0, 100000.0])).unwrap_or_else(|_| unreachable_metric())),
             ddl: reg(&r, IntCounter::new("frappe_cdc_capture_ddl_statements_total", "DDL statements seen in the binlog").unwrap_or_else(|_| unreachable_metric())),
+            retention_headroom: reg(&r, Gauge::new("frappe_cdc_capture_binlog_retention_headroom_seconds", "Seconds until the primary may purge the oldest binlog file capture still needs (lower bound; +Inf without automatic expiry)").unwrap_or_else(|_| unreachable_metric())),
+            binlog_behind: reg(&r, IntGauge::new("frappe_cdc_capture_binlog_behind_bytes", "Bytes of binlog on the primary after the checkpoint").unwrap_or_else(|_| unreachable_metric())),
+            binlog_expire: reg(&r, Gauge::new("frappe_cdc_capture_binlog_expire_seconds", "The primary's binlog expiry period (0: binlogs are never purged automatically)").unwrap_or_else(|_| unreachable_metric())),
             registry: r,
         }
     }
@@ -100,6 +106,8 @@ pub struct ApplyMetrics {
     pub open_conflicts: IntGauge,
     pub missing_columns: IntCounterVec,
     pub lag: Histogram,
+    pub consumer_lag: IntGaugeVec,
+    pub tx_duration: Histogram,
 }
 
 impl ApplyMetrics {
@@ -114,6 +122,8 @@ impl ApplyMetrics {
             open_conflicts: reg(&r, IntGauge::new("frappe_cdc_apply_open_conflicts", "Conflicts recorded and not resolved").unwrap_or_else(|_| unreachable_metric())),
             missing_columns: reg(&r, IntCounterVec::new(Opts::new("frappe_cdc_apply_missing_columns_total", "Values not written because the replica table lacks the column, by table"), &["table"]).unwrap_or_else(|_| unreachable_metric())),
             lag: reg(&r, Histogram::with_opts(HistogramOpts::new("frappe_cdc_apply_end_to_end_lag_seconds", "Apply time minus source commit time").buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0])).unwrap_or_else(|_| unreachable_metric())),
+            consumer_lag: reg(&r, IntGaugeVec::new(Opts::new("frappe_cdc_apply_consumer_lag_messages", "Messages on the topic not yet applied, by partition (high watermark minus next offset)"), &["partition"]).unwrap_or_else(|_| unreachable_metric())),
+            tx_duration: reg(&r, Histogram::with_opts(HistogramOpts::new("frappe_cdc_apply_transaction_duration_seconds", "Duration of one replica transaction (checks, writes, offset, commit)").buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0])).unwrap_or_else(|_| unreachable_metric())),
             registry: r,
         }
     }
@@ -172,5 +182,86 @@ pub async fn serve(
             let _ = sock.write_all(head.as_bytes()).await;
             let _ = sock.write_all(&body).await;
         });
+    }
+}
+
+/// Caps the number of distinct values of a label (e.g. doctypes named by untrusted messages):
+/// the first `cap` values are kept, later ones are reported as `overflow`.
+pub struct BoundedLabels {
+    seen: std::collections::HashSet<String>,
+    cap: usize,
+    overflow: &'static str,
+}
+
+impl BoundedLabels {
+    pub fn new(cap: usize, overflow: &'static str) -> Self {
+        BoundedLabels {
+            seen: Default::default(),
+            cap,
+            overflow,
+        }
+    }
+
+    /// The label to use for `value`.
+    pub fn get<'a>(&mut self, value: &'a str) -> &'a str {
+        if self.seen.contains(value) {
+            return value;
+        }
+        if self.seen.len() < self.cap {
+            self.seen.insert(value.to_string());
+            return value;
+        }
+        self.overflow
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_labels_stop_at_the_cap() {
+        let mut l = BoundedLabels::new(2, "_other");
+        assert_eq!(l.get("a"), "a");
+        assert_eq!(l.get("b"), "b");
+        assert_eq!(l.get("c"), "_other");
+        assert_eq!(l.get("a"), "a");
+    }
+
+    #[test]
+    fn names_follow_the_convention() {
+        let c = CaptureMetrics::new();
+        let a = ApplyMetrics::new();
+        let families: Vec<_> = c
+            .registry
+            .gather()
+            .into_iter()
+            .chain(a.registry.gather())
+            .collect();
+        assert!(families.len() >= 20);
+        for f in &families {
+            let n = f.name();
+            assert!(
+                n.starts_with("frappe_cdc_capture_")
+                    || n.starts_with("frappe_cdc_apply_")
+                    || n == "frappe_cdc_build_info",
+                "{n}"
+            );
+            assert!(
+                n.chars()
+                    .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_'),
+                "{n}"
+            );
+            let counter = f.get_field_type() == prometheus::proto::MetricType::COUNTER;
+            assert_eq!(
+                counter,
+                n.ends_with("_total"),
+                "{n}: counters and only counters end in _total"
+            );
+            assert!(
+                !n.contains("_ms") && !n.contains("millis"),
+                "{n}: units are seconds"
+            );
+        }
     }
 }

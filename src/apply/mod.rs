@@ -4,6 +4,7 @@
 pub mod conflicts;
 pub mod control;
 pub mod decision;
+pub mod lag;
 pub mod replica;
 pub mod run;
 pub mod verify;

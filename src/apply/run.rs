@@ -23,11 +23,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::control::{self, ConflictRecord, EventKey};
 use super::decision::{Comparator, Decision};
+use super::lag::ConsumerLag;
 use super::replica::{ReplicaError, SchemaCache, read_doc, write_doc};
 use crate::envelope::{ENVELOPE_VERSION, Envelope, Op};
 use crate::frappe::catalog::{Filter, IGNORED_COLUMNS};
 use crate::kafka::producer::ensure_topic;
-use crate::metrics::ApplyMetrics;
+use crate::metrics::{ApplyMetrics, BoundedLabels};
 use crate::source::conn::DbTarget;
 
 /// Settings of `apply`.
@@ -192,10 +193,14 @@ impl Applier {
             ));
         };
         let mut conn = self.pool.get_conn().await?;
+        let started = std::time::Instant::now();
         let mut tx = conn.start_transaction(TxOpts::default()).await?;
         let outcome = self.apply_in(&mut tx, e, key).await?;
         control::store_offset(&mut tx, &self.cfg.group, &self.cfg.topic, partition, next).await?;
         tx.commit().await?;
+        self.metrics
+            .tx_duration
+            .observe(started.elapsed().as_secs_f64());
         Ok(outcome)
     }
 
@@ -282,11 +287,12 @@ impl Applier {
         &mut self,
         m: &BorrowedMessage<'_>,
         shutdown: &CancellationToken,
-    ) -> Result<Option<Outcome>, ApplyError> {
+    ) -> Result<Option<(Outcome, Option<String>)>, ApplyError> {
         let next = m.offset() + 1;
         let partition = m.partition();
         let mut backoff = Backoff::new(Duration::from_millis(100), self.cfg.max_backoff);
         loop {
+            let mut doctype = None;
             let r = match m.payload() {
                 None => self
                     .store_only(partition, next)
@@ -308,25 +314,15 @@ impl Applier {
                         if !self.cfg.filter.tracks(&e.doctype)
                             || !RowFilter::admits(&self.cfg.row_filters, &e) =>
                     {
-                        let r = self
-                            .store_only(partition, next)
+                        doctype = Some(e.doctype.clone());
+                        self.store_only(partition, next)
                             .await
-                            .map(|_| Outcome::Filtered);
-                        if r.is_ok() {
-                            self.metrics
-                                .documents
-                                .with_label_values(&[&e.doctype, "filtered"])
-                                .inc();
-                        }
-                        r
+                            .map(|_| Outcome::Filtered)
                     }
                     Ok(e) => {
+                        doctype = Some(e.doctype.clone());
                         let r = self.apply_envelope(&e, partition, next).await;
                         if let Ok(o) = &r {
-                            self.metrics
-                                .documents
-                                .with_label_values(&[&e.doctype, o.label()])
-                                .inc();
                             if e.source.commit_ts > 0 && matches!(o, Outcome::Applied) {
                                 let now = std::time::SystemTime::now()
                                     .duration_since(std::time::UNIX_EPOCH)
@@ -342,7 +338,7 @@ impl Applier {
                 },
             };
             match r {
-                Ok(o) => return Ok(Some(o)),
+                Ok(o) => return Ok(Some((o, doctype))),
                 Err(e) if transient(&e) => {
                     if !backoff
                         .wait(
@@ -357,7 +353,7 @@ impl Applier {
                     }
                     self.cache.clear();
                 }
-                Err(e) => return Ok(Some(Outcome::DeadLetter(e.to_string()))),
+                Err(e) => return Ok(Some((Outcome::DeadLetter(e.to_string()), doctype))),
             }
         }
     }
@@ -474,7 +470,10 @@ pub async fn run(
         metrics,
         missing_logged: Default::default(),
     };
+    let mut labels = BoundedLabels::new(500, "_other");
+    let mut lag = ConsumerLag::new(&applier.cfg.topic, &tpl, Duration::from_secs(5));
     while !shutdown.is_cancelled() {
+        tokio::task::block_in_place(|| lag.refresh(&consumer, &applier.metrics.consumer_lag));
         let Some(m) = tokio::task::block_in_place(|| consumer.poll(Duration::from_millis(200)))
         else {
             continue;
@@ -486,9 +485,16 @@ pub async fn run(
                 continue;
             }
         };
-        let Some(outcome) = applier.handle(&m, &shutdown).await? else {
+        let Some((outcome, doctype)) = applier.handle(&m, &shutdown).await? else {
             break;
         };
+        let label = labels.get(doctype.as_deref().unwrap_or("_unparsed"));
+        applier
+            .metrics
+            .documents
+            .with_label_values(&[label, outcome.label()])
+            .inc();
+        lag.applied(m.partition(), m.offset() + 1);
         if let Outcome::DeadLetter(reason) = &outcome {
             applier.metrics.dead_letters.inc();
             tracing::warn!(partition = m.partition(), offset = m.offset(), reason = %reason, "message sent to the dead-letter topic");

@@ -7,6 +7,7 @@
 //! checkpoint, so a retry can repeat envelopes but never skip one.
 
 pub mod processor;
+pub mod retention;
 pub mod snapshot;
 
 use std::path::PathBuf;
@@ -197,7 +198,18 @@ pub async fn run(
     };
     let (tx, mut rx) = mpsc::channel(256);
     let reader = tokio::spawn(run_reader(reader_cfg, tx));
+    let view = retention::CheckpointView::default();
+    let retention_stop = shutdown.child_token();
+    let watcher = tokio::spawn(retention::watch(
+        cfg.source.opts.clone(),
+        view.clone(),
+        metrics.clone(),
+        Duration::from_secs(10),
+        retention_stop.clone(),
+    ));
+    let _stop_watcher = retention_stop.drop_guard();
     let pcfg = ProcessorConfig {
+        checkpoint_view: view,
         source_server_id: report.server_id,
         schema: cfg.source.database.clone(),
         checkpoint_interval: cfg.checkpoint_interval,
@@ -250,6 +262,7 @@ pub async fn run(
     let read = reader
         .await
         .map_err(|_| CaptureError::Internal("binlog reader panicked"))?;
+    drop(watcher);
     processed?;
     match read {
         Ok(()) | Err(BinlogError::Closed) => Ok(()),

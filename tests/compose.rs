@@ -295,3 +295,43 @@ fn typed_parser_rejects_malformed_files() {
         );
     }
 }
+
+#[test]
+fn deploy_units_and_env_examples_name_real_env_vars() {
+    for (file, sub) in [
+        ("deploy/frappe-cdc-capture.service", "capture"),
+        ("deploy/capture.env.example", "capture"),
+        ("deploy/frappe-cdc-apply@.service", "apply"),
+        ("deploy/apply.env.example", "apply"),
+    ] {
+        let h = help(sub);
+        let text = read(file);
+        let mut n = 0;
+        for line in text.lines() {
+            let line = line
+                .trim_start_matches("Environment=")
+                .trim_start_matches("# ");
+            let Some((k, _)) = line.split_once('=') else {
+                continue;
+            };
+            if k.starts_with("FRAPPE_CDC_") && !k.contains(' ') {
+                n += 1;
+                assert!(
+                    h.contains(&format!("env: {k}")),
+                    "{file}: {k} is not an env var of {sub}"
+                );
+            }
+        }
+        assert!(n >= 2, "{file} sets {n} variables");
+        if file.ends_with(".service") {
+            assert!(
+                text.contains("ExecStart=/usr/local/bin/frappe-cdc ")
+                    && text.contains("LoadCredential=")
+            );
+            assert!(
+                !text.to_lowercase().contains("password="),
+                "{file}: no password in the unit"
+            );
+        }
+    }
+}

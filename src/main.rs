@@ -75,6 +75,7 @@ fn capture_config(a: &CaptureArgs) -> Result<CaptureConfig, String> {
             partition_by_doctype: a.partition_by == PartitionBy::Doctype,
             max_in_flight: a.max_in_flight,
             options: a.kafka_option.clone(),
+            null_sink: false,
         },
         filter: Filter::new(&a.include_doctype, &a.exclude_doctype),
         heartbeat: a.heartbeat,

@@ -129,13 +129,17 @@ pub async fn run(
         return Err(CaptureError::Preflight(report.failures));
     }
     let store = Arc::new(Store::open(&cfg.state_dir)?);
-    let partitions = ensure_topic(
-        &cfg.producer.brokers,
-        &cfg.producer.topic,
-        cfg.producer.partitions,
-        &cfg.producer.options,
-    )
-    .await?;
+    let partitions = if cfg.producer.null_sink {
+        cfg.producer.partitions
+    } else {
+        ensure_topic(
+            &cfg.producer.brokers,
+            &cfg.producer.topic,
+            cfg.producer.partitions,
+            &cfg.producer.options,
+        )
+        .await?
+    };
     let mut pcfg = cfg.producer.clone();
     pcfg.partitions = partitions;
     let mut producer = Producer::new(&pcfg)?;

@@ -78,11 +78,15 @@ pub struct ProducerConfig {
     pub partition_by_doctype: bool,
     pub max_in_flight: u64,
     pub options: Vec<(String, String)>,
+    /// Benchmarks only: drop every message instead of sending it (no broker contacted), to
+    /// measure capture without Kafka.
+    pub null_sink: bool,
 }
 
 /// The capture producer.
 pub struct Producer {
-    inner: ThreadedProducer<AckContext>,
+    /// None for the null sink.
+    inner: Option<ThreadedProducer<AckContext>>,
     topic: String,
     brokers: String,
     partitions: i32,
@@ -192,9 +196,15 @@ pub async fn ensure_topic(
 impl Producer {
     /// Creates the producer.
     pub fn new(cfg: &ProducerConfig) -> Result<Producer, ProducerError> {
-        let inner: ThreadedProducer<AckContext> = client_config(&cfg.brokers, &cfg.options)?
-            .create_with_context(AckContext::default())
-            .map_err(ProducerError::Setup)?;
+        let inner: Option<ThreadedProducer<AckContext>> = if cfg.null_sink {
+            None
+        } else {
+            Some(
+                client_config(&cfg.brokers, &cfg.options)?
+                    .create_with_context(AckContext::default())
+                    .map_err(ProducerError::Setup)?,
+            )
+        };
         Ok(Producer {
             inner,
             topic: cfg.topic.clone(),
@@ -207,8 +217,10 @@ impl Producer {
     }
 
     fn check_failed(&self) -> Result<(), ProducerError> {
-        let f = self
-            .inner
+        let Some(inner) = &self.inner else {
+            return Ok(());
+        };
+        let f = inner
             .context()
             .failed
             .lock()
@@ -221,8 +233,12 @@ impl Producer {
 
     /// Messages sent and not yet acknowledged.
     pub fn in_flight(&self) -> u64 {
-        self.sent
-            .saturating_sub(self.inner.context().acked.load(Ordering::Acquire))
+        match &self.inner {
+            Some(inner) => self
+                .sent
+                .saturating_sub(inner.context().acked.load(Ordering::Acquire)),
+            None => 0,
+        }
     }
 
     /// Sends one message (`payload` None is a tombstone). Blocks while the in-flight window or
@@ -233,6 +249,10 @@ impl Producer {
         key: &[u8],
         payload: Option<&[u8]>,
     ) -> Result<(), ProducerError> {
+        let Some(inner) = &self.inner else {
+            self.sent += 1;
+            return Ok(());
+        };
         while self.in_flight() >= self.max_in_flight {
             self.check_failed()?;
             std::thread::sleep(Duration::from_micros(200));
@@ -245,7 +265,7 @@ impl Producer {
             rec = rec.partition(doctype_partition(doctype, self.partitions));
         }
         loop {
-            match self.inner.send(rec) {
+            match inner.send(rec) {
                 Ok(()) => break,
                 Err((KafkaError::MessageProduction(Code::QueueFull), r)) => {
                     rec = r;
@@ -276,7 +296,9 @@ impl Producer {
                     brokers: self.brokers.clone(),
                 });
             }
-            let _ = self.inner.flush(Duration::from_millis(100));
+            if let Some(inner) = &self.inner {
+                let _ = inner.flush(Duration::from_millis(100));
+            }
         }
         self.check_failed()
     }

@@ -91,6 +91,7 @@ impl Rig {
                 partition_by_doctype: true,
                 max_in_flight: 10_000,
                 options: vec![],
+                null_sink: false,
             },
             filter: self.filter.clone(),
             heartbeat: Duration::from_secs(1),

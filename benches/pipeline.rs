@@ -1,0 +1,740 @@
+//! frappe-cdc benchmarks on real servers (run with `scripts/bench.sh`; not part of the tests).
+//!
+//! Starts its own MariaDB primaries and replicas and a tansu broker on loopback, like the tests,
+//! and measures, printing a table and writing JSON to `target/bench/`:
+//! 1. capture ceiling: an already-written binlog of Frappe-shaped documents (1 parent + 10
+//!    children, one transaction each) read, decoded, grouped and produced — to the broker and to
+//!    a null sink — against raw binlog transport (same stream, no decoding) as the baseline;
+//! 2. end-to-end: primary commit → replica applied, at the primary's maximum write rate, and
+//!    commit→apply lag percentiles at fixed rates (replica trigger timestamps vs `modified`);
+//! 3. apply vs MariaDB native replication catching up on the same 100,000-document backlog;
+//! 4. peak RSS (VmHWM) of capture and apply: the backlog and a 1,000,000-row transaction;
+//! 5. initial snapshot rows/s of the backlog site (1.1M rows).
+//!
+//! `--quick` shrinks every size tenfold (a smoke run); `--only a,b` runs some sections
+//! (ceiling, e2e, backlog).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::rig::Rig;
+use common::servers::{KillOnDrop, Mariadb, PRIMARY_ARGS, free_port, scratch_dir};
+use frappe_cdc::capture;
+use frappe_cdc::metrics::CaptureMetrics;
+use frappe_cdc::position::GtidPosition;
+use frappe_cdc::source::binlog::{ReaderConfig, open_stream};
+use futures::StreamExt;
+use mysql_async::prelude::Queryable;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+const PROC: &str = "CREATE PROCEDURE bench_docs(IN prefix VARCHAR(40), IN n INT)
+BEGIN
+  DECLARE i INT DEFAULT 0;
+  WHILE i < n DO
+    START TRANSACTION;
+    INSERT INTO `tabSales Invoice` (name,creation,modified,modified_by,owner,customer,customer_name,posting_date,currency,conversion_rate,total,net_total,grand_total,outstanding_amount,status)
+      VALUES (CONCAT(prefix,i),NOW(6),NOW(6),'Administrator','Administrator','C1','Customer 1',CURDATE(),'INR',1,1000,1000,1000,1000,'Draft');
+    INSERT INTO `tabSales Invoice Item` (name,creation,modified,modified_by,owner,idx,item_code,item_name,description,qty,rate,amount,parent,parentfield,parenttype)
+      SELECT CONCAT(prefix,i,'-',seq),NOW(6),NOW(6),'Administrator','Administrator',seq,CONCAT('ITEM-',seq),'Item','A line of an invoice',1,100,100,CONCAT(prefix,i),'items','Sales Invoice' FROM seq_1_to_10;
+    COMMIT;
+    SET i = i + 1;
+  END WHILE;
+END";
+
+/// One result line: section, what, value, unit.
+struct Report {
+    lines: Vec<(String, String, f64, String)>,
+    notes: Vec<String>,
+}
+
+impl Report {
+    fn add(&mut self, section: &str, what: &str, value: f64, unit: &str) {
+        eprintln!("  {section:<10} {what:<58} {value:>14.1} {unit}");
+        self.lines
+            .push((section.into(), what.into(), value, unit.into()));
+    }
+
+    fn note(&mut self, n: String) {
+        eprintln!("  note: {n}");
+        self.notes.push(n);
+    }
+}
+
+fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_frappe-cdc")
+}
+
+/// Samples a process's peak RSS (VmHWM, KiB) every 50 ms until it exits or `stop`.
+struct PeakRss {
+    peak: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl PeakRss {
+    fn watch(pid: u32) -> PeakRss {
+        let peak = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (p, s) = (Arc::clone(&peak), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let Ok(st) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+                    break;
+                };
+                if let Some(kb) = st
+                    .lines()
+                    .find(|l| l.starts_with("VmHWM:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse::<u64>().ok())
+                {
+                    p.fetch_max(kb, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        PeakRss { peak, stop }
+    }
+
+    fn mib(&self) -> f64 {
+        self.peak.load(Ordering::Relaxed) as f64 / 1024.0
+    }
+}
+
+impl Drop for PeakRss {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+async fn q1<T: mysql_async::prelude::FromValue + Send + 'static>(
+    c: &mut mysql_async::Conn,
+    sql: &str,
+) -> T {
+    c.query_first::<T, _>(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .unwrap_or_else(|| panic!("{sql}: no row"))
+}
+
+async fn install_proc(c: &mut mysql_async::Conn) {
+    c.query_drop(PROC).await.expect("create procedure");
+}
+
+/// Writes `n` documents (one transaction each) on the server side; returns seconds taken.
+async fn write_docs(c: &mut mysql_async::Conn, prefix: &str, n: u64) -> f64 {
+    let t = Instant::now();
+    c.exec_drop("CALL bench_docs(?, ?)", (prefix, n))
+        .await
+        .expect("call bench_docs");
+    t.elapsed().as_secs_f64()
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Runs the capture binary to the end of the binlog; returns (seconds, peak RSS MiB).
+fn capture_to_end(
+    url: &str,
+    bootstrap: &str,
+    topic: &str,
+    state: &PathBuf,
+    server_id: u32,
+) -> (f64, f64) {
+    let t = Instant::now();
+    let mut child = std::process::Command::new(binary())
+        .args([
+            "capture",
+            "--source",
+            url,
+            "--brokers",
+            bootstrap,
+            "--topic",
+            topic,
+        ])
+        .args(["--server-id", &server_id.to_string(), "--state-dir"])
+        .arg(state)
+        .args([
+            "--metrics-addr",
+            &format!("127.0.0.1:{}", free_port()),
+            "--stop-at-end",
+        ])
+        .env("FRAPPE_CDC_SOURCE_PASSWORD", "cdcpass")
+        .env("RUST_LOG", "error")
+        .spawn()
+        .expect("spawn capture");
+    let rss = PeakRss::watch(child.id());
+    let st = child.wait().expect("wait capture");
+    assert!(st.success(), "capture failed: {st}");
+    (t.elapsed().as_secs_f64(), rss.mib())
+}
+
+/// Section 1: decode/group ceiling on an already-written binlog.
+async fn ceiling(r: &mut Report, docs: u64) {
+    eprintln!("== capture ceiling: {docs} documents x 11 rows already in the binlog");
+    let rig = Rig::new("bceil").await;
+    let mut c = rig.primary().conn(&rig.db).await;
+    install_proc(&mut c).await;
+    rig.capture().await; // snapshot of the (small) fixture; the documents come after it
+    let start: String = q1(&mut c, "SELECT @@gtid_binlog_pos").await;
+    let secs = write_docs(&mut c, "CEIL-", docs).await;
+    r.add(
+        "primary",
+        "write rate, 1 doc = 1 tx of 11 rows (server-side loop)",
+        docs as f64 / secs,
+        "docs/s",
+    );
+    let null_state = scratch_dir("bceil-null");
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", rig.state.display()))
+        .arg(&null_state)
+        .status()
+        .expect("cp");
+    assert!(status.success());
+
+    // Baseline: the same binlog stream, events counted, nothing decoded.
+    let cfg = rig.config();
+    let rc = ReaderConfig {
+        opts: cfg.source.opts.clone(),
+        server_id: cfg.server_id + 7,
+        schema: rig.db.clone(),
+        start: start.parse::<GtidPosition>().expect("gtid"),
+        heartbeat: Duration::from_secs(5),
+        want_table: Arc::new(|_| true),
+        non_blocking: true,
+    };
+    let t = Instant::now();
+    let mut stream = open_stream(&rc).await.expect("binlog stream");
+    let (mut bytes, mut events) = (0u64, 0u64);
+    while let Some(ev) = stream.next().await {
+        let ev = ev.expect("event");
+        bytes += ev.data().len() as u64 + 19;
+        events += 1;
+    }
+    let base = t.elapsed().as_secs_f64();
+    r.add(
+        "ceiling",
+        "baseline: raw binlog transport (no decoding)",
+        bytes as f64 / base / 1e6,
+        "MB/s",
+    );
+    r.add(
+        "ceiling",
+        "baseline: raw binlog transport, events",
+        events as f64 / base,
+        "events/s",
+    );
+
+    for (label, null) in [("to the broker", false), ("to a null sink", true)] {
+        let mut cfg = rig.config();
+        cfg.producer.null_sink = null;
+        if null {
+            cfg.state_dir = null_state.clone();
+        }
+        let m = CaptureMetrics::new();
+        let t = Instant::now();
+        capture::run(&cfg, &m, CancellationToken::new())
+            .await
+            .expect("capture run");
+        let s = t.elapsed().as_secs_f64();
+        let rows: u64 = ["insert", "update", "delete"]
+            .iter()
+            .map(|op| {
+                ["tabSales Invoice", "tabSales Invoice Item"]
+                    .iter()
+                    .map(|t| m.binlog_rows.with_label_values(&[t, op]).get())
+                    .sum::<u64>()
+            })
+            .sum();
+        let docs_out = m
+            .documents
+            .with_label_values(&["Sales Invoice", "create"])
+            .get();
+        assert_eq!(docs_out, docs, "every document emitted");
+        r.add(
+            "ceiling",
+            &format!("capture {label}: binlog rows decoded+grouped"),
+            rows as f64 / s,
+            "rows/s",
+        );
+        r.add(
+            "ceiling",
+            &format!("capture {label}: documents"),
+            docs_out as f64 / s,
+            "docs/s",
+        );
+        r.add(
+            "ceiling",
+            &format!("capture {label}: binlog bytes"),
+            bytes as f64 / s / 1e6,
+            "MB/s",
+        );
+    }
+}
+
+async fn replica_with_arrivals(db: &str) -> Mariadb {
+    let replica = Mariadb::start(&[]);
+    replica.create_site(db).await;
+    let mut c = replica.conn(db).await;
+    c.query_drop(
+        "CREATE TABLE bench_arrival (name VARCHAR(140) PRIMARY KEY, applied_at DATETIME(6)) ENGINE=InnoDB",
+    )
+    .await
+    .expect("arrival table");
+    c.query_drop(
+        "CREATE TRIGGER bench_arrived AFTER INSERT ON `tabSales Invoice` FOR EACH ROW \
+         INSERT IGNORE INTO bench_arrival VALUES (NEW.name, NOW(6))",
+    )
+    .await
+    .expect("trigger");
+    replica
+}
+
+async fn wait_count(c: &mut mysql_async::Conn, prefix: &str, n: u64, timeout: Duration) -> f64 {
+    let t = Instant::now();
+    let sql = format!("SELECT COUNT(*) FROM bench_arrival WHERE name LIKE '{prefix}%'");
+    loop {
+        let got: u64 = q1(c, &sql).await;
+        if got >= n {
+            return t.elapsed().as_secs_f64();
+        }
+        assert!(
+            t.elapsed() < timeout,
+            "{prefix}: {got} of {n} arrived after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Inserts documents at `rate` per second for `secs` from 4 client connections; returns the
+/// number written and the achieved rate.
+async fn paced(primary: &Mariadb, db: &str, prefix: &str, rate: u64, secs: u64) -> (u64, f64) {
+    let conns = 4u64;
+    let total = rate * secs;
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for k in 0..conns {
+        let mut c = primary.conn(db).await;
+        let prefix = prefix.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut i = k;
+            while i < total {
+                let due = t0 + Duration::from_secs_f64(i as f64 / rate as f64);
+                tokio::time::sleep_until(due.into()).await;
+                let name = format!("{prefix}{i}");
+                let items: Vec<String> = (1..=10)
+                    .map(|s| format!("('{name}-{s}',NOW(6),NOW(6),'Administrator','Administrator',{s},'ITEM-{s}','Item','A line of an invoice',1,100,100,'{name}','items','Sales Invoice')"))
+                    .collect();
+                let mut tx = c
+                    .start_transaction(mysql_async::TxOpts::default())
+                    .await
+                    .expect("begin");
+                tx.query_drop(format!(
+                    "INSERT INTO `tabSales Invoice` (name,creation,modified,modified_by,owner,customer,customer_name,posting_date,currency,conversion_rate,total,net_total,grand_total,outstanding_amount,status) VALUES ('{name}',NOW(6),NOW(6),'Administrator','Administrator','C1','Customer 1',CURDATE(),'INR',1,1000,1000,1000,1000,'Draft')"
+                ))
+                .await
+                .expect("insert parent");
+                tx.query_drop(format!(
+                    "INSERT INTO `tabSales Invoice Item` (name,creation,modified,modified_by,owner,idx,item_code,item_name,description,qty,rate,amount,parent,parentfield,parenttype) VALUES {}",
+                    items.join(",")
+                ))
+                .await
+                .expect("insert children");
+                tx.commit().await.expect("commit");
+                i += conns;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    (total, total as f64 / t0.elapsed().as_secs_f64())
+}
+
+/// Section 2: end-to-end throughput and lag with capture and apply running.
+async fn e2e(r: &mut Report, docs: u64, rates: &[u64], secs: u64) {
+    eprintln!("== end-to-end: capture + apply processes, primary → Kafka → replica");
+    let rig = Rig::new("be2e").await;
+    let replica = replica_with_arrivals(&rig.db).await;
+    let mut pc = rig.primary().conn(&rig.db).await;
+    install_proc(&mut pc).await;
+    let capture = rig.spawn_capture(None, free_port(), &[]);
+    let rurl = format!("mysql://admin@127.0.0.1:{}/{}", replica.port, rig.db);
+    let apply = rig.spawn_apply(&rurl, free_port(), &[]);
+    let (crss, arss) = (PeakRss::watch(capture.id()), PeakRss::watch(apply.id()));
+    let mut rc = replica.conn(&rig.db).await;
+    // warm-up: one document through the whole pipeline
+    write_docs(&mut pc, "WARM-", 1).await;
+    wait_count(&mut rc, "WARM-", 1, Duration::from_secs(120)).await;
+
+    let t = Instant::now();
+    let wsecs = write_docs(&mut pc, "MAX-", docs).await;
+    let total = wait_count(&mut rc, "MAX-", docs, Duration::from_secs(1800)).await + 0.0;
+    let total = total.max(t.elapsed().as_secs_f64());
+    r.add(
+        "e2e",
+        &format!("{docs} docs at the primary's max rate: primary write"),
+        docs as f64 / wsecs,
+        "docs/s",
+    );
+    r.add(
+        "e2e",
+        "  commit on primary → applied on replica, throughput",
+        docs as f64 / total,
+        "docs/s",
+    );
+
+    for &rate in rates {
+        let prefix = format!("LAG{rate}-");
+        let (n, achieved) = paced(rig.primary(), &rig.db, &prefix, rate, secs).await;
+        wait_count(&mut rc, &prefix, n, Duration::from_secs(1800)).await;
+        let lags: Vec<f64> = rc
+            .query(format!(
+                "SELECT TIMESTAMPDIFF(MICROSECOND, s.modified, a.applied_at) / 1000.0 \
+                 FROM bench_arrival a JOIN `tabSales Invoice` s USING (name) WHERE a.name LIKE '{prefix}%'"
+            ))
+            .await
+            .expect("lags");
+        let mut lags: Vec<f64> = lags.into_iter().collect();
+        lags.sort_by(|a, b| a.total_cmp(b));
+        r.add(
+            "lag",
+            &format!("{rate} docs/s target: achieved on primary"),
+            achieved,
+            "docs/s",
+        );
+        for (p, name) in [(0.5, "p50"), (0.95, "p95"), (0.99, "p99")] {
+            r.add(
+                "lag",
+                &format!("  {rate} docs/s: commit→apply {name}"),
+                pct(&lags, p),
+                "ms",
+            );
+        }
+    }
+    r.add(
+        "memory",
+        "capture peak RSS, end-to-end runs",
+        crss.mib(),
+        "MiB",
+    );
+    r.add(
+        "memory",
+        "apply peak RSS, end-to-end runs",
+        arss.mib(),
+        "MiB",
+    );
+    drop(capture);
+    drop(apply);
+}
+
+/// Section 3–5: backlog catch-up, apply vs native replication, memory, snapshot.
+async fn backlog(r: &mut Report, docs: u64, big_rows: u64, apply_window: Duration) {
+    eprintln!(
+        "== backlog: {docs} documents; apply vs native replication; snapshot; {big_rows}-row transaction"
+    );
+    let primary = Mariadb::start(PRIMARY_ARGS);
+    let (_, broker) = common::rig::shared();
+    let bootstrap = broker.bootstrap();
+    let db = "bl";
+    primary.create_site(db).await;
+    let apply_replica = Mariadb::start(&[]);
+    apply_replica.create_site(db).await;
+    let native = Mariadb::start(&[]);
+    native.create_site(db).await;
+    let mut pc = primary.conn(db).await;
+    install_proc(&mut pc).await;
+    // The native replica starts from here (schema already in place on both sides).
+    let pos0: String = q1(&mut pc, "SELECT @@gtid_binlog_pos").await;
+    let mut nc = native.conn(db).await;
+    nc.query_drop(format!("SET GLOBAL gtid_slave_pos = '{pos0}'"))
+        .await
+        .expect("gtid_slave_pos");
+    nc.query_drop(format!(
+        "CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={}, \
+         MASTER_USER='admin', MASTER_PASSWORD='adminpass', MASTER_USE_GTID=slave_pos",
+        primary.port
+    ))
+    .await
+    .expect("change master");
+
+    let url = primary.cdc_url(db);
+    let topic = "bl-docs";
+    let state = scratch_dir("bl-state");
+    capture_to_end(&url, &bootstrap, topic, &state, 7001); // snapshot of the fixture
+    let wsecs = write_docs(&mut pc, "BL-", docs).await;
+    r.add(
+        "primary",
+        &format!("write {docs} docs (server-side loop)"),
+        docs as f64 / wsecs,
+        "docs/s",
+    );
+    let (csecs, crss) = capture_to_end(&url, &bootstrap, topic, &state, 7001);
+    r.add(
+        "backlog",
+        "capture of the backlog (process, to the broker)",
+        docs as f64 * 11.0 / csecs,
+        "rows/s",
+    );
+    r.add("memory", "capture peak RSS, backlog", crss, "MiB");
+
+    // Native replication: a single SQL thread (MariaDB's default), nothing else running.
+    let end: String = q1(&mut pc, "SELECT @@gtid_binlog_pos").await;
+    let t = Instant::now();
+    nc.query_drop("START SLAVE").await.expect("start slave");
+    let waited: i64 = q1(&mut nc, &format!("SELECT MASTER_GTID_WAIT('{end}', 1800)")).await;
+    assert_eq!(waited, 0, "native replica caught up");
+    let native_secs = t.elapsed().as_secs_f64();
+    let ncount: u64 = q1(
+        &mut nc,
+        "SELECT COUNT(*) FROM `tabSales Invoice` WHERE name LIKE 'BL-%'",
+    )
+    .await;
+    assert_eq!(ncount, docs);
+    r.add(
+        "backlog",
+        "native replication catch-up",
+        docs as f64 / native_secs,
+        "docs/s",
+    );
+
+    // frappe-cdc apply from the topic.
+    let mut ac = apply_replica.conn(db).await;
+    let t = Instant::now();
+    let rurl = format!("mysql://admin@127.0.0.1:{}/{db}", apply_replica.port);
+    let child = std::process::Command::new(binary())
+        .args([
+            "apply",
+            "--replica",
+            &rurl,
+            "--brokers",
+            &bootstrap,
+            "--topic",
+            topic,
+            "--group",
+            "bench",
+        ])
+        .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port())])
+        .env("FRAPPE_CDC_REPLICA_PASSWORD", "adminpass")
+        .env("RUST_LOG", "error")
+        .spawn()
+        .expect("spawn apply");
+    let apply = KillOnDrop(child);
+    let arss = PeakRss::watch(apply.id());
+    loop {
+        let got: u64 = q1(
+            &mut ac,
+            "SELECT COUNT(*) FROM `tabSales Invoice` WHERE name LIKE 'BL-%'",
+        )
+        .await;
+        if got >= docs {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(3600),
+            "apply: {got} of {docs} after an hour"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let apply_secs = t.elapsed().as_secs_f64();
+    r.add(
+        "backlog",
+        "frappe-cdc apply catch-up",
+        docs as f64 / apply_secs,
+        "docs/s",
+    );
+    r.add(
+        "backlog",
+        "apply time / native time (≤ 1 is the goal)",
+        apply_secs / native_secs,
+        "x",
+    );
+    r.add("memory", "apply peak RSS, backlog", arss.mib(), "MiB");
+
+    // Snapshot of the whole site from scratch.
+    let rows: u64 = q1(
+        &mut pc,
+        "SELECT (SELECT COUNT(*) FROM `tabSales Invoice`) + (SELECT COUNT(*) FROM `tabSales Invoice Item`)",
+    )
+    .await;
+    let (ssecs, srss) = capture_to_end(
+        &url,
+        &bootstrap,
+        "bl-snapshot",
+        &scratch_dir("bl-snap"),
+        7002,
+    );
+    r.add(
+        "snapshot",
+        &format!("initial snapshot of {rows} invoice rows (+fixture)"),
+        rows as f64 / ssecs,
+        "rows/s",
+    );
+    r.add("memory", "capture peak RSS, snapshot", srss, "MiB");
+
+    // One huge transaction.
+    pc.query_drop(format!(
+        "INSERT INTO `tabGL Entry` (name, creation, modified, modified_by, owner, docstatus, posting_date, account, debit, credit, voucher_type, voucher_no, remarks) \
+         SELECT CONCAT('GLE-', seq), NOW(6), NOW(6), 'Administrator', 'Administrator', 1, CURDATE(), \
+         'Debtors - A', seq / 100, 0, 'Journal Entry', CONCAT('JV-', seq DIV 10), 'bulk import' FROM seq_1_to_{big_rows}"
+    ))
+    .await
+    .expect("big transaction");
+    let (bsecs, brss) = capture_to_end(&url, &bootstrap, topic, &state, 7001);
+    r.add(
+        "big tx",
+        &format!("capture of one {big_rows}-row transaction"),
+        big_rows as f64 / bsecs,
+        "rows/s",
+    );
+    r.add(
+        "memory",
+        &format!("capture peak RSS, {big_rows}-row transaction"),
+        brss,
+        "MiB",
+    );
+    // apply keeps running on the same topic: its memory while working through those documents
+    let before: u64 = q1(&mut ac, "SELECT COUNT(*) FROM `tabGL Entry`").await;
+    tokio::time::sleep(apply_window).await;
+    let after: u64 = q1(&mut ac, "SELECT COUNT(*) FROM `tabGL Entry`").await;
+    r.add(
+        "memory",
+        &format!(
+            "apply peak RSS, first {}s of the {big_rows} documents",
+            apply_window.as_secs()
+        ),
+        arss.mib(),
+        "MiB",
+    );
+    r.add(
+        "big tx",
+        "apply of those documents (rate in the window)",
+        (after - before) as f64 / apply_window.as_secs_f64(),
+        "docs/s",
+    );
+    if after < big_rows {
+        r.note(format!(
+            "apply had written {after} of the {big_rows} GL Entry documents when the window closed; its RSS covers that part only"
+        ));
+    }
+    drop(apply);
+}
+
+fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_default();
+    let mem_kb: u64 = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0);
+    let mariadb = std::process::Command::new("mariadbd")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    json!({
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu": cpu,
+        "memory_gib": (mem_kb as f64 / 1048576.0 * 10.0).round() / 10.0,
+        "mariadb": mariadb,
+        "broker": "tansu (memory storage)",
+    })
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let only: Vec<String> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(|s| s.split(',').map(String::from).collect())
+        .unwrap_or_default();
+    let run = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
+    let k = if quick { 10 } else { 1 };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut r = Report {
+        lines: Vec::new(),
+        notes: Vec::new(),
+    };
+    let started = Instant::now();
+    rt.block_on(async {
+        if run("ceiling") {
+            ceiling(&mut r, 30_000 / k).await;
+        }
+        if run("e2e") {
+            let secs = if quick { 3 } else { 10 };
+            e2e(&mut r, 20_000 / k, &[200, 1_000, 5_000], secs).await;
+        }
+        if run("backlog") {
+            backlog(
+                &mut r,
+                100_000 / k,
+                1_000_000 / k,
+                Duration::from_secs(if quick { 10 } else { 60 }),
+            )
+            .await;
+        }
+    });
+    let m = machine();
+    println!();
+    println!(
+        "frappe-cdc benchmark ({}; {} CPUs, {} GiB; {}; {:.0} s)",
+        if quick { "quick" } else { "full" },
+        m["cpus"],
+        m["memory_gib"],
+        m["mariadb"].as_str().unwrap_or(""),
+        started.elapsed().as_secs_f64()
+    );
+    println!("| section | measurement | value | unit |");
+    println!("|---|---|---:|---|");
+    for (s, w, v, u) in &r.lines {
+        println!("| {s} | {} | {v:.1} | {u} |", w.trim());
+    }
+    for n in &r.notes {
+        println!("\nnote: {n}");
+    }
+    let out = json!({
+        "machine": m,
+        "quick": quick,
+        "seconds": started.elapsed().as_secs_f64(),
+        "results": r.lines.iter().map(|(s, w, v, u)| json!({"section": s, "measurement": w.trim(), "value": v, "unit": u})).collect::<Vec<_>>(),
+        "notes": r.notes,
+    });
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    let _ = std::fs::create_dir_all(&dir);
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let text = serde_json::to_string_pretty(&out).unwrap_or_default();
+    for f in [format!("bench-{stamp}.json"), "latest.json".into()] {
+        let _ = std::fs::write(dir.join(f), &text);
+    }
+    println!("\nJSON: {}", dir.join("latest.json").display());
+}

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# frappe-cdc benchmarks: starts its own MariaDB servers and broker on loopback (like the tests),
+# measures capture's decode ceiling, end-to-end throughput and lag, apply vs MariaDB native
+# replication on a 100k-document backlog, peak memory and snapshot speed, prints a table and
+# writes JSON to target/bench/latest.json. Not a test: nothing fails on speed.
+#   scripts/bench.sh            full run (about 10 minutes on 2 cores)
+#   scripts/bench.sh --quick    every size / 10, a smoke run
+#   scripts/bench.sh --only ceiling,e2e,backlog
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/install-deps.sh
+export FRAPPE_CDC_TEST_DIR="${FRAPPE_CDC_BENCH_DIR:-${TMPDIR:-/tmp}/frappe-cdc-bench}"
+rm -rf "$FRAPPE_CDC_TEST_DIR"
+exec cargo bench --quiet --bench pipeline -- "$@"

@@ -266,6 +266,10 @@ pub struct ApplyArgs {
     /// Longest wait between retries of a transient replica failure.
     #[arg(long, env = "FRAPPE_CDC_MAX_BACKOFF", default_value = "30s", value_parser = parse_duration)]
     pub max_backoff: Duration,
+    /// Most messages applied in one replica transaction (documents are read and written
+    /// set-wise; renames, Singles and dead letters go one at a time).
+    #[arg(long, env = "FRAPPE_CDC_BATCH_SIZE", default_value_t = 500)]
+    pub batch_size: usize,
     /// Log format.
     #[arg(long, env = "FRAPPE_CDC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

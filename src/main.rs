@@ -228,6 +228,7 @@ async fn run_apply(a: &ApplyArgs) -> ExitCode {
         filter: Filter::new(&a.include_doctype, &a.exclude_doctype),
         ignore_columns: a.ignore_column.clone(),
         max_backoff: a.max_backoff,
+        batch_size: a.batch_size,
     };
     let m = ApplyMetrics::new();
     let ready = Arc::new(AtomicBool::new(true));

@@ -1,6 +1,7 @@
 //! `frappe-cdc apply`: Kafka → replica MariaDB, one replica transaction per document, with
 //! conflict checks against the envelope's `before` image.
 
+pub mod bulk;
 pub mod conflicts;
 pub mod control;
 pub mod decision;

@@ -41,7 +41,7 @@ impl From<mysql_async::Error> for ReplicaError {
     }
 }
 
-fn q(ident: &str) -> String {
+pub(crate) fn q(ident: &str) -> String {
     format!("`{}`", ident.replace('`', "``"))
 }
 
@@ -89,7 +89,7 @@ impl SchemaCache {
         *self = SchemaCache::default();
     }
 
-    async fn columns(
+    pub(crate) async fn columns(
         &mut self,
         tx: &mut Transaction<'_>,
         table: &str,
@@ -111,7 +111,7 @@ impl SchemaCache {
     }
 
     /// parentfield → child table, from the replica's DocField and Custom Field rows.
-    async fn child_tables(
+    pub(crate) async fn child_tables(
         &mut self,
         tx: &mut Transaction<'_>,
         doctype: &str,
@@ -163,7 +163,7 @@ impl SchemaCache {
     }
 }
 
-async fn select_rows(
+pub(crate) async fn select_rows(
     tx: &mut Transaction<'_>,
     table: &str,
     sql: &str,

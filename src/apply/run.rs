@@ -10,6 +10,7 @@
 //! unknown version, a table or value the replica rejects) goes to the dead-letter topic with
 //! the reason and its coordinates in headers, and the partition moves on.
 
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
@@ -21,6 +22,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
+use super::bulk::{BulkError, BulkItem, BulkResult, apply_bulk};
 use super::control::{self, ConflictRecord, EventKey};
 use super::decision::{Comparator, Decision};
 use super::lag::ConsumerLag;
@@ -45,6 +47,8 @@ pub struct ApplyConfig {
     /// Row filters: a document of a listed doctype is applied only when its parent row
     /// (after the change, or before it for a delete) has every listed column value.
     pub row_filters: Vec<RowFilter>,
+    /// Most messages applied in one replica transaction.
+    pub batch_size: usize,
 }
 
 /// `--filter 'DocType:{"column": value, ...}'`.
@@ -470,78 +474,282 @@ pub async fn run(
         metrics,
         missing_logged: Default::default(),
     };
-    let mut labels = BoundedLabels::new(500, "_other");
-    let mut lag = ConsumerLag::new(&applier.cfg.topic, &tpl, Duration::from_secs(5));
+    let mut io = LoopIo {
+        consumer: &consumer,
+        dlq: &dlq,
+        labels: BoundedLabels::new(500, "_other"),
+        lag: ConsumerLag::new(&applier.cfg.topic, &tpl, Duration::from_secs(5)),
+        shutdown: &shutdown,
+    };
     while !shutdown.is_cancelled() {
-        tokio::task::block_in_place(|| lag.refresh(&consumer, &applier.metrics.consumer_lag));
-        let Some(m) = tokio::task::block_in_place(|| consumer.poll(Duration::from_millis(200)))
+        tokio::task::block_in_place(|| io.lag.refresh(&consumer, &applier.metrics.consumer_lag));
+        let Some(first) = tokio::task::block_in_place(|| consumer.poll(Duration::from_millis(200)))
         else {
             continue;
         };
-        let m = match m {
+        let first = match first {
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(error = %e, "kafka consume error");
                 continue;
             }
         };
-        let Some((outcome, doctype)) = applier.handle(&m, &shutdown).await? else {
-            break;
+        // Whatever is already fetched, up to --batch-size messages, is one batch.
+        let mut msgs = vec![first];
+        while msgs.len() < applier.cfg.batch_size.max(1) {
+            match consumer.poll(Duration::ZERO) {
+                Some(Ok(m)) => msgs.push(m),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "kafka consume error");
+                    break;
+                }
+                None => break,
+            }
+        }
+        let mut pending: Vec<(usize, BulkItem)> = Vec::new();
+        let mut keys: HashSet<(String, String)> = HashSet::new();
+        for (i, m) in msgs.iter().enumerate() {
+            match applier.bulkable(m) {
+                Some(item) => {
+                    let k = (item.env.doctype.clone(), item.env.name.clone());
+                    if keys.contains(&k) {
+                        if !applier.flush(&mut io, &msgs, &mut pending).await? {
+                            return Ok(());
+                        }
+                        keys.clear();
+                    }
+                    keys.insert(k);
+                    pending.push((i, item));
+                }
+                None => {
+                    if !applier.flush(&mut io, &msgs, &mut pending).await? {
+                        return Ok(());
+                    }
+                    keys.clear();
+                    if !applier.process_one(&mut io, m).await? {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        if !applier.flush(&mut io, &msgs, &mut pending).await? {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// What the apply loop hands to the per-batch and per-message paths.
+struct LoopIo<'a> {
+    consumer: &'a BaseConsumer,
+    dlq: &'a FutureProducer,
+    labels: BoundedLabels,
+    lag: ConsumerLag,
+    shutdown: &'a CancellationToken,
+}
+
+impl LoopIo<'_> {
+    fn commit(&self, topic: &str, offsets: &BTreeMap<i32, i64>) {
+        let mut commit = TopicPartitionList::new();
+        for (p, next) in offsets {
+            let _ = commit.add_partition_offset(topic, *p, Offset::Offset(*next));
+        }
+        let _ = self
+            .consumer
+            .commit(&commit, rdkafka::consumer::CommitMode::Async);
+    }
+}
+
+impl Applier {
+    /// The envelope of `m` when it can go into a bulk batch.
+    fn bulkable(&self, m: &BorrowedMessage<'_>) -> Option<BulkItem> {
+        let e: Envelope = serde_json::from_slice(m.payload()?).ok()?;
+        if e.version != ENVELOPE_VERSION
+            || e.validate().is_err()
+            || !self.cfg.filter.tracks(&e.doctype)
+            || !RowFilter::admits(&self.cfg.row_filters, &e)
+            || e.op == Op::Rename
+            || e.old_name.is_some()
+        {
+            return None;
+        }
+        let key = EventKey::of(&e.source)?;
+        Some(BulkItem {
+            env: e,
+            key,
+            partition: m.partition(),
+            next: m.offset() + 1,
+        })
+    }
+
+    async fn run_bulk(
+        &mut self,
+        items: &[BulkItem],
+        offsets: &BTreeMap<i32, i64>,
+    ) -> Result<BulkResult, BulkError> {
+        let mut conn = self.pool.get_conn().await?;
+        let started = std::time::Instant::now();
+        let mut tx = conn.start_transaction(TxOpts::default()).await?;
+        let r = apply_bulk(
+            &mut tx,
+            &mut self.cache,
+            &self.cmp,
+            &self.cfg.group,
+            &self.cfg.topic,
+            items,
+            offsets,
+        )
+        .await?;
+        tx.commit().await?;
+        self.metrics
+            .tx_duration
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.batch_docs.observe(items.len() as f64);
+        Ok(r)
+    }
+
+    /// Applies the pending batch (see bulk.rs); false when shutdown interrupted a retry.
+    async fn flush(
+        &mut self,
+        io: &mut LoopIo<'_>,
+        msgs: &[BorrowedMessage<'_>],
+        pending: &mut Vec<(usize, BulkItem)>,
+    ) -> Result<bool, ApplyError> {
+        if pending.is_empty() {
+            return Ok(true);
+        }
+        let batch = std::mem::take(pending);
+        let (idx, items): (Vec<usize>, Vec<BulkItem>) = batch.into_iter().unzip();
+        let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
+        for it in &items {
+            let o = offsets.entry(it.partition).or_insert(it.next);
+            *o = (*o).max(it.next);
+        }
+        let mut backoff = Backoff::new(Duration::from_millis(100), self.cfg.max_backoff);
+        loop {
+            match self.run_bulk(&items, &offsets).await {
+                Ok(r) => {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs_f64())
+                        .unwrap_or(0.0);
+                    for (it, o) in items.iter().zip(&r.outcomes) {
+                        let label = io.labels.get(&it.env.doctype);
+                        self.metrics
+                            .documents
+                            .with_label_values(&[label, o.label()])
+                            .inc();
+                        if *o == Outcome::Applied && it.env.source.commit_ts > 0 {
+                            self.metrics
+                                .lag
+                                .observe((now - it.env.source.commit_ts as f64).max(0.0));
+                        }
+                        if *o == Outcome::Conflict {
+                            self.metrics.open_conflicts.inc();
+                        }
+                        io.lag.applied(it.partition, it.next);
+                    }
+                    for (t, c) in r.missing_columns {
+                        self.metrics.missing_columns.with_label_values(&[&t]).inc();
+                        if self.missing_logged.insert((t.clone(), c.clone())) {
+                            tracing::warn!(table = %t, column = %c, "column missing on the replica; its values are not written (add it with bench migrate)");
+                        }
+                    }
+                    io.commit(&self.cfg.topic, &offsets);
+                    return Ok(true);
+                }
+                Err(BulkError::Replica(e)) if transient(&e) => {
+                    if !backoff
+                        .wait(
+                            &self.metrics.retries,
+                            "replica unavailable; retrying the batch",
+                            &e,
+                            io.shutdown,
+                        )
+                        .await
+                    {
+                        return Ok(false);
+                    }
+                    self.cache.clear();
+                }
+                Err(e) => {
+                    // A Single, or a document the replica rejects: one message at a time, so
+                    // only the bad one is dead-lettered.
+                    tracing::debug!(error = %e, "batch falls back to one document at a time");
+                    self.cache.clear();
+                    for i in idx {
+                        if !self.process_one(io, &msgs[i]).await? {
+                            return Ok(false);
+                        }
+                    }
+                    return Ok(true);
+                }
+            }
+        }
+    }
+
+    /// One message on its own transaction; false when shutdown interrupted it.
+    async fn process_one(
+        &mut self,
+        io: &mut LoopIo<'_>,
+        m: &BorrowedMessage<'_>,
+    ) -> Result<bool, ApplyError> {
+        let Some((outcome, doctype)) = self.handle(m, io.shutdown).await? else {
+            return Ok(false);
         };
-        let label = labels.get(doctype.as_deref().unwrap_or("_unparsed"));
-        applier
-            .metrics
+        let label = io.labels.get(doctype.as_deref().unwrap_or("_unparsed"));
+        self.metrics
             .documents
             .with_label_values(&[label, outcome.label()])
             .inc();
-        lag.applied(m.partition(), m.offset() + 1);
+        io.lag.applied(m.partition(), m.offset() + 1);
         if let Outcome::DeadLetter(reason) = &outcome {
-            applier.metrics.dead_letters.inc();
+            self.metrics.dead_letters.inc();
             tracing::warn!(partition = m.partition(), offset = m.offset(), reason = %reason, "message sent to the dead-letter topic");
             // The broker may be unreachable: retry with capped backoff, never moving past the
             // message until its dead letter is acknowledged.
             let key = m.key().unwrap_or(b"");
-            let mut backoff = Backoff::new(Duration::from_millis(200), applier.cfg.max_backoff);
+            let mut backoff = Backoff::new(Duration::from_millis(200), self.cfg.max_backoff);
             loop {
-                let rec = FutureRecord::<[u8], [u8]>::to(&applier.cfg.dead_letter_topic)
+                let rec = FutureRecord::<[u8], [u8]>::to(&self.cfg.dead_letter_topic)
                     .key(key)
-                    .headers(headers(&m, reason));
+                    .headers(headers(m, reason));
                 let rec = match m.payload() {
                     Some(p) => rec.payload(p),
                     None => rec,
                 };
-                match dlq.send(rec, Duration::from_secs(30)).await {
+                match io.dlq.send(rec, Duration::from_secs(30)).await {
                     Ok(_) => break,
                     Err((e, _)) => {
                         if !backoff
                             .wait(
-                                &applier.metrics.retries,
+                                &self.metrics.retries,
                                 "cannot write to the dead-letter topic; retrying",
                                 &e,
-                                &shutdown,
+                                io.shutdown,
                             )
                             .await
                         {
-                            return Ok(());
+                            return Ok(false);
                         }
                     }
                 }
             }
-            let mut backoff = Backoff::new(Duration::from_millis(200), applier.cfg.max_backoff);
+            let mut backoff = Backoff::new(Duration::from_millis(200), self.cfg.max_backoff);
             loop {
-                match applier.store_only(m.partition(), m.offset() + 1).await {
+                match self.store_only(m.partition(), m.offset() + 1).await {
                     Ok(()) => break,
                     Err(e) if transient(&e) => {
                         if !backoff
                             .wait(
-                                &applier.metrics.retries,
+                                &self.metrics.retries,
                                 "replica unavailable; retrying the offset store",
                                 &e,
-                                &shutdown,
+                                io.shutdown,
                             )
                             .await
                         {
-                            return Ok(());
+                            return Ok(false);
                         }
                     }
                     Err(e) => return Err(e.into()),
@@ -549,14 +757,14 @@ pub async fn run(
             }
         }
         if outcome == Outcome::Conflict {
-            applier.metrics.open_conflicts.inc();
+            self.metrics.open_conflicts.inc();
         }
-        let mut commit = TopicPartitionList::new();
-        let _ =
-            commit.add_partition_offset(m.topic(), m.partition(), Offset::Offset(m.offset() + 1));
-        let _ = consumer.commit(&commit, rdkafka::consumer::CommitMode::Async);
+        io.commit(
+            m.topic(),
+            &BTreeMap::from([(m.partition(), m.offset() + 1)]),
+        );
+        Ok(true)
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -236,6 +236,10 @@ async fn ceiling(r: &mut Report, docs: u64) {
 
     for (label, null) in [("to the broker", false), ("to a null sink", true)] {
         let mut cfg = rig.config();
+        // production defaults (the test rig checkpoints every 200 ms with a small window)
+        cfg.checkpoint_interval = Duration::from_secs(1);
+        cfg.producer.max_in_flight = 50_000;
+        cfg.heartbeat = Duration::from_secs(5);
         cfg.producer.null_sink = null;
         if null {
             cfg.state_dir = null_state.clone();
@@ -589,6 +593,7 @@ async fn backlog(r: &mut Report, docs: u64, big_rows: u64, apply_window: Duratio
     ))
     .await
     .expect("big transaction");
+    let t = Instant::now();
     let (bsecs, brss) = capture_to_end(&url, &bootstrap, topic, &state, 7001);
     r.add(
         "big tx",
@@ -602,30 +607,38 @@ async fn backlog(r: &mut Report, docs: u64, big_rows: u64, apply_window: Duratio
         brss,
         "MiB",
     );
-    // apply keeps running on the same topic: its memory while working through those documents
-    let before: u64 = q1(&mut ac, "SELECT COUNT(*) FROM `tabGL Entry`").await;
-    tokio::time::sleep(apply_window).await;
-    let after: u64 = q1(&mut ac, "SELECT COUNT(*) FROM `tabGL Entry`").await;
+    // apply runs all along: its memory and speed on those single-row documents
+    loop {
+        let got: u64 = q1(
+            &mut ac,
+            "SELECT COUNT(*) FROM `tabGL Entry` WHERE name LIKE 'GLE-%'",
+        )
+        .await;
+        if got >= big_rows {
+            break;
+        }
+        if t.elapsed() > apply_window {
+            r.note(format!(
+                "apply had written {got} of the {big_rows} GL Entry documents when the {}s window closed; its RSS covers that part only",
+                apply_window.as_secs()
+            ));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let asecs = t.elapsed().as_secs_f64();
+    r.add(
+        "big tx",
+        "capture start → all documents applied (or window end)",
+        asecs,
+        "s",
+    );
     r.add(
         "memory",
-        &format!(
-            "apply peak RSS, first {}s of the {big_rows} documents",
-            apply_window.as_secs()
-        ),
+        &format!("apply peak RSS, {big_rows} documents of one transaction"),
         arss.mib(),
         "MiB",
     );
-    r.add(
-        "big tx",
-        "apply of those documents (rate in the window)",
-        (after - before) as f64 / apply_window.as_secs_f64(),
-        "docs/s",
-    );
-    if after < big_rows {
-        r.note(format!(
-            "apply had written {after} of the {big_rows} GL Entry documents when the window closed; its RSS covers that part only"
-        ));
-    }
     drop(apply);
 }
 
@@ -696,7 +709,7 @@ fn main() {
                 &mut r,
                 100_000 / k,
                 1_000_000 / k,
-                Duration::from_secs(if quick { 10 } else { 60 }),
+                Duration::from_secs(if quick { 60 } else { 600 }),
             )
             .await;
         }

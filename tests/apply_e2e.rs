@@ -188,6 +188,30 @@ async fn capture_to_apply_keeps_the_replica_equal() {
         vec!["C1-renamed"],
         "no hostile document and no stale name on the replica"
     );
+    // Some of that went through the bulk path: at least one transaction held several
+    // documents (the rest of this test proves the result equals the primary).
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .expect("scrape apply")
+        .text()
+        .await
+        .expect("metrics");
+    let sample = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let (sum, count) = (
+        sample("frappe_cdc_apply_batch_documents_sum"),
+        sample("frappe_cdc_apply_batch_documents_count"),
+    );
+    assert!(
+        count > 0.0 && sum > count,
+        "bulk batches: {sum} documents in {count} transactions"
+    );
     // verify agrees, then notices a local edit.
     let verify = || {
         Command::new(env!("CARGO_BIN_EXE_frappe-cdc"))

@@ -422,7 +422,10 @@ pub async fn run(
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("fetch.wait.max.ms", "50")
-        .set("fetch.max.bytes", "67108864")
+        // Bounded prefetch: at most ~16 MiB queued per partition (librdkafka's default is
+        // 64 MiB), still room for the largest message capture sends (16 MiB).
+        .set("fetch.max.bytes", "16777216")
+        .set("queued.max.messages.kbytes", "16384")
         .set("max.partition.fetch.bytes", "16777216")
         .create()
         .map_err(|e| ApplyError::Kafka(e.to_string()))?;

@@ -24,7 +24,7 @@ use serde_json::{Map, Value};
 
 use super::control::{self, ConflictRecord, EventKey};
 use super::decision::{Comparator, Decision};
-use super::replica::{ReplicaError, SchemaCache, q, select_rows, to_param};
+use super::replica::{ReplicaError, SchemaCache, child_rows, q, select_rows, to_param};
 use super::run::Outcome;
 use crate::envelope::{Envelope, Op};
 
@@ -344,31 +344,11 @@ pub async fn apply_bulk(
                             }
                         }
                         let mut keep: HashSet<(&str, &str)> = HashSet::new();
-                        if let Some(children) = image.get("children").and_then(Value::as_object) {
-                            for (field, rows) in children {
-                                let table = child_tables.get(field).ok_or_else(|| {
-                                    ReplicaError::UnknownTableField {
-                                        doctype: e.doctype.clone(),
-                                        field: field.clone(),
-                                    }
-                                })?;
-                                let rows = rows.as_array().ok_or_else(|| {
-                                    ReplicaError::BadImage(format!(
-                                        "children.{field} is not an array"
-                                    ))
-                                })?;
-                                for r in rows {
-                                    let r = r.as_object().ok_or_else(|| {
-                                        ReplicaError::BadImage(format!(
-                                            "a row of {field} is not an object"
-                                        ))
-                                    })?;
-                                    if let Some(n) = r.get("name").and_then(Value::as_str) {
-                                        keep.insert((table.as_str(), n));
-                                    }
-                                    upserts.add(tx, cache, table, r, &mut missing).await?;
-                                }
+                        for (table, r) in child_rows(&e.doctype, image, &child_tables)? {
+                            if let Some(n) = r.get("name").and_then(Value::as_str) {
+                                keep.insert((table, n));
                             }
+                            upserts.add(tx, cache, table, r, &mut missing).await?;
                         }
                         for (t, n) in &existing {
                             if !keep.contains(&(t.as_str(), n.as_str())) {

@@ -343,6 +343,40 @@ async fn delete_children(
     Ok(())
 }
 
+/// A child row of an image and the table it belongs in.
+pub(crate) type ChildRow<'a> = (&'a str, &'a Map<String, Value>);
+
+/// The child rows of an image with their tables (parentfield → table from the replica's
+/// schema); an unknown parentfield or a malformed image is an error.
+pub(crate) fn child_rows<'a>(
+    doctype: &str,
+    image: &'a Value,
+    child_tables: &'a BTreeMap<String, String>,
+) -> Result<Vec<ChildRow<'a>>, ReplicaError> {
+    let mut out = Vec::new();
+    let Some(children) = image.get("children").and_then(Value::as_object) else {
+        return Ok(out);
+    };
+    for (field, rows) in children {
+        let table = child_tables
+            .get(field)
+            .ok_or_else(|| ReplicaError::UnknownTableField {
+                doctype: doctype.to_string(),
+                field: field.clone(),
+            })?;
+        let rows = rows
+            .as_array()
+            .ok_or_else(|| ReplicaError::BadImage(format!("children.{field} is not an array")))?;
+        for r in rows {
+            let r = r.as_object().ok_or_else(|| {
+                ReplicaError::BadImage(format!("a row of {field} is not an object"))
+            })?;
+            out.push((table.as_str(), r));
+        }
+    }
+    Ok(out)
+}
+
 /// Makes the replica's rows of document `(doctype, name)` equal to `image` (`None` deletes it).
 /// For a rename, `old_name` is removed and its children move to `name`.
 pub async fn write_doc(
@@ -398,34 +432,14 @@ pub async fn write_doc(
         Some(Value::Null) | None => {}
         Some(_) => return Err(ReplicaError::BadImage("parent is not an object".into())),
     }
-    let children = image
-        .get("children")
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default();
     let mut keep: BTreeMap<&str, Vec<String>> = child_tables
         .values()
         .map(|t| (t.as_str(), Vec::new()))
         .collect();
-    let mut rows_by_table: Vec<(&str, Map<String, Value>)> = Vec::new();
-    for (field, rows) in &children {
-        let table = child_tables
-            .get(field)
-            .ok_or_else(|| ReplicaError::UnknownTableField {
-                doctype: doctype.to_string(),
-                field: field.clone(),
-            })?;
-        let rows = rows
-            .as_array()
-            .ok_or_else(|| ReplicaError::BadImage(format!("children.{field} is not an array")))?;
-        for r in rows {
-            let r = r.as_object().ok_or_else(|| {
-                ReplicaError::BadImage(format!("a row of {field} is not an object"))
-            })?;
-            if let Some(n) = r.get("name").and_then(Value::as_str) {
-                keep.entry(table.as_str()).or_default().push(n.to_string());
-            }
-            rows_by_table.push((table.as_str(), r.clone()));
+    let rows_by_table = child_rows(doctype, image, &child_tables)?;
+    for (table, r) in &rows_by_table {
+        if let Some(n) = r.get("name").and_then(Value::as_str) {
+            keep.entry(table).or_default().push(n.to_string());
         }
     }
     for (table, names) in &keep {
@@ -435,7 +449,7 @@ pub async fn write_doc(
         }
     }
     for (table, row) in rows_by_table {
-        upsert(tx, cache, table, &row, &mut report).await?;
+        upsert(tx, cache, table, row, &mut report).await?;
     }
     Ok(report)
 }

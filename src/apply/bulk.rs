@@ -95,12 +95,7 @@ async fn read_copies(
             }
         }
     }
-    let tables: BTreeSet<String> = cache
-        .child_tables(tx, doctype)
-        .await?
-        .values()
-        .cloned()
-        .collect();
+    let tables = cache.child_table_set(tx, doctype).await?;
     let mut children: HashMap<String, Map<String, Value>> = HashMap::new();
     let mut child_names: HashMap<String, Vec<(String, String)>> = HashMap::new();
     for t in &tables {
@@ -394,12 +389,7 @@ pub async fn apply_bulk(
             names,
         )
         .await?;
-        let tables: BTreeSet<String> = cache
-            .child_tables(tx, dt)
-            .await?
-            .values()
-            .cloned()
-            .collect();
+        let tables = cache.child_table_set(tx, dt).await?;
         for t in tables {
             delete_in(
                 tx,

@@ -142,6 +142,20 @@ impl SchemaCache {
         Ok(map)
     }
 
+    /// The distinct child tables of a doctype.
+    pub(crate) async fn child_table_set(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        doctype: &str,
+    ) -> Result<BTreeSet<String>, ReplicaError> {
+        Ok(self
+            .child_tables(tx, doctype)
+            .await?
+            .values()
+            .cloned()
+            .collect())
+    }
+
     /// True if the doctype is a Single on the replica.
     pub async fn is_single(
         &mut self,
@@ -248,12 +262,7 @@ async fn read_doc_with(
         rows.into_iter().next().map(Value::Object)
     };
     let mut children = Map::new();
-    let tables: BTreeSet<String> = cache
-        .child_tables(tx, doctype)
-        .await?
-        .values()
-        .cloned()
-        .collect();
+    let tables = cache.child_table_set(tx, doctype).await?;
     for table in tables {
         let rows = select_rows(
             tx,

@@ -509,20 +509,22 @@ pub async fn run(
                 None => break,
             }
         }
-        let mut pending: Vec<(usize, BulkItem)> = Vec::new();
+        let mut pending: Vec<(usize, Pending)> = Vec::new();
         let mut keys: HashSet<(String, String)> = HashSet::new();
         for (i, m) in msgs.iter().enumerate() {
             match applier.bulkable(m) {
-                Some(item) => {
-                    let k = (item.env.doctype.clone(), item.env.name.clone());
-                    if keys.contains(&k) {
-                        if !applier.flush(&mut io, &msgs, &mut pending).await? {
-                            return Ok(());
+                Some(p) => {
+                    if let Pending::Doc(item) = &p {
+                        let k = (item.env.doctype.clone(), item.env.name.clone());
+                        if keys.contains(&k) {
+                            if !applier.flush(&mut io, &msgs, &mut pending).await? {
+                                return Ok(());
+                            }
+                            keys.clear();
                         }
-                        keys.clear();
+                        keys.insert(k);
                     }
-                    keys.insert(k);
-                    pending.push((i, item));
+                    pending.push((i, p));
                 }
                 None => {
                     if !applier.flush(&mut io, &msgs, &mut pending).await? {
@@ -540,6 +542,19 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// A message of a bulk batch.
+enum Pending {
+    /// A document to apply.
+    Doc(Box<BulkItem>),
+    /// A message that only moves the offset: a tombstone or a filtered document.
+    Skip {
+        partition: i32,
+        next: i64,
+        outcome: Outcome,
+        doctype: Option<String>,
+    },
 }
 
 /// What the apply loop hands to the per-batch and per-message paths.
@@ -564,25 +579,40 @@ impl LoopIo<'_> {
 }
 
 impl Applier {
-    /// The envelope of `m` when it can go into a bulk batch.
-    fn bulkable(&self, m: &BorrowedMessage<'_>) -> Option<BulkItem> {
-        let e: Envelope = serde_json::from_slice(m.payload()?).ok()?;
-        if e.version != ENVELOPE_VERSION
-            || e.validate().is_err()
-            || !self.cfg.filter.tracks(&e.doctype)
-            || !RowFilter::admits(&self.cfg.row_filters, &e)
-            || e.op == Op::Rename
-            || e.old_name.is_some()
-        {
+    /// How `m` can go into a bulk batch: a document to apply, or a message that only moves
+    /// the offset (a tombstone, a filtered document); None for the one-message path.
+    fn bulkable(&self, m: &BorrowedMessage<'_>) -> Option<Pending> {
+        let (partition, next) = (m.partition(), m.offset() + 1);
+        let Some(payload) = m.payload() else {
+            return Some(Pending::Skip {
+                partition,
+                next,
+                outcome: Outcome::Tombstone,
+                doctype: None,
+            });
+        };
+        let e: Envelope = serde_json::from_slice(payload).ok()?;
+        if e.version != ENVELOPE_VERSION || e.validate().is_err() {
+            return None;
+        }
+        if !self.cfg.filter.tracks(&e.doctype) || !RowFilter::admits(&self.cfg.row_filters, &e) {
+            return Some(Pending::Skip {
+                partition,
+                next,
+                outcome: Outcome::Filtered,
+                doctype: Some(e.doctype),
+            });
+        }
+        if e.op == Op::Rename || e.old_name.is_some() {
             return None;
         }
         let key = EventKey::of(&e.source)?;
-        Some(BulkItem {
+        Some(Pending::Doc(Box::new(BulkItem {
             env: e,
             key,
-            partition: m.partition(),
-            next: m.offset() + 1,
-        })
+            partition,
+            next,
+        })))
     }
 
     async fn run_bulk(
@@ -607,7 +637,9 @@ impl Applier {
         self.metrics
             .tx_duration
             .observe(started.elapsed().as_secs_f64());
-        self.metrics.batch_docs.observe(items.len() as f64);
+        if !items.is_empty() {
+            self.metrics.batch_docs.observe(items.len() as f64);
+        }
         Ok(r)
     }
 
@@ -616,17 +648,29 @@ impl Applier {
         &mut self,
         io: &mut LoopIo<'_>,
         msgs: &[BorrowedMessage<'_>],
-        pending: &mut Vec<(usize, BulkItem)>,
+        pending: &mut Vec<(usize, Pending)>,
     ) -> Result<bool, ApplyError> {
         if pending.is_empty() {
             return Ok(true);
         }
         let batch = std::mem::take(pending);
-        let (idx, items): (Vec<usize>, Vec<BulkItem>) = batch.into_iter().unzip();
+        let idx: Vec<usize> = batch.iter().map(|(i, _)| *i).collect();
         let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
-        for it in &items {
-            let o = offsets.entry(it.partition).or_insert(it.next);
-            *o = (*o).max(it.next);
+        let mut items = Vec::new();
+        let mut skips = Vec::new();
+        for (_, p) in batch {
+            let (partition, next) = match &p {
+                Pending::Doc(it) => (it.partition, it.next),
+                Pending::Skip {
+                    partition, next, ..
+                } => (*partition, *next),
+            };
+            let o = offsets.entry(partition).or_insert(next);
+            *o = (*o).max(next);
+            match p {
+                Pending::Doc(it) => items.push(*it),
+                skip => skips.push(skip),
+            }
         }
         let mut backoff = Backoff::new(Duration::from_millis(100), self.cfg.max_backoff);
         loop {
@@ -656,6 +700,22 @@ impl Applier {
                         self.metrics.missing_columns.with_label_values(&[&t]).inc();
                         if self.missing_logged.insert((t.clone(), c.clone())) {
                             tracing::warn!(table = %t, column = %c, "column missing on the replica; its values are not written (add it with bench migrate)");
+                        }
+                    }
+                    for skip in &skips {
+                        if let Pending::Skip {
+                            partition,
+                            next,
+                            outcome,
+                            doctype,
+                        } = skip
+                        {
+                            let label = io.labels.get(doctype.as_deref().unwrap_or("_unparsed"));
+                            self.metrics
+                                .documents
+                                .with_label_values(&[label, outcome.label()])
+                                .inc();
+                            io.lag.applied(*partition, *next);
                         }
                     }
                     io.commit(&self.cfg.topic, &offsets);

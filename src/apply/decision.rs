@@ -23,6 +23,15 @@ pub enum Decision {
     Conflict(String),
 }
 
+/// A conflict with its reason and, when known, the differing columns.
+fn conflict(why: &str, d: Vec<String>) -> Decision {
+    Decision::Conflict(if d.is_empty() {
+        why.to_string()
+    } else {
+        format!("{why}: {}", d.join(", "))
+    })
+}
+
 /// Compares images on shared columns, ignoring `ignored` columns.
 #[derive(Debug, Clone, Default)]
 pub struct Comparator {
@@ -111,6 +120,21 @@ impl Comparator {
 
     /// Decides what to do with an envelope given the replica's copy. For a rename, `replica`
     /// is the copy under the old name and `replica_new` the copy under the new name.
+    /// Apply when the replica's copy is the primary's `before` image, else a conflict saying
+    /// whether the copy is missing or how it differs.
+    fn against_before(&self, before: Option<&Value>, replica: Option<&Value>) -> Decision {
+        if self.same(replica, before) {
+            Decision::Apply
+        } else if replica.is_none() {
+            conflict("document missing on the replica", Vec::new())
+        } else {
+            conflict(
+                "replica copy differs from the primary's before image",
+                self.diff(before, replica),
+            )
+        }
+    }
+
     pub fn decide(
         &self,
         op: Op,
@@ -119,13 +143,6 @@ impl Comparator {
         replica: Option<&Value>,
         replica_new: Option<&Value>,
     ) -> Decision {
-        let conflict = |why: &str, d: Vec<String>| {
-            Decision::Conflict(if d.is_empty() {
-                why.to_string()
-            } else {
-                format!("{why}: {}", d.join(", "))
-            })
-        };
         match op {
             Op::Create | Op::Snapshot => match replica {
                 None => Decision::Apply,
@@ -136,17 +153,10 @@ impl Comparator {
                 ),
             },
             Op::Update => {
-                if self.same(replica, before) {
-                    Decision::Apply
-                } else if self.same(replica, after) {
+                if !self.same(replica, before) && self.same(replica, after) {
                     Decision::AlreadyApplied
-                } else if replica.is_none() {
-                    conflict("document missing on the replica", Vec::new())
                 } else {
-                    conflict(
-                        "replica copy differs from the primary's before image",
-                        self.diff(before, replica),
-                    )
+                    self.against_before(before, replica)
                 }
             }
             Op::Delete => {
@@ -166,15 +176,8 @@ impl Comparator {
                     Decision::AlreadyApplied
                 } else if replica_new.is_some() {
                     conflict("the new name already exists on the replica", Vec::new())
-                } else if self.same(replica, before) {
-                    Decision::Apply
-                } else if replica.is_none() {
-                    conflict("document missing on the replica", Vec::new())
                 } else {
-                    conflict(
-                        "replica copy differs from the primary's before image",
-                        self.diff(before, replica),
-                    )
+                    self.against_before(before, replica)
                 }
             }
         }

@@ -24,12 +24,14 @@ use serde_json::{Map, Value};
 
 use super::control::{self, ConflictRecord, EventKey};
 use super::decision::{Comparator, Decision};
-use super::replica::{ReplicaError, SchemaCache, child_rows, q, select_rows, to_param};
+use super::replica::{
+    CHUNK, ReplicaError, SchemaCache, child_rows, doc_image, marks, q, read_children, read_parents,
+    to_param,
+};
 use super::run::Outcome;
 use crate::envelope::{Envelope, Op};
 
-/// Rows per statement (and at most this many placeholders in one).
-const CHUNK: usize = 500;
+/// At most this many placeholders in one statement.
 const MAX_PARAMS: usize = 60_000;
 
 /// One envelope of a batch, with where it came from.
@@ -61,10 +63,6 @@ pub struct BulkResult {
     pub missing_columns: BTreeSet<(String, String)>,
 }
 
-fn marks(n: usize) -> String {
-    vec!["?"; n].join(", ")
-}
-
 type DocKey = (String, String);
 
 /// Rows read for one doctype: the image of each document, and the child row names per table.
@@ -79,78 +77,19 @@ async fn read_copies(
     doctype: &str,
     names: &[&str],
 ) -> Result<Copies, BulkError> {
-    let table = format!("tab{doctype}");
-    cache.columns(tx, &table).await?;
-    let mut parents: HashMap<String, Map<String, Value>> = HashMap::new();
-    for chunk in names.chunks(CHUNK) {
-        let sql = format!(
-            "SELECT * FROM {} WHERE name IN ({}) FOR UPDATE",
-            q(&table),
-            marks(chunk.len())
-        );
-        let params: Vec<MyValue> = chunk.iter().map(|n| MyValue::from(*n)).collect();
-        for r in select_rows(tx, &table, &sql, params).await? {
-            if let Some(n) = r.get("name").and_then(Value::as_str) {
-                parents.insert(n.to_string(), r);
-            }
-        }
-    }
-    let tables = cache.child_table_set(tx, doctype).await?;
-    let mut children: HashMap<String, Map<String, Value>> = HashMap::new();
-    let mut child_names: HashMap<String, Vec<(String, String)>> = HashMap::new();
-    for t in &tables {
-        for chunk in names.chunks(CHUNK) {
-            let sql = format!(
-                "SELECT * FROM {} WHERE parenttype = ? AND parent IN ({}) ORDER BY parent, parentfield, idx, name FOR UPDATE",
-                q(t),
-                marks(chunk.len())
-            );
-            let mut params: Vec<MyValue> = vec![doctype.into()];
-            params.extend(chunk.iter().map(|n| MyValue::from(*n)));
-            for r in select_rows(tx, t, &sql, params).await? {
-                let parent = r
-                    .get("parent")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string();
-                let field = r
-                    .get("parentfield")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string();
-                if let Some(n) = r.get("name").and_then(Value::as_str) {
-                    child_names
-                        .entry(parent.clone())
-                        .or_default()
-                        .push((t.clone(), n.to_string()));
-                }
-                if let Some(a) = children
-                    .entry(parent)
-                    .or_default()
-                    .entry(field)
-                    .or_insert_with(|| Value::Array(Vec::new()))
-                    .as_array_mut()
-                {
-                    a.push(Value::Object(r));
-                }
-            }
-        }
-    }
-    let mut images = HashMap::new();
-    for n in names {
-        let p = parents.remove(*n);
-        let c = children.remove(*n).unwrap_or_default();
-        if p.is_none() && c.is_empty() {
-            continue;
-        }
-        images.insert(
-            n.to_string(),
-            serde_json::json!({ "parent": p.map(Value::Object).unwrap_or(Value::Null), "children": c }),
-        );
-    }
+    const LOCK: &str = " FOR UPDATE";
+    let mut parents = read_parents(tx, cache, doctype, names, LOCK).await?;
+    let mut rows = read_children(tx, cache, doctype, names, LOCK).await?;
+    let images = names
+        .iter()
+        .filter_map(|n| {
+            let c = rows.children.remove(*n).unwrap_or_default();
+            doc_image(parents.remove(*n), c).map(|i| (n.to_string(), i))
+        })
+        .collect();
     Ok(Copies {
         images,
-        child_names,
+        child_names: rows.names,
     })
 }
 

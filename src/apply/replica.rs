@@ -230,7 +230,7 @@ async fn read_doc_with(
     name: &str,
     lock: &str,
 ) -> Result<Option<Value>, ReplicaError> {
-    let parent: Option<Value> = if cache.is_single(tx, doctype).await? {
+    let parent: Option<Map<String, Value>> = if cache.is_single(tx, doctype).await? {
         let fields: Vec<(String, Option<String>)> = tx
             .exec(
                 format!(
@@ -242,56 +242,126 @@ async fn read_doc_with(
         if fields.is_empty() {
             None
         } else {
-            Some(Value::Object(
+            Some(
                 fields
                     .into_iter()
                     .map(|(f, v)| (f, v.map(Value::String).unwrap_or(Value::Null)))
                     .collect(),
-            ))
+            )
         }
     } else {
-        let table = format!("tab{doctype}");
-        cache.columns(tx, &table).await?;
-        let rows = select_rows(
-            tx,
-            &table,
-            &format!("SELECT * FROM {} WHERE name = ?{lock}", q(&table)),
-            vec![name.into()],
-        )
-        .await?;
-        rows.into_iter().next().map(Value::Object)
+        read_parents(tx, cache, doctype, &[name], lock)
+            .await?
+            .remove(name)
     };
-    let mut children = Map::new();
-    let tables = cache.child_table_set(tx, doctype).await?;
-    for table in tables {
-        let rows = select_rows(
-            tx,
-            &table,
-            &format!("SELECT * FROM {} WHERE parent = ? AND parenttype = ? ORDER BY parentfield, idx, name{lock}", q(&table)),
-            vec![name.into(), doctype.into()],
-        )
-        .await?;
-        for r in rows {
-            let field = r
-                .get("parentfield")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string();
-            if let Some(a) = children
-                .entry(field)
-                .or_insert_with(|| Value::Array(Vec::new()))
-                .as_array_mut()
-            {
-                a.push(Value::Object(r));
+    let children = read_children(tx, cache, doctype, &[name], lock)
+        .await?
+        .children
+        .remove(name)
+        .unwrap_or_default();
+    Ok(doc_image(parent, children))
+}
+
+/// Most values in one `IN (...)` list or multi-row statement.
+pub(crate) const CHUNK: usize = 500;
+
+/// `?, ?, ...` for `n` parameters.
+pub(crate) fn marks(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
+/// A document image from its parent row and children by parentfield; None when both are absent.
+pub(crate) fn doc_image(
+    parent: Option<Map<String, Value>>,
+    children: Map<String, Value>,
+) -> Option<Value> {
+    if parent.is_none() && children.is_empty() {
+        return None;
+    }
+    Some(
+        serde_json::json!({ "parent": parent.map(Value::Object).unwrap_or(Value::Null), "children": children }),
+    )
+}
+
+/// Parent rows of `names` from `tab<doctype>`, by name (`lock`: "" or " FOR UPDATE").
+pub(crate) async fn read_parents(
+    tx: &mut Transaction<'_>,
+    cache: &mut SchemaCache,
+    doctype: &str,
+    names: &[&str],
+    lock: &str,
+) -> Result<HashMap<String, Map<String, Value>>, ReplicaError> {
+    let table = format!("tab{doctype}");
+    cache.columns(tx, &table).await?;
+    let mut parents = HashMap::new();
+    for chunk in names.chunks(CHUNK) {
+        let sql = format!(
+            "SELECT * FROM {} WHERE name IN ({}){lock}",
+            q(&table),
+            marks(chunk.len())
+        );
+        let params: Vec<MyValue> = chunk.iter().map(|n| MyValue::from(*n)).collect();
+        for r in select_rows(tx, &table, &sql, params).await? {
+            if let Some(n) = r.get("name").and_then(Value::as_str) {
+                parents.insert(n.to_string(), r);
             }
         }
     }
-    if parent.is_none() && children.is_empty() {
-        return Ok(None);
+    Ok(parents)
+}
+
+/// Child rows of documents, from every child table of their doctype.
+pub(crate) struct Children {
+    /// parent name → parentfield → rows ordered by idx, name.
+    pub children: HashMap<String, Map<String, Value>>,
+    /// parent name → (child table, row name) of every row read.
+    pub names: HashMap<String, Vec<(String, String)>>,
+}
+
+/// Reads the child rows of `names` (`lock`: "" or " FOR UPDATE").
+pub(crate) async fn read_children(
+    tx: &mut Transaction<'_>,
+    cache: &mut SchemaCache,
+    doctype: &str,
+    names: &[&str],
+    lock: &str,
+) -> Result<Children, ReplicaError> {
+    let mut out = Children {
+        children: HashMap::new(),
+        names: HashMap::new(),
+    };
+    for t in &cache.child_table_set(tx, doctype).await? {
+        for chunk in names.chunks(CHUNK) {
+            let sql = format!(
+                "SELECT * FROM {} WHERE parenttype = ? AND parent IN ({}) ORDER BY parent, parentfield, idx, name{lock}",
+                q(t),
+                marks(chunk.len())
+            );
+            let mut params: Vec<MyValue> = vec![doctype.into()];
+            params.extend(chunk.iter().map(|n| MyValue::from(*n)));
+            for r in select_rows(tx, t, &sql, params).await? {
+                let text = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+                let (parent, field) = (text("parent"), text("parentfield"));
+                if let Some(n) = r.get("name").and_then(Value::as_str) {
+                    out.names
+                        .entry(parent.clone())
+                        .or_default()
+                        .push((t.clone(), n.to_string()));
+                }
+                if let Some(a) = out
+                    .children
+                    .entry(parent)
+                    .or_default()
+                    .entry(field)
+                    .or_insert_with(|| Value::Array(Vec::new()))
+                    .as_array_mut()
+                {
+                    a.push(Value::Object(r));
+                }
+            }
+        }
     }
-    Ok(Some(
-        serde_json::json!({ "parent": parent.unwrap_or(Value::Null), "children": children }),
-    ))
+    Ok(out)
 }
 
 async fn upsert(
@@ -322,7 +392,7 @@ async fn upsert(
         "INSERT INTO {} ({}) VALUES ({}) ON DUPLICATE KEY UPDATE {}",
         q(table),
         names.join(", "),
-        vec!["?"; names.len()].join(", "),
+        marks(names.len()),
         updates.join(", ")
     );
     tx.exec_drop(sql, params).await?;
@@ -342,10 +412,7 @@ async fn delete_children(
         q(table)
     );
     if !keep.is_empty() {
-        sql.push_str(&format!(
-            " AND name NOT IN ({})",
-            vec!["?"; keep.len()].join(", ")
-        ));
+        sql.push_str(&format!(" AND name NOT IN ({})", marks(keep.len())));
         params.extend(keep.iter().map(|k| MyValue::from(k.as_str())));
     }
     tx.exec_drop(sql, params).await?;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::doc_image;
 use common::rig::Rig;
 use common::servers::{KillOnDrop, Mariadb, free_port};
-use common::topic::{count_all, read_all};
+use common::topic::{count_all, doc_keys, read_all};
 use common::workload::Invoice;
 use mysql_async::prelude::Queryable;
 use rdkafka::ClientConfig;
@@ -126,26 +126,12 @@ async fn capture_to_apply_keeps_the_replica_equal() {
     f.delete_invoice(&gone).await;
     rig.capture().await;
 
-    let keys: Vec<(String, String)> = {
-        let mut k: Vec<(String, String)> = read_all(&rig.bootstrap(), &rig.topic)
-            .iter()
-            .filter(|m| {
-                m.key
-                    .get("doctype")
-                    .and_then(|d| d.as_str())
-                    .is_some_and(|d| d != "Customer" || m.key["name"] != "X")
-            })
-            .map(|m| {
-                (
-                    m.key["doctype"].as_str().unwrap_or("").into(),
-                    m.key["name"].as_str().unwrap_or("").into(),
-                )
-            })
-            .collect();
-        k.sort();
-        k.dedup();
-        k
-    };
+    let keys = doc_keys(&read_all(&rig.bootstrap(), &rig.topic), |m| {
+        m.key
+            .get("doctype")
+            .and_then(|d| d.as_str())
+            .is_some_and(|d| d != "Customer" || m.key["name"] != "X")
+    });
     let mut p = rig.primary().conn(&rig.db).await;
     let mut r = replica.conn(&rig.db).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(120);

@@ -8,7 +8,7 @@ mod common;
 use common::doc_image;
 use common::rig::Rig;
 use common::servers::Mariadb;
-use common::topic::Msg;
+use common::topic::{Msg, doc_keys};
 use common::workload::{Child, Frappe, Invoice};
 use frappe_cdc::apply::control::{EventKey, ensure_tables, last_applied, mark_applied};
 use frappe_cdc::apply::decision::{Comparator, Decision};
@@ -161,17 +161,7 @@ async fn captured_envelopes_make_the_replica_equal() {
         "every change applies cleanly: {decisions:?}"
     );
     all.extend(ms);
-    let mut keys: Vec<(String, String)> = all
-        .iter()
-        .map(|m| {
-            (
-                m.key["doctype"].as_str().unwrap_or("").into(),
-                m.key["name"].as_str().unwrap_or("").into(),
-            )
-        })
-        .collect();
-    keys.sort();
-    keys.dedup();
+    let keys = doc_keys(&all, |_| true);
     assert_same(&mut primary, &mut replica, &keys).await;
     assert!(
         doc_image(&mut replica, "Customer", "C1").await.is_none(),

@@ -23,6 +23,26 @@ pub struct Msg {
     pub value: Option<serde_json::Value>,
 }
 
+/// The distinct `(doctype, name)` keys of `msgs` that `keep` admits, sorted.
+pub fn doc_keys<'a>(
+    msgs: impl IntoIterator<Item = &'a Msg>,
+    keep: impl Fn(&Msg) -> bool,
+) -> Vec<(String, String)> {
+    let mut k: Vec<(String, String)> = msgs
+        .into_iter()
+        .filter(|m| keep(m))
+        .map(|m| {
+            (
+                m.key["doctype"].as_str().unwrap_or("").into(),
+                m.key["name"].as_str().unwrap_or("").into(),
+            )
+        })
+        .collect();
+    k.sort();
+    k.dedup();
+    k
+}
+
 /// Calls `f` for every non-sentinel message of `topic`, partition by partition, up to a
 /// sentinel this call appended.
 fn scan(bootstrap: &str, topic: &str, mut f: impl FnMut(i32, &BorrowedMessage<'_>)) {

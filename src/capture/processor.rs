@@ -24,8 +24,13 @@ use crate::position::{Gtid, GtidPosition};
 use crate::source::binlog::BinlogItem;
 use crate::source::rows::{RowChange, RowOp, RowsBatch, TableDesc};
 use crate::state::{
-    Batch, Checkpoint, DocKey, DocShape, PendingDoc, PendingDocs, SnapshotState, Store,
+    Batch, Checkpoint, ChildRow, DocCache, DocKey, DocShape, PendingDoc, PendingDocs,
+    SnapshotState, Store,
 };
+
+/// Bytes of document images a transaction keeps in memory before writing them back into the
+/// open batch early (a huge transaction then reloads documents it touches again).
+pub(crate) const DOC_CACHE_BYTES: usize = 32 << 20;
 
 use super::CaptureError;
 use super::retention::{CheckpointAt, CheckpointView};
@@ -48,6 +53,8 @@ pub struct Processor {
     store: Arc<Store>,
     batch: Option<Batch>,
     pending: PendingDocs,
+    /// Documents of the current transaction, written back at its commit.
+    docs: DocCache,
     renames: Vec<(usize, DocKey)>,
     changed_count: u64,
     catalog: Catalog,
@@ -84,17 +91,34 @@ pub fn load_catalog(b: &Batch) -> Result<Catalog, CaptureError> {
     Ok(Catalog::from_rows(rows.iter()))
 }
 
-/// Stores a routed row: a document or child row (with its child link), or a Single's field.
+/// Stores a routed row: a document or child row (in the document cache), or a Single's field.
 /// Shared by the snapshot loader and the binlog processor so both build the same state.
 pub(crate) fn put_routed(
     b: &mut Batch,
+    docs: &mut DocCache,
     table: &TableDesc,
     r: &Route,
     row: &[serde_json::Value],
 ) -> Result<(), CaptureError> {
     match r {
-        Route::Doc { name, link, .. } => {
-            b.put_row(&table.table, name, &table.row_json(row), link.as_ref())?
+        Route::Doc {
+            key, name, link, ..
+        } => {
+            let json = table.row_json(row);
+            match link {
+                None => docs.set_parent(b, key, Some(json))?,
+                Some(l) => docs.put_child(
+                    b,
+                    key,
+                    ChildRow {
+                        field: l.parentfield.clone(),
+                        idx: l.idx,
+                        name: name.clone(),
+                        table: table.table.clone(),
+                        json,
+                    },
+                )?,
+            }
         }
         Route::Single { key, field } => {
             let v = table
@@ -113,6 +137,26 @@ pub(crate) fn put_routed(
     Ok(())
 }
 
+/// Removes a routed row (the route of its before image).
+fn delete_routed(
+    b: &mut Batch,
+    docs: &mut DocCache,
+    table: &TableDesc,
+    r: &Route,
+) -> Result<(), CaptureError> {
+    match r {
+        Route::Doc {
+            key, name, link, ..
+        } => match link {
+            None => docs.set_parent(b, key, None)?,
+            Some(l) => docs.remove_child(b, key, &table.table, name, &l.parentfield, l.idx)?,
+        },
+        Route::Single { key, field } => b.delete_single(&key.doctype, field)?,
+        Route::Skip { .. } => {}
+    }
+    Ok(())
+}
+
 /// Stores a `tabDocType` row (catalog input), keyed by its name.
 pub(crate) fn put_catalog_row(
     b: &mut Batch,
@@ -120,7 +164,7 @@ pub(crate) fn put_catalog_row(
     row: &[serde_json::Value],
 ) -> Result<(), CaptureError> {
     if let Some(name) = crate::frappe::routing::key_text(table.name_col.and_then(|i| row.get(i))) {
-        b.put_row(&table.table, &name, &table.row_json(row), None)?;
+        b.put_row(&table.table, &name, table.row_json(row).as_bytes())?;
     }
     Ok(())
 }
@@ -162,6 +206,7 @@ impl Processor {
         });
         Ok(Processor {
             pending: PendingDocs::new(cfg.spill_at),
+            docs: DocCache::new(DOC_CACHE_BYTES),
             cfg,
             store,
             batch: Some(batch),
@@ -273,7 +318,8 @@ impl Processor {
             }
             return Ok(i);
         }
-        let before = b.assemble(key, shape)?;
+        let img = self.docs.get(b, key)?;
+        let before = b.render(key, img, shape)?;
         let mut counts = [0; 3];
         counts[slot] = 1;
         let doc = PendingDoc {
@@ -299,13 +345,9 @@ impl Processor {
     }
 
     fn apply_delete(&mut self, table: &TableDesc, r: &Route) -> Result<(), CaptureError> {
-        let b = self.batch()?;
-        match r {
-            Route::Doc { name, link, .. } => b.delete_row(&table.table, name, link.as_ref())?,
-            Route::Single { key, field } => b.delete_single(&key.doctype, field)?,
-            Route::Skip { .. } => {}
-        }
-        Ok(())
+        self.batch()?;
+        let b = self.batch.as_mut().ok_or(CaptureError::Internal("batch"))?;
+        delete_routed(b, &mut self.docs, table, r)
     }
 
     fn apply_put(
@@ -314,7 +356,9 @@ impl Processor {
         r: &Route,
         row: &[serde_json::Value],
     ) -> Result<(), CaptureError> {
-        put_routed(self.batch()?, table, r, row)
+        self.batch()?;
+        let b = self.batch.as_mut().ok_or(CaptureError::Internal("batch"))?;
+        put_routed(b, &mut self.docs, table, r, row)
     }
 
     fn on_rows(&mut self, rb: RowsBatch) -> Result<(), CaptureError> {
@@ -343,7 +387,7 @@ impl Processor {
                     && let Some(name) =
                         crate::frappe::routing::key_text(table.name_col.and_then(|i| row.get(i)))
                 {
-                    b.delete_row(&table.table, &name, None)?;
+                    b.delete_row(&table.table, &name)?;
                 }
                 if let Some(row) = &after {
                     put_catalog_row(b, &table, row)?;
@@ -405,6 +449,10 @@ impl Processor {
                 self.renames.push((i, ka.clone()));
             }
         }
+        if self.docs.over_budget() {
+            let b = self.batch.as_mut().ok_or(CaptureError::Internal("batch"))?;
+            self.docs.flush(b)?;
+        }
         Ok(())
     }
 
@@ -453,7 +501,8 @@ impl Processor {
                 .with_label_values(&[if emitted > 0 { "emitted" } else { "filtered" }])
                 .inc();
         }
-        let b = self.batch.as_ref().ok_or(CaptureError::Internal("batch"))?;
+        let b = self.batch.as_mut().ok_or(CaptureError::Internal("batch"))?;
+        self.docs.flush(b)?;
         self.pending.clear(b)?;
         self.renames.clear();
         self.changed_count = 0;
@@ -513,7 +562,8 @@ impl Processor {
                 }
                 None => (d.key.clone(), None),
             };
-            let after = b.assemble(&key, shape)?;
+            let img = self.docs.get(b, &key)?;
+            let after = b.render(&key, img, shape)?;
             let op = match (&old_name, &d.before, &after) {
                 (Some(_), _, _) => Op::Rename,
                 (None, None, Some(_)) => Op::Create,
@@ -632,6 +682,7 @@ impl Processor {
 
     /// Drops everything after the last checkpoint (used when the reader fails mid-group).
     pub fn abort(mut self) -> Result<(), CaptureError> {
+        self.docs.discard();
         if let Some(b) = self.batch.take() {
             b.abort()?;
         }

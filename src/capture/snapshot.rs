@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use super::CaptureError;
-use super::processor::{load_catalog, put_catalog_row, put_routed};
+use super::processor::{DOC_CACHE_BYTES, load_catalog, put_catalog_row, put_routed};
 use crate::envelope::{ENVELOPE_VERSION, EnvelopeOut, Op, Source, key_json};
 use crate::frappe::catalog::{Catalog, Filter};
 use crate::frappe::routing::{Route, route};
@@ -25,7 +25,7 @@ use crate::kafka::producer::Producer;
 use crate::metrics::CaptureMetrics;
 use crate::source::conn::DbTarget;
 use crate::source::snapshot::{SnapItem, Snapshot};
-use crate::state::{Checkpoint, DocKey, DocShape, SnapshotState, Store};
+use crate::state::{Checkpoint, DocCache, DocKey, DocShape, SnapshotState, Store};
 
 /// Documents per acknowledged chunk of the emission phase.
 const EMIT_CHUNK: u64 = 20_000;
@@ -147,6 +147,9 @@ pub async fn load(
     // uncommitted batch, and the next start takes a new snapshot.
     let loader = tokio::task::spawn_blocking(move || -> Result<Checkpoint, CaptureError> {
         let mut b = store2.batch()?;
+        // Child rows arrive table by table, not document by document: the cache gathers a
+        // document's rows across tables and writes it back when the budget is reached.
+        let mut docs = DocCache::new(4 * DOC_CACHE_BYTES);
         let mut catalog = Catalog::default();
         let mut parents: BTreeSet<String> = BTreeSet::new();
         let mut progress = Progress::new("load", estimated);
@@ -171,7 +174,10 @@ pub async fn load(
                         {
                             parents.insert(key.doctype.clone());
                         }
-                        put_routed(&mut b, &desc, &r, &row)?;
+                        put_routed(&mut b, &mut docs, &desc, &r, &row)?;
+                    }
+                    if docs.over_budget() {
+                        docs.flush(&mut b)?;
                     }
                     metrics2.snapshot_rows.inc_by(n);
                     progress.add(n);
@@ -184,9 +190,11 @@ pub async fn load(
             }
         }
         if !complete {
+            docs.discard();
             b.abort()?;
             return Err(CaptureError::Internal("snapshot read ended early"));
         }
+        docs.flush(&mut b)?;
         progress.finish();
         let singles: Vec<String> = b
             .single_doctypes()?
@@ -196,10 +204,7 @@ pub async fn load(
         let doctypes: Vec<String> = parents.into_iter().collect();
         let mut total = singles.len() as u64;
         for d in &doctypes {
-            b.for_each_row(&format!("tab{d}"), |_, _| {
-                total += 1;
-                Ok(())
-            })?;
+            total += b.count_docs(d)?;
         }
         let mut cp = base;
         cp.snapshot = SnapshotState::InProgress {
@@ -290,24 +295,34 @@ pub fn emit(
             continue;
         }
         loop {
-            let names: Vec<String> = match shape {
-                DocShape::Table => {
-                    b.names_after(&format!("tab{doctype}"), after_name.as_deref(), 1000)?
+            let images: Vec<(String, Option<String>)> = match shape {
+                DocShape::Table => b
+                    .docs_after(doctype, after_name.as_deref(), 1000)?
+                    .into_iter()
+                    .map(|(name, img)| (name, Some(img.render())))
+                    .collect(),
+                DocShape::Single if after_name.is_none() => {
+                    let key = DocKey {
+                        doctype: doctype.clone(),
+                        name: doctype.clone(),
+                    };
+                    vec![(doctype.clone(), b.assemble(&key, *shape)?)]
                 }
-                DocShape::Single if after_name.is_none() => vec![doctype.clone()],
                 DocShape::Single => Vec::new(),
             };
-            if names.is_empty() {
+            if images.is_empty() {
                 break;
             }
-            for name in &names {
-                let key = DocKey {
-                    doctype: doctype.clone(),
-                    name: name.clone(),
-                };
-                let Some(img) = b.assemble(&key, *shape)? else {
+            after_name = images.last().map(|(n, _)| n.clone());
+            for (name, img) in images {
+                let Some(img) = img else {
                     continue;
                 };
+                let key = DocKey {
+                    doctype: doctype.clone(),
+                    name,
+                };
+                let name = &key.name;
                 let after =
                     RawValue::from_string(img).map_err(|e| CaptureError::Encode(e.to_string()))?;
                 let changes = Default::default();
@@ -335,7 +350,6 @@ pub fn emit(
                 progress.add(1);
                 cursor = Some(key);
             }
-            after_name = names.last().cloned();
             if since_commit >= EMIT_CHUNK {
                 producer.flush(flush_timeout)?;
                 let mut next = cp.clone();

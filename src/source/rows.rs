@@ -24,6 +24,8 @@ use super::decode::{CellKind, DecodeError, cell_json};
 #[derive(Debug, Clone)]
 pub struct ColumnDesc {
     pub name: String,
+    /// `"<name>":`, the column's key in a row's JSON object.
+    json_key: String,
     pub kind: CellKind,
     col_type: ColumnType,
     meta: Vec<u8>,
@@ -158,6 +160,7 @@ impl TableDesc {
                 _ => {}
             }
             columns.push(ColumnDesc {
+                json_key: json_key(&name),
                 name,
                 kind,
                 col_type,
@@ -183,6 +186,7 @@ impl TableDesc {
         let columns: Vec<ColumnDesc> = cols
             .into_iter()
             .map(|(name, kind)| ColumnDesc {
+                json_key: json_key(&name),
                 name,
                 kind,
                 col_type: ColumnType::MYSQL_TYPE_NULL,
@@ -209,21 +213,28 @@ impl TableDesc {
     }
 
     /// The row as a JSON object keyed by column name, in table order.
-    pub fn row_json(&self, row: &[Value]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(64 + row.len() * 24);
+    pub fn row_json(&self, row: &[Value]) -> String {
+        let mut out = Vec::with_capacity(64 + row.len() * 32);
         out.push(b'{');
         for (i, (c, v)) in self.columns.iter().zip(row.iter()).enumerate() {
             if i > 0 {
                 out.push(b',');
             }
+            out.extend_from_slice(c.json_key.as_bytes());
             // Writing JSON into a Vec cannot fail.
-            let _ = serde_json::to_writer(&mut out, &c.name);
-            out.push(b':');
             let _ = serde_json::to_writer(&mut out, v);
         }
         out.push(b'}');
-        out
+        // serde_json writes UTF-8 and the keys are `str`s.
+        String::from_utf8(out)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
     }
+}
+
+fn json_key(name: &str) -> String {
+    let mut k = serde_json::to_string(name).unwrap_or_else(|_| "\"\"".into());
+    k.push(':');
+    k
 }
 
 /// Metadata bytes `BinlogValue::deserialize` indexes without checking, per column type.

@@ -1,5 +1,6 @@
-//! Durable state of capture: the current rows of every tracked table, an index of child rows
-//! by `(parenttype, parent)`, the `tabSingles` values, and the checkpoint.
+//! Durable state of capture: the current rows of every tracked document, stored per document
+//! (parent row and child rows together, one value; see [`DocImage`]), the `tabSingles` values,
+//! the `tabDocType` rows the catalog is built from, and the checkpoint.
 //!
 //! Consistency: all writes happen inside one open [`Batch`] (a redb write transaction). The
 //! capture loop commits a batch only after Kafka acknowledged every envelope produced from the
@@ -7,25 +8,34 @@
 //! crash the store holds exactly the rows as of the checkpoint position, and replaying the binlog
 //! from that position rebuilds the same images (duplicates, never gaps).
 
+mod cache;
+mod doc;
 mod keys;
 mod pending;
 
 use std::path::Path;
 
-use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
+use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
+pub use cache::DocCache;
+pub use doc::{ChildRow, DocImage};
 pub use keys::{decode as decode_key, encode as encode_key};
 pub use pending::{PendingDoc, PendingDocs};
 
 use crate::position::GtidPosition;
 
+/// Catalog rows (`tabDocType`), by (table, name).
 const ROWS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("rows");
-const CHILDREN: TableDefinition<&[u8], &[u8]> = TableDefinition::new("children");
+/// Document images ([`DocImage`]), by (doctype, name).
+const DOCS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs");
 const SINGLES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("singles");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 const CHECKPOINT_KEY: &str = "checkpoint";
+const FORMAT_KEY: &str = "format";
+/// Layout of the store; 2 keeps whole documents (1 kept rows and a child index).
+const FORMAT: &[u8] = b"2";
 
 /// Errors of the state store.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +51,12 @@ pub enum StateError {
     },
     #[error("corrupt state store entry: {0}")]
     Corrupt(String),
+    #[error(
+        "the state store was written by an older frappe-cdc (layout {found}, this build uses 2). \
+         Stop capture, move the --state-dir away and start again: capture takes a new initial \
+         snapshot (consumers receive every document again as `snapshot`)"
+    )]
+    OldFormat { found: String },
 }
 
 fn db_err<E: Into<redb::Error>>(e: E) -> StateError {
@@ -153,7 +169,16 @@ impl Store {
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
             Err(e) => return Err(db_err(e)),
         };
+        let format = t
+            .get(FORMAT_KEY)
+            .map_err(db_err)?
+            .map(|v| String::from_utf8_lossy(v.value()).into_owned());
         match t.get(CHECKPOINT_KEY).map_err(db_err)? {
+            Some(_) if format.as_deref().map(str::as_bytes) != Some(FORMAT) => {
+                Err(StateError::OldFormat {
+                    found: format.unwrap_or_else(|| "1".into()),
+                })
+            }
             Some(v) => serde_json::from_slice(v.value())
                 .map(Some)
                 .map_err(|e| StateError::Corrupt(format!("checkpoint: {e}"))),
@@ -179,45 +204,19 @@ pub struct ChildLink {
 }
 
 impl Batch {
-    /// Stores a row (replacing any previous version) and its child link.
-    pub fn put_row(
-        &mut self,
-        table: &str,
-        name: &str,
-        row_json: &[u8],
-        link: Option<&ChildLink>,
-    ) -> Result<(), StateError> {
+    /// Stores a catalog row (`tabDocType`), replacing any previous version.
+    pub fn put_row(&mut self, table: &str, name: &str, row_json: &[u8]) -> Result<(), StateError> {
         let mut rows = self.wtx.open_table(ROWS).map_err(db_err)?;
         rows.insert(keys::encode(&[table, name]).as_slice(), row_json)
             .map_err(db_err)?;
-        if let Some(l) = link {
-            let mut ch = self.wtx.open_table(CHILDREN).map_err(db_err)?;
-            let v = serde_json::to_vec(&(&l.parentfield, l.idx))
-                .map_err(|e| StateError::Corrupt(e.to_string()))?;
-            ch.insert(
-                keys::encode(&[&l.parenttype, &l.parent, table, name]).as_slice(),
-                v.as_slice(),
-            )
-            .map_err(db_err)?;
-        }
         Ok(())
     }
 
-    /// Removes a row and its child link.
-    pub fn delete_row(
-        &mut self,
-        table: &str,
-        name: &str,
-        link: Option<&ChildLink>,
-    ) -> Result<(), StateError> {
+    /// Removes a catalog row.
+    pub fn delete_row(&mut self, table: &str, name: &str) -> Result<(), StateError> {
         let mut rows = self.wtx.open_table(ROWS).map_err(db_err)?;
         rows.remove(keys::encode(&[table, name]).as_slice())
             .map_err(db_err)?;
-        if let Some(l) = link {
-            let mut ch = self.wtx.open_table(CHILDREN).map_err(db_err)?;
-            ch.remove(keys::encode(&[&l.parenttype, &l.parent, table, name]).as_slice())
-                .map_err(db_err)?;
-        }
         Ok(())
     }
 
@@ -242,16 +241,37 @@ impl Batch {
         Ok(())
     }
 
-    /// Reads one row's JSON.
-    pub fn get_row(&self, table: &str, name: &str) -> Result<Option<Vec<u8>>, StateError> {
-        let rows = self.wtx.open_table(ROWS).map_err(db_err)?;
-        Ok(rows
-            .get(keys::encode(&[table, name]).as_slice())
+    /// Reads a document's rows; an absent document is empty.
+    pub fn get_doc(&self, key: &DocKey) -> Result<DocImage, StateError> {
+        let docs = self.wtx.open_table(DOCS).map_err(db_err)?;
+        match docs
+            .get(keys::encode(&[&key.doctype, &key.name]).as_slice())
             .map_err(db_err)?
-            .map(|v| v.value().to_vec()))
+        {
+            Some(v) => DocImage::decode(v.value()),
+            None => Ok(DocImage::default()),
+        }
     }
 
-    /// Calls `f(name, row_json)` for every row of `table`, in name order.
+    /// Writes documents back (removing the empty ones), in the order given.
+    pub fn put_docs<'a>(
+        &mut self,
+        docs_in: impl IntoIterator<Item = (&'a DocKey, &'a DocImage)>,
+    ) -> Result<(), StateError> {
+        let mut docs = self.wtx.open_table(DOCS).map_err(db_err)?;
+        for (key, img) in docs_in {
+            let k = keys::encode(&[&key.doctype, &key.name]);
+            if img.is_empty() {
+                docs.remove(k.as_slice()).map_err(db_err)?;
+            } else {
+                docs.insert(k.as_slice(), img.encode().as_slice())
+                    .map_err(db_err)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Calls `f(name, row_json)` for every catalog row of `table`, in name order.
     pub fn for_each_row(
         &self,
         table: &str,
@@ -274,39 +294,60 @@ impl Batch {
         Ok(())
     }
 
-    /// Up to `limit` row names of `table` after `after`, in order.
-    pub fn names_after(
+    /// Up to `limit` documents of `doctype` that have a parent row, named after `after`, in
+    /// name order.
+    pub fn docs_after(
         &self,
-        table: &str,
+        doctype: &str,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<String>, StateError> {
-        let rows = self.wtx.open_table(ROWS).map_err(db_err)?;
-        let prefix = keys::encode(&[table]);
+    ) -> Result<Vec<(String, DocImage)>, StateError> {
+        let docs = self.wtx.open_table(DOCS).map_err(db_err)?;
+        let prefix = keys::encode(&[doctype]);
         let start = match after {
             Some(a) => {
-                let mut k = keys::encode(&[table, a]);
+                let mut k = keys::encode(&[doctype, a]);
                 k.push(0);
                 k
             }
             None => prefix.clone(),
         };
         let mut out = Vec::new();
-        for item in rows.range(start.as_slice()..).map_err(db_err)? {
-            let (k, _) = item.map_err(db_err)?;
+        for item in docs.range(start.as_slice()..).map_err(db_err)? {
+            let (k, v) = item.map_err(db_err)?;
             let k = k.value();
             if !k.starts_with(&prefix) || out.len() >= limit {
                 break;
             }
-            let parts = keys::decode(k).ok_or_else(|| StateError::Corrupt("row key".into()))?;
-            out.push(
-                parts
-                    .get(1)
-                    .cloned()
-                    .ok_or_else(|| StateError::Corrupt("row key".into()))?,
-            );
+            let img = DocImage::decode(v.value())?;
+            if img.parent.is_none() {
+                continue;
+            }
+            let parts = keys::decode(k).ok_or_else(|| StateError::Corrupt("doc key".into()))?;
+            let name = parts
+                .into_iter()
+                .nth(1)
+                .ok_or_else(|| StateError::Corrupt("doc key".into()))?;
+            out.push((name, img));
         }
         Ok(out)
+    }
+
+    /// Number of documents of `doctype` that have a parent row.
+    pub fn count_docs(&self, doctype: &str) -> Result<u64, StateError> {
+        let docs = self.wtx.open_table(DOCS).map_err(db_err)?;
+        let prefix = keys::encode(&[doctype]);
+        let mut n = 0;
+        for item in docs.range(prefix.as_slice()..).map_err(db_err)? {
+            let (k, v) = item.map_err(db_err)?;
+            if !k.value().starts_with(&prefix) {
+                break;
+            }
+            if doc::has_parent(v.value())? {
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// Names of the doctypes that have `tabSingles` values.
@@ -325,46 +366,38 @@ impl Batch {
         Ok(out)
     }
 
-    /// Assembles the full image of a document as JSON:
-    /// `{"parent": {...}|null, "children": {"<parentfield>": [rows by idx]}}`, or `None` when
-    /// neither the parent row nor any child row exists.
+    /// Renders the full image of a document as JSON (see [`DocImage::render`]), or `None`
+    /// when neither the parent row (the Single's fields) nor any child row exists.
     pub fn assemble(&self, key: &DocKey, shape: DocShape) -> Result<Option<String>, StateError> {
-        let parent: Option<Vec<u8>> = match shape {
-            DocShape::Table => self.get_row(&format!("tab{}", key.doctype), &key.name)?,
-            DocShape::Single => self.single_object(&key.doctype)?,
-        };
-        let children = self.children_of(&key.doctype, &key.name)?;
-        if parent.is_none() && children.is_empty() {
-            return Ok(None);
-        }
-        let mut out = String::with_capacity(256);
-        out.push_str("{\"parent\":");
-        match &parent {
-            Some(p) => out
-                .push_str(std::str::from_utf8(p).map_err(|e| StateError::Corrupt(e.to_string()))?),
-            None => out.push_str("null"),
-        }
-        out.push_str(",\"children\":{");
-        for (i, (field, rows)) in children.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            out.push_str(
-                &serde_json::to_string(field).map_err(|e| StateError::Corrupt(e.to_string()))?,
-            );
-            out.push_str(":[");
-            for (j, (_, _, row)) in rows.iter().enumerate() {
-                if j > 0 {
-                    out.push(',');
+        let img = self.get_doc(key)?;
+        self.render(key, &img, shape)
+    }
+
+    /// Renders `img`, the stored rows of `key`, as the image of a document of `shape`: a
+    /// Single's parent is the object of its `tabSingles` fields.
+    pub fn render(
+        &self,
+        key: &DocKey,
+        img: &DocImage,
+        shape: DocShape,
+    ) -> Result<Option<String>, StateError> {
+        match shape {
+            DocShape::Table if img.is_empty() => Ok(None),
+            DocShape::Table => Ok(Some(img.render())),
+            DocShape::Single => {
+                let fields = self.single_object(&key.doctype)?;
+                if fields.is_none() && img.children.is_empty() {
+                    return Ok(None);
                 }
-                out.push_str(
-                    std::str::from_utf8(row).map_err(|e| StateError::Corrupt(e.to_string()))?,
-                );
+                let fields = fields
+                    .map(String::from_utf8)
+                    .transpose()
+                    .map_err(|e| StateError::Corrupt(e.to_string()))?;
+                let mut out = String::with_capacity(img.weight());
+                img.render_with(fields.as_deref(), &mut out);
+                Ok(Some(out))
             }
-            out.push(']');
         }
-        out.push_str("}}");
-        Ok(Some(out))
     }
 
     fn single_object(&self, doctype: &str) -> Result<Option<Vec<u8>>, StateError> {
@@ -398,56 +431,6 @@ impl Batch {
         Ok(if n == 0 { None } else { Some(out) })
     }
 
-    /// Child rows of `(parenttype, parent)`, grouped by parentfield and ordered by idx, name.
-    #[allow(clippy::type_complexity)]
-    fn children_of(
-        &self,
-        parenttype: &str,
-        parent: &str,
-    ) -> Result<Vec<(String, Vec<(i64, String, Vec<u8>)>)>, StateError> {
-        let ch = self.wtx.open_table(CHILDREN).map_err(db_err)?;
-        let rows = self.wtx.open_table(ROWS).map_err(db_err)?;
-        let prefix = keys::encode(&[parenttype, parent]);
-        let mut groups: std::collections::BTreeMap<String, Vec<(i64, String, Vec<u8>)>> =
-            Default::default();
-        for item in ch.range(prefix.as_slice()..).map_err(db_err)? {
-            let (k, v) = item.map_err(db_err)?;
-            let k = k.value();
-            if !k.starts_with(&prefix) {
-                break;
-            }
-            let parts = keys::decode(k).ok_or_else(|| StateError::Corrupt("child key".into()))?;
-            let (table, name) = match (parts.get(2), parts.get(3)) {
-                (Some(t), Some(n)) => (t, n),
-                _ => return Err(StateError::Corrupt("child key".into())),
-            };
-            let (field, idx): (String, i64) = serde_json::from_slice(v.value())
-                .map_err(|e| StateError::Corrupt(e.to_string()))?;
-            let row = rows
-                .get(keys::encode(&[table, name]).as_slice())
-                .map_err(db_err)?
-                .map(|r| r.value().to_vec())
-                .ok_or_else(|| StateError::Corrupt(format!("child link without row in {table}")))?;
-            groups
-                .entry(field)
-                .or_default()
-                .push((idx, name.clone(), row));
-        }
-        Ok(groups
-            .into_iter()
-            .map(|(f, mut rows)| {
-                rows.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
-                (f, rows)
-            })
-            .collect())
-    }
-
-    /// Number of stored rows (all tables).
-    pub fn row_count(&self) -> Result<u64, StateError> {
-        let rows = self.wtx.open_table(ROWS).map_err(db_err)?;
-        rows.len().map_err(db_err)
-    }
-
     /// The redb transaction, for the pending-document scratch tables.
     pub(crate) fn wtx(&self) -> &WriteTransaction {
         &self.wtx
@@ -459,6 +442,7 @@ impl Batch {
             let mut meta = self.wtx.open_table(META).map_err(db_err)?;
             let v = serde_json::to_vec(cp).map_err(|e| StateError::Corrupt(e.to_string()))?;
             meta.insert(CHECKPOINT_KEY, v.as_slice()).map_err(db_err)?;
+            meta.insert(FORMAT_KEY, FORMAT).map_err(db_err)?;
         }
         self.wtx.commit().map_err(db_err)?;
         Ok(())
@@ -474,61 +458,18 @@ impl Batch {
 mod tests {
     use super::*;
 
-    fn link(pt: &str, p: &str, f: &str, idx: i64) -> ChildLink {
-        ChildLink {
-            parenttype: pt.into(),
-            parent: p.into(),
-            parentfield: f.into(),
+    fn child(field: &str, idx: i64, name: &str) -> ChildRow {
+        ChildRow {
+            field: field.into(),
             idx,
+            name: name.into(),
+            table: "tabSales Invoice Item".into(),
+            json: format!(r#"{{"name":"{name}"}}"#),
         }
     }
 
-    #[test]
-    fn assemble_orders_children_and_survives_commit() {
-        let dir = tempdir();
-        let store = Store::open(&dir).unwrap();
-        let mut b = store.batch().unwrap();
-        b.put_row("tabSales Invoice", "S1", br#"{"name":"S1"}"#, None)
-            .unwrap();
-        b.put_row(
-            "tabSales Invoice Item",
-            "b",
-            br#"{"name":"b","idx":2}"#,
-            Some(&link("Sales Invoice", "S1", "items", 2)),
-        )
-        .unwrap();
-        b.put_row(
-            "tabSales Invoice Item",
-            "a",
-            br#"{"name":"a","idx":1}"#,
-            Some(&link("Sales Invoice", "S1", "items", 1)),
-        )
-        .unwrap();
-        b.put_row(
-            "tabSales Team",
-            "t",
-            br#"{"name":"t"}"#,
-            Some(&link("Sales Invoice", "S1", "sales_team", 1)),
-        )
-        .unwrap();
-        b.put_row(
-            "tabSales Team",
-            "u",
-            br#"{"name":"u"}"#,
-            Some(&link("Customer", "S1", "sales_team", 1)),
-        )
-        .unwrap();
-        let key = DocKey {
-            doctype: "Sales Invoice".into(),
-            name: "S1".into(),
-        };
-        let img = b.assemble(&key, DocShape::Table).unwrap().unwrap();
-        let v: serde_json::Value = serde_json::from_str(&img).unwrap();
-        assert_eq!(v["parent"]["name"], "S1");
-        assert_eq!(v["children"]["items"][0]["name"], "a");
-        assert_eq!(v["children"]["items"][1]["name"], "b");
-        assert_eq!(v["children"]["sales_team"].as_array().unwrap().len(), 1);
-        let cp = Checkpoint {
+    fn cp() -> Checkpoint {
+        Checkpoint {
             position: "0-1-5".parse().unwrap(),
             file: "f".into(),
             pos: 4,
@@ -538,36 +479,85 @@ mod tests {
             source_server_id: 1,
             schema: "db".into(),
             written_at: 0,
+        }
+    }
+
+    #[test]
+    fn documents_survive_commit_and_abort_drops_changes() {
+        let dir = tempdir();
+        let store = Store::open(&dir).unwrap();
+        let key = DocKey {
+            doctype: "Sales Invoice".into(),
+            name: "S1".into(),
         };
-        b.commit(&cp).unwrap();
-        assert_eq!(store.checkpoint().unwrap().unwrap(), cp);
         let mut b = store.batch().unwrap();
-        b.delete_row("tabSales Invoice", "S1", None).unwrap();
-        b.delete_row(
-            "tabSales Invoice Item",
-            "a",
-            Some(&link("Sales Invoice", "S1", "items", 1)),
-        )
-        .unwrap();
-        b.delete_row(
-            "tabSales Invoice Item",
-            "b",
-            Some(&link("Sales Invoice", "S1", "items", 2)),
-        )
-        .unwrap();
-        b.delete_row(
-            "tabSales Team",
-            "t",
-            Some(&link("Sales Invoice", "S1", "sales_team", 1)),
-        )
-        .unwrap();
+        let mut cache = DocCache::new(1 << 20);
+        cache
+            .set_parent(&b, &key, Some(r#"{"name":"S1"}"#.into()))
+            .unwrap();
+        cache.put_child(&b, &key, child("items", 2, "b")).unwrap();
+        cache.put_child(&b, &key, child("items", 1, "a")).unwrap();
+        // An orphan child row is a document without a parent: stored, never listed.
+        let orphan = DocKey {
+            doctype: "Sales Invoice".into(),
+            name: "S0".into(),
+        };
+        cache
+            .put_child(&b, &orphan, child("items", 1, "o"))
+            .unwrap();
+        cache.flush(&mut b).unwrap();
+        assert!(cache.is_empty());
+        let img = b.assemble(&key, DocShape::Table).unwrap().unwrap();
+        let v: serde_json::Value = serde_json::from_str(&img).unwrap();
+        assert_eq!(v["parent"]["name"], "S1");
+        assert_eq!(v["children"]["items"][0]["name"], "a");
+        assert_eq!(b.count_docs("Sales Invoice").unwrap(), 1);
+        let listed = b.docs_after("Sales Invoice", None, 10).unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].0, "S1");
+        assert!(
+            b.docs_after("Sales Invoice", Some("S1"), 10)
+                .unwrap()
+                .is_empty()
+        );
+        b.commit(&cp()).unwrap();
+        assert_eq!(store.checkpoint().unwrap().unwrap(), cp());
+
+        let mut b = store.batch().unwrap();
+        cache.set_parent(&b, &key, None).unwrap();
+        cache
+            .remove_child(&b, &key, "tabSales Invoice Item", "a", "items", 1)
+            .unwrap();
+        cache
+            .remove_child(&b, &key, "tabSales Invoice Item", "b", "items", 2)
+            .unwrap();
+        cache.flush(&mut b).unwrap();
         assert!(b.assemble(&key, DocShape::Table).unwrap().is_none());
+        assert_eq!(b.count_docs("Sales Invoice").unwrap(), 0);
         b.abort().unwrap();
         let b = store.batch().unwrap();
         assert!(
             b.assemble(&key, DocShape::Table).unwrap().is_some(),
             "abort must drop changes"
         );
+    }
+
+    #[test]
+    fn a_store_of_the_old_layout_is_refused_with_advice() {
+        let dir = tempdir();
+        {
+            let store = Store::open(&dir).unwrap();
+            let b = store.batch().unwrap();
+            {
+                let mut meta = b.wtx.open_table(META).unwrap();
+                let v = serde_json::to_vec(&cp()).unwrap();
+                meta.insert(CHECKPOINT_KEY, v.as_slice()).unwrap();
+            }
+            b.wtx.commit().unwrap();
+        }
+        let err = Store::peek_checkpoint(&dir).unwrap_err().to_string();
+        assert!(err.contains("older frappe-cdc"), "{err}");
+        assert!(err.contains("--state-dir"), "{err}");
     }
 
     #[test]
@@ -590,10 +580,16 @@ mod tests {
             v["parent"],
             serde_json::json!({"country": "India", "enabled": "1"})
         );
+        assert_eq!(v["children"], serde_json::json!({}));
         assert_eq!(
             b.single_doctypes().unwrap(),
             vec!["System Settings", "System Settingsx"]
         );
+        let none = DocKey {
+            doctype: "Nothing".into(),
+            name: "Nothing".into(),
+        };
+        assert!(b.assemble(&none, DocShape::Single).unwrap().is_none());
     }
 
     pub(crate) fn tempdir() -> std::path::PathBuf {

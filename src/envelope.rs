@@ -9,7 +9,6 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 
 /// Version of the envelope format.
 pub const ENVELOPE_VERSION: u32 = 1;
@@ -73,19 +72,51 @@ pub struct Key<'a> {
     pub name: std::borrow::Cow<'a, str>,
 }
 
-/// An envelope as produced (images as raw JSON from the state store).
-#[derive(Debug, Serialize)]
+/// An envelope as produced. `before` and `after` are images rendered by the state store from
+/// row JSON it wrote itself; [`EnvelopeOut::to_vec`] copies them into the message as they are
+/// (no re-parse: the images are the bulk of every message).
+#[derive(Debug)]
 pub struct EnvelopeOut<'a> {
     pub version: u32,
     pub op: Op,
     pub doctype: &'a str,
     pub name: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub old_name: Option<&'a str>,
-    pub before: Option<&'a RawValue>,
-    pub after: Option<&'a RawValue>,
+    pub before: Option<&'a str>,
+    pub after: Option<&'a str>,
     pub changes: &'a BTreeMap<String, RowCounts>,
     pub source: &'a Source,
+}
+
+impl EnvelopeOut<'_> {
+    /// The message value: the JSON object of `schemas/envelope.v1.json`.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let images = self.before.map_or(4, str::len) + self.after.map_or(4, str::len);
+        let mut out = Vec::with_capacity(400 + images);
+        // Writing JSON into a Vec cannot fail; the results are ignored below for that reason.
+        out.extend_from_slice(b"{\"version\":");
+        let _ = serde_json::to_writer(&mut out, &self.version);
+        out.extend_from_slice(b",\"op\":\"");
+        out.extend_from_slice(self.op.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"doctype\":");
+        let _ = serde_json::to_writer(&mut out, self.doctype);
+        out.extend_from_slice(b",\"name\":");
+        let _ = serde_json::to_writer(&mut out, self.name);
+        if let Some(old) = self.old_name {
+            out.extend_from_slice(b",\"old_name\":");
+            let _ = serde_json::to_writer(&mut out, old);
+        }
+        out.extend_from_slice(b",\"before\":");
+        out.extend_from_slice(self.before.unwrap_or("null").as_bytes());
+        out.extend_from_slice(b",\"after\":");
+        out.extend_from_slice(self.after.unwrap_or("null").as_bytes());
+        out.extend_from_slice(b",\"changes\":");
+        let _ = serde_json::to_writer(&mut out, self.changes);
+        out.extend_from_slice(b",\"source\":");
+        let _ = serde_json::to_writer(&mut out, self.source);
+        out.push(b'}');
+        out
+    }
 }
 
 /// An envelope as consumed.
@@ -195,8 +226,7 @@ mod tests {
                 deleted: 0,
             },
         );
-        let after =
-            RawValue::from_string(r#"{"parent":{"name":"S/1"},"children":{}}"#.into()).unwrap();
+        let after = r#"{"parent":{"name":"S/1"},"children":{}}"#;
         let out = EnvelopeOut {
             version: ENVELOPE_VERSION,
             op: Op::Create,
@@ -204,15 +234,28 @@ mod tests {
             name: "S/1",
             old_name: None,
             before: None,
-            after: Some(&after),
+            after: Some(after),
             changes: &changes,
             source: &src,
         };
-        let bytes = serde_json::to_vec(&out).unwrap();
+        let bytes = out.to_vec();
         let back: Envelope = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(back.op, Op::Create);
-        assert_eq!(back.after.unwrap()["parent"]["name"], "S/1");
+        assert_eq!(back.old_name, None);
+        assert_eq!(back.before, None);
+        assert_eq!(back.after.clone().unwrap()["parent"]["name"], "S/1");
+        assert_eq!(back.changes, changes);
         assert_eq!(back.source, src);
+        let renamed = EnvelopeOut {
+            op: Op::Rename,
+            old_name: Some("S/\"0"),
+            before: Some(after),
+            ..out
+        };
+        let back: Envelope = serde_json::from_slice(&renamed.to_vec()).unwrap();
+        assert_eq!(back.op, Op::Rename);
+        assert_eq!(back.old_name.as_deref(), Some("S/\"0"));
+        assert_eq!(back.before, back.after);
         assert_eq!(
             key_json("Sales Invoice", "S/1"),
             br#"{"doctype":"Sales Invoice","name":"S/1"}"#

@@ -13,8 +13,6 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde_json::value::RawValue;
-
 use crate::envelope::{ENVELOPE_VERSION, EnvelopeOut, Op, RowCounts, Source, key_json};
 use crate::frappe::catalog::{Catalog, Filter};
 use crate::frappe::routing::{Route, only_ignored_changed, route};
@@ -53,7 +51,9 @@ pub struct Processor {
     store: Arc<Store>,
     batch: Option<Batch>,
     pending: PendingDocs,
-    /// Documents of the current transaction, written back at its commit.
+    /// Documents changed since the last checkpoint (write-back: a document saved many times
+    /// between checkpoints is read and written once), flushed into the batch at the
+    /// checkpoint or when over budget, always between or inside groups of the same batch.
     docs: DocCache,
     renames: Vec<(usize, DocKey)>,
     changed_count: u64,
@@ -167,13 +167,6 @@ pub(crate) fn put_catalog_row(
         b.put_row(&table.table, &name, table.row_json(row).as_bytes())?;
     }
     Ok(())
-}
-
-fn raw(image: Option<String>) -> Result<Option<Box<RawValue>>, CaptureError> {
-    image
-        .map(RawValue::from_string)
-        .transpose()
-        .map_err(|e| CaptureError::Encode(e.to_string()))
 }
 
 fn op_slot(op: RowOp) -> usize {
@@ -502,7 +495,9 @@ impl Processor {
                 .inc();
         }
         let b = self.batch.as_mut().ok_or(CaptureError::Internal("batch"))?;
-        self.docs.flush(b)?;
+        if self.docs.over_budget() {
+            self.docs.flush(b)?;
+        }
         self.pending.clear(b)?;
         self.renames.clear();
         self.changed_count = 0;
@@ -572,8 +567,6 @@ impl Processor {
                 (None, None, None) => continue,
             };
             source.doc_index = index;
-            let before_raw = raw(d.before)?;
-            let after_raw = raw(after)?;
             let changes: BTreeMap<String, RowCounts> = tables
                 .into_iter()
                 .map(|(t, c)| {
@@ -593,13 +586,12 @@ impl Processor {
                 doctype: &key.doctype,
                 name: &key.name,
                 old_name: old_name.as_deref(),
-                before: before_raw.as_deref(),
-                after: after_raw.as_deref(),
+                before: d.before.as_deref(),
+                after: after.as_deref(),
                 changes: &changes,
                 source: &source,
             };
-            let payload =
-                serde_json::to_vec(&env).map_err(|e| CaptureError::Encode(e.to_string()))?;
+            let payload = env.to_vec();
             self.send(&key, Some(&payload))?;
             self.metrics
                 .documents
@@ -651,9 +643,12 @@ impl Processor {
         };
         if let Err(e) = self.producer.flush(self.cfg.flush_timeout) {
             self.metrics.produce_errors.inc();
+            self.docs.discard();
             let _ = b.abort();
             return Err(e.into());
         }
+        let mut b = b;
+        self.docs.flush(&mut b)?;
         self.metrics.in_flight.set(0);
         let cp = Checkpoint {
             position: self.position.clone(),

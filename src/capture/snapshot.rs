@@ -13,7 +13,6 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use super::CaptureError;
@@ -323,8 +322,6 @@ pub fn emit(
                     name,
                 };
                 let name = &key.name;
-                let after =
-                    RawValue::from_string(img).map_err(|e| CaptureError::Encode(e.to_string()))?;
                 let changes = Default::default();
                 let source = source_for(emitted);
                 let env = EnvelopeOut {
@@ -334,12 +331,11 @@ pub fn emit(
                     name,
                     old_name: None,
                     before: None,
-                    after: Some(&after),
+                    after: Some(&img),
                     changes: &changes,
                     source: &source,
                 };
-                let payload =
-                    serde_json::to_vec(&env).map_err(|e| CaptureError::Encode(e.to_string()))?;
+                let payload = env.to_vec();
                 producer.send(doctype, &key_json(doctype, name), Some(&payload))?;
                 metrics
                     .documents

@@ -174,12 +174,38 @@ fn text_json(bytes: Vec<u8>, latin1: bool) -> Value {
 }
 
 fn frac(us: u32, fsp: u8) -> String {
+    let mut out = String::new();
+    push_frac(&mut out, us, fsp);
+    out
+}
+
+/// Appends `v` in decimal, zero-padded to `width` digits (more digits when `v` needs them).
+fn push_padded(out: &mut String, v: u64, width: usize) {
+    let mut buf = [b'0'; 20];
+    let mut n = v;
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let start = i.min(buf.len() - width.min(buf.len()));
+    for &b in &buf[start..] {
+        out.push(b as char);
+    }
+}
+
+/// Appends `.` and `fsp` fraction digits of `us` microseconds (nothing when `fsp` is 0).
+fn push_frac(out: &mut String, us: u32, fsp: u8) {
     if fsp == 0 {
-        return String::new();
+        return;
     }
     let fsp = fsp.min(6) as u32;
-    let v = us / 10u32.pow(6 - fsp);
-    format!(".{v:0width$}", width = fsp as usize)
+    out.push('.');
+    push_padded(out, (us / 10u32.pow(6 - fsp)) as u64, fsp as usize);
 }
 
 /// Formats a datetime with `fsp` fraction digits.
@@ -188,10 +214,20 @@ pub fn format_datetime(
     (h, mi, s, us): (u8, u8, u8, u32),
     fsp: u8,
 ) -> String {
-    format!(
-        "{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}{}",
-        frac(us, fsp)
-    )
+    let mut out = String::with_capacity(26);
+    push_padded(&mut out, y as u64, 4);
+    out.push('-');
+    push_padded(&mut out, mo as u64, 2);
+    out.push('-');
+    push_padded(&mut out, d as u64, 2);
+    out.push(' ');
+    push_padded(&mut out, h as u64, 2);
+    out.push(':');
+    push_padded(&mut out, mi as u64, 2);
+    out.push(':');
+    push_padded(&mut out, s as u64, 2);
+    push_frac(&mut out, us, fsp);
+    out
 }
 
 /// Converts seconds since the Unix epoch to a civil UTC date and time.
@@ -285,7 +321,13 @@ pub fn cell_json(kind: &CellKind, value: MyValue, from_binlog: bool) -> Result<V
             .unwrap_or(Value::Null),
         (CellKind::Decimal, MyValue::Bytes(b)) => text_json(b, false),
         (CellKind::Date, MyValue::Date(y, mo, d, ..)) => {
-            Value::String(format!("{y:04}-{mo:02}-{d:02}"))
+            let mut out = String::with_capacity(10);
+            push_padded(&mut out, y as u64, 4);
+            out.push('-');
+            push_padded(&mut out, mo as u64, 2);
+            out.push('-');
+            push_padded(&mut out, d as u64, 2);
+            Value::String(out)
         }
         (
             CellKind::DateTime { fsp } | CellKind::Timestamp { fsp },
@@ -354,6 +396,19 @@ mod tests {
             format_datetime((2024, 1, 2), (3, 4, 5, 0), 0),
             "2024-01-02 03:04:05"
         );
+        assert_eq!(
+            format_datetime((0, 0, 0), (0, 0, 0, 0), 3),
+            "0000-00-00 00:00:00.000"
+        );
+        assert_eq!(
+            format_datetime((9999, 12, 31), (23, 59, 59, 999_999), 6),
+            "9999-12-31 23:59:59.999999"
+        );
+        let mut s = String::new();
+        push_padded(&mut s, 123_456, 2);
+        push_padded(&mut s, 7, 3);
+        push_padded(&mut s, u64::MAX, 25);
+        assert_eq!(s, format!("123456007{}", u64::MAX));
     }
 
     #[test]

@@ -515,6 +515,7 @@ async fn backlog(r: &mut Report, docs: u64, big_rows: u64, apply_window: Duratio
     let mut ac = apply_replica.conn(db).await;
     let t = Instant::now();
     let rurl = format!("mysql://admin@127.0.0.1:{}/{db}", apply_replica.port);
+    let apply_metrics = free_port();
     let child = std::process::Command::new(binary())
         .args([
             "apply",
@@ -527,9 +528,12 @@ async fn backlog(r: &mut Report, docs: u64, big_rows: u64, apply_window: Duratio
             "--group",
             "bench",
         ])
-        .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--metrics-addr", &format!("127.0.0.1:{apply_metrics}")])
         .env("FRAPPE_CDC_REPLICA_PASSWORD", "adminpass")
-        .env("RUST_LOG", "error")
+        .env(
+            "RUST_LOG",
+            std::env::var("FRAPPE_CDC_BENCH_APPLY_LOG").unwrap_or_else(|_| "error".into()),
+        )
         .spawn()
         .expect("spawn apply");
     let apply = KillOnDrop(child);
@@ -563,6 +567,27 @@ async fn backlog(r: &mut Report, docs: u64, big_rows: u64, apply_window: Duratio
         "x",
     );
     r.add("memory", "apply peak RSS, backlog", arss.mib(), "MiB");
+    // Where apply's time went: inside replica transactions or outside (consume, decode).
+    let m = scrape(apply_metrics).await;
+    let (txs, tx_secs) = (
+        metric(&m, "frappe_cdc_apply_transaction_duration_seconds_count"),
+        metric(&m, "frappe_cdc_apply_transaction_duration_seconds_sum"),
+    );
+    let batch_docs = metric(&m, "frappe_cdc_apply_batch_documents_sum")
+        / metric(&m, "frappe_cdc_apply_batch_documents_count").max(1.0);
+    r.add("backlog", "apply: documents per replica transaction (mean)", batch_docs, "docs");
+    r.add(
+        "backlog",
+        "apply: share of catch-up spent inside replica transactions",
+        tx_secs / apply_secs * 100.0,
+        "%",
+    );
+    r.add(
+        "backlog",
+        "apply: replica transaction time (mean)",
+        tx_secs / txs.max(1.0) * 1e3,
+        "ms",
+    );
 
     // Snapshot of the whole site from scratch.
     let rows: u64 = q1(
@@ -640,6 +665,27 @@ async fn backlog(r: &mut Report, docs: u64, big_rows: u64, apply_window: Duratio
         "MiB",
     );
     drop(apply);
+}
+
+/// The text of a `/metrics` endpoint on loopback.
+async fn scrape(port: u16) -> String {
+    reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
+/// Sum of every sample of `name` (all label sets) in a scrape.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 fn machine() -> Value {

@@ -194,6 +194,7 @@ pub async fn apply_bulk(
         }
     }
 
+    let t0 = std::time::Instant::now();
     // 1. lock and read
     let mut applied: HashMap<DocKey, EventKey> = HashMap::new();
     let mut open: HashSet<DocKey> = HashSet::new();
@@ -229,6 +230,7 @@ pub async fn apply_bulk(
         copies.insert((*dt).to_string(), read_copies(tx, cache, dt, names).await?);
     }
 
+    let t_read = t0.elapsed();
     // 2. decide, 3. collect writes
     let mut outcomes = Vec::with_capacity(items.len());
     let mut missing = BTreeSet::new();
@@ -348,7 +350,9 @@ pub async fn apply_bulk(
         )
         .await?;
     }
+    let t_decide = t0.elapsed();
     upserts.write(tx).await?;
+    let t_upsert = t0.elapsed();
     for chunk in marks_rows.chunks(CHUNK) {
         let sql = format!(
             "INSERT INTO `_frappe_cdc_applied` (doctype, name, domain_id, seq_no, doc_index, applied_at) VALUES {} \
@@ -370,6 +374,14 @@ pub async fn apply_bulk(
     for (p, next) in offsets {
         control::store_offset(tx, group, topic, *p, *next).await?;
     }
+    tracing::debug!(
+        docs = items.len(),
+        read_ms = t_read.as_secs_f64() * 1e3,
+        decide_and_deletes_ms = (t_decide - t_read).as_secs_f64() * 1e3,
+        upserts_ms = (t_upsert - t_decide).as_secs_f64() * 1e3,
+        marks_offsets_ms = (t0.elapsed() - t_upsert).as_secs_f64() * 1e3,
+        "bulk batch written"
+    );
     Ok(BulkResult {
         outcomes,
         missing_columns: missing,

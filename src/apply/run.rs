@@ -633,10 +633,17 @@ impl Applier {
             offsets,
         )
         .await?;
+        let before_commit = started.elapsed();
         tx.commit().await?;
         self.metrics
             .tx_duration
             .observe(started.elapsed().as_secs_f64());
+        tracing::debug!(
+            docs = items.len(),
+            total_ms = started.elapsed().as_secs_f64() * 1e3,
+            commit_ms = (started.elapsed() - before_commit).as_secs_f64() * 1e3,
+            "bulk transaction committed"
+        );
         if !items.is_empty() {
             self.metrics.batch_docs.observe(items.len() as f64);
         }

@@ -557,8 +557,7 @@ impl Processor {
                 }
                 None => (d.key.clone(), None),
             };
-            let img = self.docs.get(b, &key)?;
-            let after = b.render(&key, img, shape)?;
+            let after = self.docs.peek(b, &key, |img| b.render(&key, img, shape))?;
             let op = match (&old_name, &d.before, &after) {
                 (Some(_), _, _) => Op::Rename,
                 (None, None, Some(_)) => Op::Create,

@@ -148,7 +148,7 @@ pub async fn load(
         let mut b = store2.batch()?;
         // Child rows arrive table by table, not document by document: the cache gathers a
         // document's rows across tables and writes it back when the budget is reached.
-        let mut docs = DocCache::new(4 * DOC_CACHE_BYTES);
+        let mut docs = DocCache::new(DOC_CACHE_BYTES);
         let mut catalog = Catalog::default();
         let mut parents: BTreeSet<String> = BTreeSet::new();
         let mut progress = Progress::new("load", estimated);

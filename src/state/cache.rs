@@ -51,7 +51,8 @@ impl DocCache {
     fn entry(&mut self, b: &Batch, key: &DocKey) -> Result<&mut Entry, StateError> {
         if !self.docs.contains_key(key) {
             let image = b.get_doc(key)?;
-            self.weight += image.weight();
+            // The image plus the map entry, its key and their allocations.
+            self.weight += image.weight() + key.doctype.len() + key.name.len() + 160;
             self.docs.insert(
                 key.clone(),
                 Entry {
@@ -65,9 +66,23 @@ impl DocCache {
             .ok_or_else(|| StateError::Corrupt("document cache".into()))
     }
 
-    /// The current image of `key` (loaded from the batch when not cached).
+    /// The current image of `key` (loaded from the batch and cached when not cached).
     pub fn get(&mut self, b: &Batch, key: &DocKey) -> Result<&DocImage, StateError> {
         Ok(&self.entry(b, key)?.image)
+    }
+
+    /// Calls `f` with the current image of `key` without caching it (for reads that do not
+    /// change the document, such as rendering after-images at a commit).
+    pub fn peek<T>(
+        &self,
+        b: &Batch,
+        key: &DocKey,
+        f: impl FnOnce(&DocImage) -> Result<T, StateError>,
+    ) -> Result<T, StateError> {
+        match self.docs.get(key) {
+            Some(e) => f(&e.image),
+            None => f(&b.get_doc(key)?),
+        }
     }
 
     /// Sets (or clears) the parent row of `key`.
@@ -87,7 +102,7 @@ impl DocCache {
 
     /// Inserts or replaces a child row of `key`.
     pub fn put_child(&mut self, b: &Batch, key: &DocKey, row: ChildRow) -> Result<(), StateError> {
-        let add = row.json.len() + row.name.len() + row.field.len() + row.table.len() + 64;
+        let add = row.json.len() + row.name.len() + row.field.len() + row.table.len() + 128;
         let e = self.entry(b, key)?;
         e.image.put_child(row);
         e.dirty = true;

@@ -84,7 +84,7 @@ impl DocImage {
             + self
                 .children
                 .iter()
-                .map(|c| c.json.len() + c.name.len() + c.field.len() + c.table.len() + 64)
+                .map(|c| c.json.len() + c.name.len() + c.field.len() + c.table.len() + 128)
                 .sum::<usize>()
             + 64
     }

@@ -575,7 +575,12 @@ async fn backlog(r: &mut Report, docs: u64, big_rows: u64, apply_window: Duratio
     );
     let batch_docs = metric(&m, "frappe_cdc_apply_batch_documents_sum")
         / metric(&m, "frappe_cdc_apply_batch_documents_count").max(1.0);
-    r.add("backlog", "apply: documents per replica transaction (mean)", batch_docs, "docs");
+    r.add(
+        "backlog",
+        "apply: documents per replica transaction (mean)",
+        batch_docs,
+        "docs",
+    );
     r.add(
         "backlog",
         "apply: share of catch-up spent inside replica transactions",

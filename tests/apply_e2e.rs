@@ -121,6 +121,10 @@ async fn capture_to_apply_keeps_the_replica_equal() {
         f.insert_invoice(&Invoice::draft(&format!("B-{i}"), "C1-renamed", 2))
             .await;
     }
+    // Names and values that need quoting or escaping in SQL text (the bulk path writes
+    // literals): quote, backslash, double quote, newline, tab, NUL, multi-byte characters.
+    f.insert_customer("O'Brien \\ \"q\"\n\t\0 ✓ 😀", "Commercial")
+        .await;
     let gone = Invoice::draft("GONE", "C1-renamed", 1);
     f.insert_invoice(&gone).await;
     f.delete_invoice(&gone).await;
@@ -166,12 +170,12 @@ async fn capture_to_apply_keeps_the_replica_equal() {
         .expect("conflicts");
     assert!(conflicts.is_empty(), "no conflicts expected: {conflicts:?}");
     let customers: Vec<String> = r
-        .query("SELECT name FROM `tabCustomer`")
+        .query("SELECT name FROM `tabCustomer` ORDER BY name")
         .await
         .expect("customers");
     assert_eq!(
         customers,
-        vec!["C1-renamed"],
+        vec!["C1-renamed", "O'Brien \\ \"q\"\n\t\0 ✓ 😀"],
         "no hostile document and no stale name on the replica"
     );
     // Some of that went through the bulk path: at least one transaction held several

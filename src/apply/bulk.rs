@@ -24,15 +24,12 @@ use serde_json::{Map, Value};
 
 use super::control::{self, ConflictRecord, EventKey};
 use super::decision::{Comparator, Decision};
+use super::literal;
 use super::replica::{
     CHUNK, ReplicaError, SchemaCache, child_rows, doc_image, marks, q, read_children, read_parents,
-    to_param,
 };
 use super::run::Outcome;
 use crate::envelope::{Envelope, Op};
-
-/// At most this many placeholders in one statement.
-const MAX_PARAMS: usize = 60_000;
 
 /// One envelope of a batch, with where it came from.
 pub struct BulkItem {
@@ -93,10 +90,17 @@ async fn read_copies(
     })
 }
 
-/// Rows to upsert, grouped by table and column list.
+/// Rows to upsert, grouped by table and column list, each row already rendered as a SQL
+/// tuple (see `literal.rs`).
 #[derive(Default)]
 struct Upserts {
-    rows: BTreeMap<(String, Vec<String>), Vec<Vec<MyValue>>>,
+    groups: Vec<UpsertGroup>,
+}
+
+struct UpsertGroup {
+    table: String,
+    columns: Vec<String>,
+    tuples: Vec<String>,
 }
 
 impl Upserts {
@@ -109,48 +113,97 @@ impl Upserts {
         missing: &mut BTreeSet<(String, String)>,
     ) -> Result<(), BulkError> {
         let cols = cache.columns(tx, table).await?;
-        let mut names = Vec::new();
-        let mut vals = Vec::new();
+        let mut names: Vec<&str> = Vec::with_capacity(row.len());
+        let mut tuple = String::with_capacity(64 + row.len() * 24);
+        tuple.push('(');
         for (k, v) in row {
             if cols.contains(k) {
-                names.push(k.clone());
-                vals.push(to_param(v));
+                if !names.is_empty() {
+                    tuple.push(',');
+                }
+                names.push(k);
+                literal::push_value(&mut tuple, v);
             } else {
                 missing.insert((table.to_string(), k.clone()));
             }
         }
-        if !names.is_empty() {
-            self.rows
-                .entry((table.to_string(), names))
-                .or_default()
-                .push(vals);
+        tuple.push(')');
+        if names.is_empty() {
+            return Ok(());
+        }
+        // Few groups per batch (one per table and column list): a linear search is enough.
+        let found = self.groups.iter_mut().find(|g| {
+            g.table == table
+                && g.columns
+                    .iter()
+                    .map(String::as_str)
+                    .eq(names.iter().copied())
+        });
+        match found {
+            Some(g) => g.tuples.push(tuple),
+            None => self.groups.push(UpsertGroup {
+                table: table.to_string(),
+                columns: names.iter().map(|n| n.to_string()).collect(),
+                tuples: vec![tuple],
+            }),
         }
         Ok(())
     }
 
     async fn write(self, tx: &mut Transaction<'_>) -> Result<(), BulkError> {
-        for ((table, names), rows) in self.rows {
-            let quoted: Vec<String> = names.iter().map(|n| q(n)).collect();
-            let one = format!("({})", marks(names.len()));
+        for g in self.groups {
+            let quoted: Vec<String> = g.columns.iter().map(|n| q(n)).collect();
+            let head = format!(
+                "INSERT INTO {} ({}) VALUES ",
+                q(&g.table),
+                quoted.join(", ")
+            );
             let updates: Vec<String> = quoted
                 .iter()
                 .map(|n| format!("{n} = VALUES({n})"))
                 .collect();
-            let per = (MAX_PARAMS / names.len().max(1)).clamp(1, CHUNK);
-            for chunk in rows.chunks(per) {
-                let sql = format!(
-                    "INSERT INTO {} ({}) VALUES {} ON DUPLICATE KEY UPDATE {}",
-                    q(&table),
-                    quoted.join(", "),
-                    vec![one.as_str(); chunk.len()].join(", "),
-                    updates.join(", ")
-                );
-                let params: Vec<MyValue> = chunk.iter().flatten().cloned().collect();
-                tx.exec_drop(sql, params).await?;
-            }
+            let tail = format!(" ON DUPLICATE KEY UPDATE {}", updates.join(", "));
+            send_values(tx, &head, &g.tuples, &tail).await?;
         }
         Ok(())
     }
+}
+
+/// Statement size above which a multi-row statement is cut (well under the 16 MiB default
+/// `max_allowed_packet`; one row larger than this still goes, alone).
+const STATEMENT_BYTES: usize = 4 << 20;
+
+/// Runs `head tuple, tuple, ... tail` as few text statements as `STATEMENT_BYTES` allows.
+async fn send_values(
+    tx: &mut Transaction<'_>,
+    head: &str,
+    tuples: &[String],
+    tail: &str,
+) -> Result<(), BulkError> {
+    let mut sql = String::with_capacity(
+        STATEMENT_BYTES
+            .min(head.len() + tail.len() + tuples.iter().map(|t| t.len() + 1).sum::<usize>()),
+    );
+    let mut n = 0;
+    for t in tuples {
+        if n > 0 && sql.len() + t.len() + tail.len() > STATEMENT_BYTES {
+            sql.push_str(tail);
+            tx.query_drop(std::mem::take(&mut sql)).await?;
+            n = 0;
+        }
+        if n == 0 {
+            sql.push_str(head);
+        } else {
+            sql.push(',');
+        }
+        sql.push_str(t);
+        n += 1;
+    }
+    if n > 0 {
+        sql.push_str(tail);
+        tx.query_drop(sql).await?;
+    }
+    Ok(())
 }
 
 async fn delete_in(
@@ -353,24 +406,28 @@ pub async fn apply_bulk(
     let t_decide = t0.elapsed();
     upserts.write(tx).await?;
     let t_upsert = t0.elapsed();
-    for chunk in marks_rows.chunks(CHUNK) {
-        let sql = format!(
-            "INSERT INTO `_frappe_cdc_applied` (doctype, name, domain_id, seq_no, doc_index, applied_at) VALUES {} \
-             ON DUPLICATE KEY UPDATE domain_id = VALUES(domain_id), seq_no = VALUES(seq_no), doc_index = VALUES(doc_index), applied_at = VALUES(applied_at)",
-            vec!["(?, ?, ?, ?, ?, current_timestamp(6))"; chunk.len()].join(", ")
-        );
-        let mut params: Vec<MyValue> = Vec::with_capacity(chunk.len() * 5);
-        for (dt, n, k) in chunk {
-            params.extend([
-                MyValue::from(*dt),
-                MyValue::from(*n),
-                k.domain.into(),
-                k.seq.into(),
-                k.doc_index.into(),
-            ]);
-        }
-        tx.exec_drop(sql, params).await?;
-    }
+    let tuples: Vec<String> = marks_rows
+        .iter()
+        .map(|(dt, n, k)| {
+            let mut t = String::with_capacity(dt.len() + n.len() + 64);
+            t.push('(');
+            literal::push_str(&mut t, dt);
+            t.push(',');
+            literal::push_str(&mut t, n);
+            t.push_str(&format!(
+                ",{},{},{},current_timestamp(6))",
+                k.domain, k.seq, k.doc_index
+            ));
+            t
+        })
+        .collect();
+    send_values(
+        tx,
+        "INSERT INTO `_frappe_cdc_applied` (doctype, name, domain_id, seq_no, doc_index, applied_at) VALUES ",
+        &tuples,
+        " ON DUPLICATE KEY UPDATE domain_id = VALUES(domain_id), seq_no = VALUES(seq_no), doc_index = VALUES(doc_index), applied_at = VALUES(applied_at)",
+    )
+    .await?;
     for (p, next) in offsets {
         control::store_offset(tx, group, topic, *p, *next).await?;
     }

@@ -6,6 +6,7 @@ pub mod conflicts;
 pub mod control;
 pub mod decision;
 pub mod lag;
+mod literal;
 pub mod replica;
 pub mod run;
 pub mod verify;

@@ -124,11 +124,7 @@ impl DocImage {
         let body =
             lz4_flex::decompress_size_prepended(block).map_err(|_| corrupt("compression"))?;
         let mut r = Reader(&body);
-        let parent = if with_parent {
-            Some(r.string()?)
-        } else {
-            None
-        };
+        let parent = if with_parent { Some(r.string()?) } else { None };
         let n = r.u32()? as usize;
         // Each child needs at least 24 bytes; do not trust a count the bytes cannot hold.
         if n > r.0.len() / 24 {

@@ -109,6 +109,7 @@ pub struct ApplyMetrics {
     pub consumer_lag: IntGaugeVec,
     pub tx_duration: Histogram,
     pub batch_docs: Histogram,
+    pub bulk_rows: IntCounterVec,
 }
 
 impl ApplyMetrics {
@@ -126,6 +127,7 @@ impl ApplyMetrics {
             consumer_lag: reg(&r, IntGaugeVec::new(Opts::new("frappe_cdc_apply_consumer_lag_messages", "Messages on the topic not yet applied, by partition (high watermark minus next offset)"), &["partition"]).unwrap_or_else(|_| unreachable_metric())),
             tx_duration: reg(&r, Histogram::with_opts(HistogramOpts::new("frappe_cdc_apply_transaction_duration_seconds", "Duration of one replica transaction (checks, writes, offset, commit)").buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0])).unwrap_or_else(|_| unreachable_metric())),
             batch_docs: reg(&r, Histogram::with_opts(HistogramOpts::new("frappe_cdc_apply_batch_documents", "Documents per bulk replica transaction").buckets(vec![1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0])).unwrap_or_else(|_| unreachable_metric())),
+            bulk_rows: reg(&r, IntCounterVec::new(Opts::new("frappe_cdc_apply_bulk_rows_total", "Rows written by bulk transactions, by path: load (LOAD DATA LOCAL INFILE, rows of documents new to the replica) or upsert (INSERT ... ON DUPLICATE KEY UPDATE)"), &["path"]).unwrap_or_else(|_| unreachable_metric())),
             registry: r,
         }
     }

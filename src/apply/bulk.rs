@@ -6,8 +6,11 @@
 //!    (`... IN (...) FOR UPDATE`), assembled into the images `read_doc` would return;
 //! 2. decide each document exactly as one at a time (no document occurs twice in a batch, so
 //!    the decisions are independent);
-//! 3. write: deleted documents, child rows that left their document, then multi-row upserts
-//!    of parents and children, applied positions, conflicts, and every partition's next offset.
+//! 3. write: deleted documents, child rows that left their document, then the rows of
+//!    documents the replica does not have through `LOAD DATA LOCAL INFILE` (`infile.rs`; every
+//!    row must be stored without a warning, else the batch fails), multi-row upserts of the
+//!    other rows (`literal.rs`), applied positions, conflicts, and every partition's next
+//!    offset.
 //!
 //! Consistency: all of it commits in one transaction with the offsets, so a crash replays the
 //! whole batch and the applied positions turn replays into no-ops. Any error aborts the batch;
@@ -24,11 +27,11 @@ use serde_json::{Map, Value};
 
 use super::control::{self, ConflictRecord, EventKey};
 use super::decision::{Comparator, Decision};
-use super::literal;
 use super::replica::{
     CHUNK, ReplicaError, SchemaCache, child_rows, doc_image, marks, q, read_children, read_parents,
 };
 use super::run::Outcome;
+use super::{infile, literal};
 use crate::envelope::{Envelope, Op};
 
 /// One envelope of a batch, with where it came from.
@@ -46,6 +49,16 @@ pub enum BulkError {
     NotBulk,
     #[error(transparent)]
     Replica(#[from] ReplicaError),
+    #[error(
+        "LOAD DATA into {table} stored {stored} of {sent} new rows with {warnings} warnings \
+         (a row the locked reads did not see, or a value the column rejects)"
+    )]
+    LoadMismatch {
+        table: String,
+        sent: u64,
+        stored: u64,
+        warnings: u16,
+    },
 }
 
 impl From<mysql_async::Error> for BulkError {
@@ -58,6 +71,9 @@ impl From<mysql_async::Error> for BulkError {
 pub struct BulkResult {
     pub outcomes: Vec<Outcome>,
     pub missing_columns: BTreeSet<(String, String)>,
+    /// Rows written through `LOAD DATA` and through upserts.
+    pub loaded_rows: u64,
+    pub upserted_rows: u64,
 }
 
 type DocKey = (String, String);
@@ -92,9 +108,13 @@ async fn read_copies(
 
 /// Rows to upsert, grouped by table and column list, each row already rendered as a SQL
 /// tuple (see `literal.rs`).
-#[derive(Default)]
+///
+/// Rows of documents the replica does not have at all (`fresh`) go to `loads` instead, as
+/// `LOAD DATA LOCAL INFILE` text (see `infile.rs`), unless `load_data` is off.
 struct Upserts {
     groups: Vec<UpsertGroup>,
+    loads: Vec<LoadGroup>,
+    load_data: bool,
 }
 
 struct UpsertGroup {
@@ -103,16 +123,84 @@ struct UpsertGroup {
     tuples: Vec<String>,
 }
 
+struct LoadGroup {
+    table: String,
+    columns: Vec<String>,
+    data: Vec<u8>,
+    rows: u64,
+}
+
+/// MariaDB/MySQL errors meaning `LOAD DATA LOCAL` is switched off on the server.
+const LOCAL_INFILE_OFF: [u16; 3] = [1148, 3948, 4166];
+
 impl Upserts {
+    fn new(load_data: bool) -> Self {
+        Upserts {
+            groups: Vec::new(),
+            loads: Vec::new(),
+            load_data,
+        }
+    }
+
+    /// Queues `row` for `LOAD DATA`; false when a value needs an ordinary statement.
+    fn add_load(&mut self, table: &str, cols: &BTreeSet<String>, row: &Map<String, Value>) -> bool {
+        let mut line = Vec::with_capacity(64 + row.len() * 24);
+        let mut names: Vec<&str> = Vec::with_capacity(row.len());
+        for (k, v) in row {
+            if cols.contains(k) {
+                if !names.is_empty() {
+                    line.push(b'\t');
+                }
+                names.push(k);
+                if !infile::push_field(&mut line, v) {
+                    return false;
+                }
+            }
+        }
+        if names.is_empty() {
+            return true;
+        }
+        line.push(b'\n');
+        let found = self.loads.iter_mut().find(|g| {
+            g.table == table
+                && g.columns
+                    .iter()
+                    .map(String::as_str)
+                    .eq(names.iter().copied())
+        });
+        match found {
+            Some(g) => {
+                g.data.extend_from_slice(&line);
+                g.rows += 1;
+            }
+            None => self.loads.push(LoadGroup {
+                table: table.to_string(),
+                columns: names.iter().map(|n| n.to_string()).collect(),
+                data: line,
+                rows: 1,
+            }),
+        }
+        true
+    }
+
     async fn add(
         &mut self,
         tx: &mut Transaction<'_>,
         cache: &mut SchemaCache,
         table: &str,
         row: &Map<String, Value>,
+        fresh: bool,
         missing: &mut BTreeSet<(String, String)>,
     ) -> Result<(), BulkError> {
         let cols = cache.columns(tx, table).await?;
+        if fresh && self.load_data && self.add_load(table, &cols, row) {
+            for k in row.keys() {
+                if !cols.contains(k) {
+                    missing.insert((table.to_string(), k.clone()));
+                }
+            }
+            return Ok(());
+        }
         let mut names: Vec<&str> = Vec::with_capacity(row.len());
         let mut tuple = String::with_capacity(64 + row.len() * 24);
         tuple.push('(');
@@ -150,7 +238,38 @@ impl Upserts {
         Ok(())
     }
 
-    async fn write(self, tx: &mut Transaction<'_>) -> Result<(), BulkError> {
+    /// Runs the loads, then the upserts. Sets `*load_data` to false when the server refuses
+    /// `LOAD DATA LOCAL` (the batch then fails and is re-run without it).
+    async fn write(self, tx: &mut Transaction<'_>, load_data: &mut bool) -> Result<(), BulkError> {
+        for g in self.loads {
+            let quoted: Vec<String> = g.columns.iter().map(|n| q(n)).collect();
+            let file = infile::Registered::new(g.data);
+            let sql = format!(
+                "LOAD DATA LOCAL INFILE '{}' INTO TABLE {} CHARACTER SET utf8mb4 ({})",
+                file.name(),
+                q(&g.table),
+                quoted.join(", ")
+            );
+            if let Err(e) = tx.query_drop(sql).await {
+                if let mysql_async::Error::Server(se) = &e
+                    && LOCAL_INFILE_OFF.contains(&se.code)
+                {
+                    tracing::warn!(error = %e, "the replica refuses LOAD DATA LOCAL INFILE; new rows are written with INSERT from now on (slower). Set local_infile=ON on the replica to use the fast path");
+                    *load_data = false;
+                }
+                return Err(e.into());
+            }
+            drop(file);
+            let (stored, warnings) = (tx.affected_rows(), tx.get_warnings());
+            if stored != g.rows || warnings > 0 {
+                return Err(BulkError::LoadMismatch {
+                    table: g.table,
+                    sent: g.rows,
+                    stored,
+                    warnings,
+                });
+            }
+        }
         for g in self.groups {
             let quoted: Vec<String> = g.columns.iter().map(|n| q(n)).collect();
             let head = format!(
@@ -226,10 +345,10 @@ pub async fn apply_bulk(
     tx: &mut Transaction<'_>,
     cache: &mut SchemaCache,
     cmp: &Comparator,
-    group: &str,
-    topic: &str,
+    (group, topic): (&str, &str),
     items: &[BulkItem],
     offsets: &BTreeMap<i32, i64>,
+    load_data: &mut bool,
 ) -> Result<BulkResult, BulkError> {
     let mut by_doctype: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for it in items {
@@ -287,7 +406,7 @@ pub async fn apply_bulk(
     // 2. decide, 3. collect writes
     let mut outcomes = Vec::with_capacity(items.len());
     let mut missing = BTreeSet::new();
-    let mut upserts = Upserts::default();
+    let mut upserts = Upserts::new(*load_data);
     let mut deleted_docs: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     let mut gone_children: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut marks_rows: Vec<(&str, &str, EventKey)> = Vec::new();
@@ -312,6 +431,8 @@ pub async fn apply_bulk(
                     .and_then(|c| c.child_names.get(&e.name))
                     .cloned()
                     .unwrap_or_default();
+                // Nothing of this document is on the replica: its rows are all inserts.
+                let fresh = copy.is_none() && existing.is_empty();
                 match e.after.as_ref() {
                     None => deleted_docs
                         .entry(e.doctype.as_str())
@@ -321,7 +442,14 @@ pub async fn apply_bulk(
                         match image.get("parent") {
                             Some(Value::Object(p)) => {
                                 upserts
-                                    .add(tx, cache, &format!("tab{}", e.doctype), p, &mut missing)
+                                    .add(
+                                        tx,
+                                        cache,
+                                        &format!("tab{}", e.doctype),
+                                        p,
+                                        fresh,
+                                        &mut missing,
+                                    )
                                     .await?
                             }
                             Some(Value::Null) | None => {}
@@ -337,7 +465,9 @@ pub async fn apply_bulk(
                             if let Some(n) = r.get("name").and_then(Value::as_str) {
                                 keep.insert((table, n));
                             }
-                            upserts.add(tx, cache, table, r, &mut missing).await?;
+                            upserts
+                                .add(tx, cache, table, r, fresh, &mut missing)
+                                .await?;
                         }
                         for (t, n) in &existing {
                             if !keep.contains(&(t.as_str(), n.as_str())) {
@@ -404,7 +534,9 @@ pub async fn apply_bulk(
         .await?;
     }
     let t_decide = t0.elapsed();
-    upserts.write(tx).await?;
+    let loaded_rows: u64 = upserts.loads.iter().map(|g| g.rows).sum();
+    let upserted_rows: u64 = upserts.groups.iter().map(|g| g.tuples.len() as u64).sum();
+    upserts.write(tx, load_data).await?;
     let t_upsert = t0.elapsed();
     let tuples: Vec<String> = marks_rows
         .iter()
@@ -442,5 +574,7 @@ pub async fn apply_bulk(
     Ok(BulkResult {
         outcomes,
         missing_columns: missing,
+        loaded_rows,
+        upserted_rows,
     })
 }

@@ -5,6 +5,7 @@ pub mod bulk;
 pub mod conflicts;
 pub mod control;
 pub mod decision;
+mod infile;
 pub mod lag;
 mod literal;
 pub mod replica;

@@ -174,6 +174,8 @@ struct Applier {
     cmp: Comparator,
     metrics: ApplyMetrics,
     missing_logged: std::collections::BTreeSet<(String, String)>,
+    /// New rows go through `LOAD DATA LOCAL INFILE` until the replica refuses it.
+    load_data: bool,
 }
 
 impl Applier {
@@ -391,7 +393,10 @@ pub async fn run(
     metrics: ApplyMetrics,
     shutdown: CancellationToken,
 ) -> Result<(), ApplyError> {
-    let pool = Pool::new(cfg.replica.opts.clone());
+    // Serves the in-memory files of the bulk path's LOAD DATA LOCAL statements (only those).
+    let opts = mysql_async::OptsBuilder::from_opts(cfg.replica.opts.clone())
+        .local_infile_handler(Some(super::infile::handler));
+    let pool = Pool::new(opts);
     let mut conn = loop {
         match pool.get_conn().await {
             Ok(c) => break c,
@@ -476,6 +481,7 @@ pub async fn run(
         cache: SchemaCache::default(),
         metrics,
         missing_logged: Default::default(),
+        load_data: true,
     };
     let mut io = LoopIo {
         consumer: &consumer,
@@ -627,10 +633,10 @@ impl Applier {
             &mut tx,
             &mut self.cache,
             &self.cmp,
-            &self.cfg.group,
-            &self.cfg.topic,
+            (&self.cfg.group, &self.cfg.topic),
             items,
             offsets,
+            &mut self.load_data,
         )
         .await?;
         let before_commit = started.elapsed();
@@ -647,6 +653,14 @@ impl Applier {
         if !items.is_empty() {
             self.metrics.batch_docs.observe(items.len() as f64);
         }
+        self.metrics
+            .bulk_rows
+            .with_label_values(&["load"])
+            .inc_by(r.loaded_rows);
+        self.metrics
+            .bulk_rows
+            .with_label_values(&["upsert"])
+            .inc_by(r.upserted_rows);
         Ok(r)
     }
 

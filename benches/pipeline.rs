@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::metrics::sample;
 use common::rig::Rig;
 use common::servers::{KillOnDrop, Mariadb, PRIMARY_ARGS, free_port, scratch_dir};
 use frappe_cdc::capture;
@@ -568,13 +569,13 @@ async fn backlog(r: &mut Report, docs: u64, big_rows: u64, apply_window: Duratio
     );
     r.add("memory", "apply peak RSS, backlog", arss.mib(), "MiB");
     // Where apply's time went: inside replica transactions or outside (consume, decode).
-    let m = scrape(apply_metrics).await;
+    let m = common::metrics::scrape(apply_metrics).await;
     let (txs, tx_secs) = (
-        metric(&m, "frappe_cdc_apply_transaction_duration_seconds_count"),
-        metric(&m, "frappe_cdc_apply_transaction_duration_seconds_sum"),
+        sample(&m, "frappe_cdc_apply_transaction_duration_seconds_count"),
+        sample(&m, "frappe_cdc_apply_transaction_duration_seconds_sum"),
     );
-    let batch_docs = metric(&m, "frappe_cdc_apply_batch_documents_sum")
-        / metric(&m, "frappe_cdc_apply_batch_documents_count").max(1.0);
+    let batch_docs = sample(&m, "frappe_cdc_apply_batch_documents_sum")
+        / sample(&m, "frappe_cdc_apply_batch_documents_count").max(1.0);
     r.add(
         "backlog",
         "apply: documents per replica transaction (mean)",
@@ -670,27 +671,6 @@ async fn backlog(r: &mut Report, docs: u64, big_rows: u64, apply_window: Duratio
         "MiB",
     );
     drop(apply);
-}
-
-/// The text of a `/metrics` endpoint on loopback.
-async fn scrape(port: u16) -> String {
-    reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("metrics text")
-}
-
-/// Sum of every sample of `name` (all label sets) in a scrape.
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 fn machine() -> Value {

@@ -159,7 +159,9 @@ async fn run_capture(a: &CaptureArgs) -> ExitCode {
             Err(e) => {
                 let code = if matches!(
                     e,
-                    CaptureError::Preflight(_) | CaptureError::WrongState { .. }
+                    CaptureError::Preflight(_)
+                        | CaptureError::WrongState { .. }
+                        | CaptureError::State(frappe_cdc::state::StateError::OldFormat { .. })
                 ) {
                     2
                 } else {

@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::doc_image;
+use common::metrics::{sample, scrape};
 use common::rig::Rig;
 use common::servers::{KillOnDrop, Mariadb, free_port};
 use common::topic::{count_all, doc_keys, read_all};
@@ -176,23 +177,10 @@ async fn capture_to_apply_keeps_the_replica_equal() {
     );
     // Some of that went through the bulk path: at least one transaction held several
     // documents (the rest of this test proves the result equals the primary).
-    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .expect("scrape apply")
-        .text()
-        .await
-        .expect("metrics");
-    let sample = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().last())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
-    };
+    let metrics = scrape(port).await;
     let (sum, count) = (
-        sample("frappe_cdc_apply_batch_documents_sum"),
-        sample("frappe_cdc_apply_batch_documents_count"),
+        sample(&metrics, "frappe_cdc_apply_batch_documents_sum"),
+        sample(&metrics, "frappe_cdc_apply_batch_documents_count"),
     );
     assert!(
         count > 0.0 && sum > count,
@@ -201,7 +189,8 @@ async fn capture_to_apply_keeps_the_replica_equal() {
     // A new document whose name and values need escaping in SQL text and in LOAD DATA's
     // tab-separated format (quote, backslash, double quote, newline, tab, NUL, multi-byte),
     // alone on the topic now: its rows take the LOAD DATA path and arrive unchanged.
-    let loaded_before = sample("frappe_cdc_apply_bulk_rows_total{path=\"load\"}");
+    const LOADED: &str = "frappe_cdc_apply_bulk_rows_total{path=\"load\"}";
+    let loaded_before = sample(&metrics, LOADED);
     let odd = "O'Brien \\N \\ \"q\"\n\t\0 ✓ 😀";
     f.insert_customer(odd, "Commercial").await;
     rig.capture().await;
@@ -217,18 +206,7 @@ async fn capture_to_apply_keeps_the_replica_equal() {
         doc_image(&mut r, "Customer", odd).await,
         doc_image(&mut p, "Customer", odd).await
     );
-    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .expect("scrape apply")
-        .text()
-        .await
-        .expect("metrics");
-    let loaded = metrics
-        .lines()
-        .find(|l| l.starts_with("frappe_cdc_apply_bulk_rows_total{path=\"load\"}"))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0);
+    let loaded = sample(&scrape(port).await, LOADED);
     assert!(
         loaded - loaded_before >= 2.0,
         "the customer's 2 rows went through LOAD DATA: {loaded_before} rows loaded before, {loaded} after"
@@ -332,20 +310,12 @@ async fn replica_without_local_infile_still_converges() {
             "{name}"
         );
     }
-    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .expect("scrape apply")
-        .text()
-        .await
-        .expect("metrics");
+    let metrics = scrape(port).await;
     let rows = |path: &str| -> f64 {
-        let prefix = format!("frappe_cdc_apply_bulk_rows_total{{path=\"{path}\"}}");
-        metrics
-            .lines()
-            .find(|l| l.starts_with(&prefix))
-            .and_then(|l| l.split_whitespace().last())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
+        sample(
+            &metrics,
+            &format!("frappe_cdc_apply_bulk_rows_total{{path=\"{path}\"}}"),
+        )
     };
     assert_eq!(
         rows("load"),

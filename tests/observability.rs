@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::metrics::scrape;
 use common::rig::{Rig, primary_options};
 use common::servers::{KillOnDrop, Mariadb, free_port, scratch_dir};
 use common::wait_until;
@@ -308,15 +309,6 @@ impl Prometheus {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
-}
-
-async fn scrape(port: u16) -> String {
-    reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("metrics text")
 }
 
 /// Metric families (`# TYPE` lines) of an exposition, with their type.

@@ -112,22 +112,48 @@ async fn read_copies(
 /// Rows of documents the replica does not have at all (`fresh`) go to `loads` instead, as
 /// `LOAD DATA LOCAL INFILE` text (see `infile.rs`), unless `load_data` is off.
 struct Upserts {
-    groups: Vec<UpsertGroup>,
-    loads: Vec<LoadGroup>,
+    /// Rendered SQL tuples.
+    groups: Vec<Group<Vec<String>>>,
+    /// Tab-separated lines.
+    loads: Vec<Group<Vec<u8>>>,
     load_data: bool,
 }
 
-struct UpsertGroup {
+/// Rows of one table with one column list.
+#[derive(Default)]
+struct Group<T> {
     table: String,
     columns: Vec<String>,
-    tuples: Vec<String>,
+    body: T,
+    rows: u64,
 }
 
-struct LoadGroup {
-    table: String,
-    columns: Vec<String>,
-    data: Vec<u8>,
-    rows: u64,
+/// The group of `(table, names)`, created when missing. Few groups per batch (one per table
+/// and column list), so a linear search is enough.
+fn group<'a, T: Default>(
+    groups: &'a mut Vec<Group<T>>,
+    table: &str,
+    names: &[&str],
+) -> &'a mut Group<T> {
+    let at = groups.iter().position(|g| {
+        g.table == table
+            && g.columns
+                .iter()
+                .map(String::as_str)
+                .eq(names.iter().copied())
+    });
+    let i = match at {
+        Some(i) => i,
+        None => {
+            groups.push(Group {
+                table: table.to_string(),
+                columns: names.iter().map(|n| n.to_string()).collect(),
+                ..Group::default()
+            });
+            groups.len() - 1
+        }
+    };
+    &mut groups[i]
 }
 
 /// MariaDB/MySQL errors meaning `LOAD DATA LOCAL` is switched off on the server.
@@ -161,25 +187,9 @@ impl Upserts {
             return true;
         }
         line.push(b'\n');
-        let found = self.loads.iter_mut().find(|g| {
-            g.table == table
-                && g.columns
-                    .iter()
-                    .map(String::as_str)
-                    .eq(names.iter().copied())
-        });
-        match found {
-            Some(g) => {
-                g.data.extend_from_slice(&line);
-                g.rows += 1;
-            }
-            None => self.loads.push(LoadGroup {
-                table: table.to_string(),
-                columns: names.iter().map(|n| n.to_string()).collect(),
-                data: line,
-                rows: 1,
-            }),
-        }
+        let g = group(&mut self.loads, table, &names);
+        g.body.extend_from_slice(&line);
+        g.rows += 1;
         true
     }
 
@@ -219,22 +229,9 @@ impl Upserts {
         if names.is_empty() {
             return Ok(());
         }
-        // Few groups per batch (one per table and column list): a linear search is enough.
-        let found = self.groups.iter_mut().find(|g| {
-            g.table == table
-                && g.columns
-                    .iter()
-                    .map(String::as_str)
-                    .eq(names.iter().copied())
-        });
-        match found {
-            Some(g) => g.tuples.push(tuple),
-            None => self.groups.push(UpsertGroup {
-                table: table.to_string(),
-                columns: names.iter().map(|n| n.to_string()).collect(),
-                tuples: vec![tuple],
-            }),
-        }
+        let g = group(&mut self.groups, table, &names);
+        g.body.push(tuple);
+        g.rows += 1;
         Ok(())
     }
 
@@ -243,7 +240,7 @@ impl Upserts {
     async fn write(self, tx: &mut Transaction<'_>, load_data: &mut bool) -> Result<(), BulkError> {
         for g in self.loads {
             let quoted: Vec<String> = g.columns.iter().map(|n| q(n)).collect();
-            let file = infile::Registered::new(g.data);
+            let file = infile::Registered::new(g.body);
             let sql = format!(
                 "LOAD DATA LOCAL INFILE '{}' INTO TABLE {} CHARACTER SET utf8mb4 ({})",
                 file.name(),
@@ -282,7 +279,7 @@ impl Upserts {
                 .map(|n| format!("{n} = VALUES({n})"))
                 .collect();
             let tail = format!(" ON DUPLICATE KEY UPDATE {}", updates.join(", "));
-            send_values(tx, &head, &g.tuples, &tail).await?;
+            send_values(tx, &head, &g.body, &tail).await?;
         }
         Ok(())
     }
@@ -535,7 +532,7 @@ pub async fn apply_bulk(
     }
     let t_decide = t0.elapsed();
     let loaded_rows: u64 = upserts.loads.iter().map(|g| g.rows).sum();
-    let upserted_rows: u64 = upserts.groups.iter().map(|g| g.tuples.len() as u64).sum();
+    let upserted_rows: u64 = upserts.groups.iter().map(|g| g.rows).sum();
     upserts.write(tx, load_data).await?;
     let t_upsert = t0.elapsed();
     let tuples: Vec<String> = marks_rows

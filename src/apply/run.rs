@@ -9,15 +9,21 @@
 //! the same message with capped backoff; a message that can never apply (not an envelope, an
 //! unknown version, a table or value the replica rejects) goes to the dead-letter topic with
 //! the reason and its coordinates in headers, and the partition moves on.
+//!
+//! Pipelining: the envelopes of the next polled batch are parsed on a blocking thread while
+//! the current batch's replica transaction runs; batches are still applied strictly in
+//! order, one at a time, so nothing above changes. A batch parsed but not yet applied when
+//! the process stops is simply read again from the stored offsets.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Pool, TxOpts};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
@@ -96,6 +102,8 @@ pub enum ApplyError {
     Kafka(String),
     #[error(transparent)]
     Replica(#[from] ReplicaError),
+    #[error("internal error: {0}")]
+    Internal(&'static str),
 }
 
 /// What happened to one message.
@@ -291,7 +299,7 @@ impl Applier {
     /// Handles one message, retrying transient failures until shutdown.
     async fn handle(
         &mut self,
-        m: &BorrowedMessage<'_>,
+        m: &OwnedMessage,
         shutdown: &CancellationToken,
     ) -> Result<Option<(Outcome, Option<String>)>, ApplyError> {
         let next = m.offset() + 1;
@@ -365,7 +373,7 @@ impl Applier {
     }
 }
 
-fn headers(m: &BorrowedMessage<'_>, reason: &str) -> OwnedHeaders {
+fn headers(m: &OwnedMessage, reason: &str) -> OwnedHeaders {
     let part = m.partition().to_string();
     let off = m.offset().to_string();
     OwnedHeaders::new()
@@ -490,64 +498,99 @@ pub async fn run(
         lag: ConsumerLag::new(&applier.cfg.topic, &tpl, Duration::from_secs(5)),
         shutdown: &shutdown,
     };
+    // Envelope parsing of batch N+1 runs on a blocking thread while batch N is applied.
+    let rules = Arc::new((applier.cfg.filter.clone(), applier.cfg.row_filters.clone()));
+    let mut ready: Option<(Vec<OwnedMessage>, Vec<Option<Pending>>)> = None;
     while !shutdown.is_cancelled() {
         tokio::task::block_in_place(|| io.lag.refresh(&consumer, &applier.metrics.consumer_lag));
-        let Some(first) = tokio::task::block_in_place(|| consumer.poll(Duration::from_millis(200)))
-        else {
-            continue;
+        // While a parsed batch waits, only take what is already fetched: the waiting batch
+        // is applied right away, and the new one is parsed meanwhile.
+        let wait = if ready.is_some() {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(200)
         };
-        let first = match first {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "kafka consume error");
-                continue;
-            }
-        };
-        // Whatever is already fetched, up to --batch-size messages, is one batch.
-        let mut msgs = vec![first];
-        while msgs.len() < applier.cfg.batch_size.max(1) {
-            match consumer.poll(Duration::ZERO) {
-                Some(Ok(m)) => msgs.push(m),
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "kafka consume error");
-                    break;
-                }
-                None => break,
-            }
-        }
-        let mut pending: Vec<(usize, Pending)> = Vec::new();
-        let mut keys: HashSet<(String, String)> = HashSet::new();
-        for (i, m) in msgs.iter().enumerate() {
-            match applier.bulkable(m) {
-                Some(p) => {
-                    if let Pending::Doc(item) = &p {
-                        let k = (item.env.doctype.clone(), item.env.name.clone());
-                        if keys.contains(&k) {
-                            if !applier.flush(&mut io, &msgs, &mut pending).await? {
-                                return Ok(());
-                            }
-                            keys.clear();
-                        }
-                        keys.insert(k);
-                    }
-                    pending.push((i, p));
-                }
-                None => {
-                    if !applier.flush(&mut io, &msgs, &mut pending).await? {
-                        return Ok(());
-                    }
-                    keys.clear();
-                    if !applier.process_one(&mut io, m).await? {
-                        return Ok(());
-                    }
-                }
-            }
-        }
-        if !applier.flush(&mut io, &msgs, &mut pending).await? {
+        let msgs = tokio::task::block_in_place(|| {
+            poll_batch(&consumer, wait, applier.cfg.batch_size.max(1))
+        });
+        let parsing = (!msgs.is_empty()).then(|| {
+            let rules = Arc::clone(&rules);
+            tokio::task::spawn_blocking(move || {
+                let parsed: Vec<Option<Pending>> = msgs
+                    .iter()
+                    .map(|m| bulkable(&rules.0, &rules.1, m))
+                    .collect();
+                (msgs, parsed)
+            })
+        });
+        if let Some((msgs, parsed)) = ready.take()
+            && !applier.apply_batch(&mut io, msgs, parsed).await?
+        {
             return Ok(());
+        }
+        if let Some(p) = parsing {
+            ready = Some(
+                p.await
+                    .map_err(|_| ApplyError::Internal("envelope parsing task failed"))?,
+            );
         }
     }
     Ok(())
+}
+
+/// Up to `max` messages: the first waits up to `wait`, the rest only if already fetched.
+fn poll_batch(consumer: &BaseConsumer, wait: Duration, max: usize) -> Vec<OwnedMessage> {
+    let mut msgs = Vec::new();
+    let mut timeout = wait;
+    while msgs.len() < max {
+        match consumer.poll(timeout) {
+            Some(Ok(m)) => msgs.push(m.detach()),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "kafka consume error");
+                break;
+            }
+            None => break,
+        }
+        timeout = Duration::ZERO;
+    }
+    msgs
+}
+
+/// How `m` can go into a bulk batch: a document to apply, or a message that only moves the
+/// offset (a tombstone, a filtered document); None for the one-message path. Pure, so it runs
+/// on a blocking thread while the previous batch is being applied.
+fn bulkable(filter: &Filter, row_filters: &[RowFilter], m: &OwnedMessage) -> Option<Pending> {
+    let (partition, next) = (m.partition(), m.offset() + 1);
+    let Some(payload) = m.payload() else {
+        return Some(Pending::Skip {
+            partition,
+            next,
+            outcome: Outcome::Tombstone,
+            doctype: None,
+        });
+    };
+    let e: Envelope = serde_json::from_slice(payload).ok()?;
+    if e.version != ENVELOPE_VERSION || e.validate().is_err() {
+        return None;
+    }
+    if !filter.tracks(&e.doctype) || !RowFilter::admits(row_filters, &e) {
+        return Some(Pending::Skip {
+            partition,
+            next,
+            outcome: Outcome::Filtered,
+            doctype: Some(e.doctype),
+        });
+    }
+    if e.op == Op::Rename || e.old_name.is_some() {
+        return None;
+    }
+    let key = EventKey::of(&e.source)?;
+    Some(Pending::Doc(Box::new(BulkItem {
+        env: e,
+        key,
+        partition,
+        next,
+    })))
 }
 
 /// A message of a bulk batch.
@@ -585,40 +628,43 @@ impl LoopIo<'_> {
 }
 
 impl Applier {
-    /// How `m` can go into a bulk batch: a document to apply, or a message that only moves
-    /// the offset (a tombstone, a filtered document); None for the one-message path.
-    fn bulkable(&self, m: &BorrowedMessage<'_>) -> Option<Pending> {
-        let (partition, next) = (m.partition(), m.offset() + 1);
-        let Some(payload) = m.payload() else {
-            return Some(Pending::Skip {
-                partition,
-                next,
-                outcome: Outcome::Tombstone,
-                doctype: None,
-            });
-        };
-        let e: Envelope = serde_json::from_slice(payload).ok()?;
-        if e.version != ENVELOPE_VERSION || e.validate().is_err() {
-            return None;
+    /// Applies one polled batch in order: runs of bulkable messages (no document twice) in
+    /// bulk transactions, the others one at a time. False when shutdown interrupted it.
+    async fn apply_batch(
+        &mut self,
+        io: &mut LoopIo<'_>,
+        msgs: Vec<OwnedMessage>,
+        parsed: Vec<Option<Pending>>,
+    ) -> Result<bool, ApplyError> {
+        let mut pending: Vec<(usize, Pending)> = Vec::new();
+        let mut keys: HashSet<(String, String)> = HashSet::new();
+        for (i, p) in parsed.into_iter().enumerate() {
+            match p {
+                Some(p) => {
+                    if let Pending::Doc(item) = &p {
+                        let k = (item.env.doctype.clone(), item.env.name.clone());
+                        if keys.contains(&k) {
+                            if !self.flush(io, &msgs, &mut pending).await? {
+                                return Ok(false);
+                            }
+                            keys.clear();
+                        }
+                        keys.insert(k);
+                    }
+                    pending.push((i, p));
+                }
+                None => {
+                    if !self.flush(io, &msgs, &mut pending).await? {
+                        return Ok(false);
+                    }
+                    keys.clear();
+                    if !self.process_one(io, &msgs[i]).await? {
+                        return Ok(false);
+                    }
+                }
+            }
         }
-        if !self.cfg.filter.tracks(&e.doctype) || !RowFilter::admits(&self.cfg.row_filters, &e) {
-            return Some(Pending::Skip {
-                partition,
-                next,
-                outcome: Outcome::Filtered,
-                doctype: Some(e.doctype),
-            });
-        }
-        if e.op == Op::Rename || e.old_name.is_some() {
-            return None;
-        }
-        let key = EventKey::of(&e.source)?;
-        Some(Pending::Doc(Box::new(BulkItem {
-            env: e,
-            key,
-            partition,
-            next,
-        })))
+        self.flush(io, &msgs, &mut pending).await
     }
 
     async fn run_bulk(
@@ -668,7 +714,7 @@ impl Applier {
     async fn flush(
         &mut self,
         io: &mut LoopIo<'_>,
-        msgs: &[BorrowedMessage<'_>],
+        msgs: &[OwnedMessage],
         pending: &mut Vec<(usize, Pending)>,
     ) -> Result<bool, ApplyError> {
         if pending.is_empty() {
@@ -776,7 +822,7 @@ impl Applier {
     async fn process_one(
         &mut self,
         io: &mut LoopIo<'_>,
-        m: &BorrowedMessage<'_>,
+        m: &OwnedMessage,
     ) -> Result<bool, ApplyError> {
         let Some((outcome, doctype)) = self.handle(m, io.shutdown).await? else {
             return Ok(false);

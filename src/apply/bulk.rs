@@ -168,31 +168,9 @@ impl Upserts {
         }
     }
 
-    /// Queues `row` for `LOAD DATA`; false when a value needs an ordinary statement.
-    fn add_load(&mut self, table: &str, cols: &BTreeSet<String>, row: &Map<String, Value>) -> bool {
-        let mut line = Vec::with_capacity(64 + row.len() * 24);
-        let mut names: Vec<&str> = Vec::with_capacity(row.len());
-        for (k, v) in row {
-            if cols.contains(k) {
-                if !names.is_empty() {
-                    line.push(b'\t');
-                }
-                names.push(k);
-                if !infile::push_field(&mut line, v) {
-                    return false;
-                }
-            }
-        }
-        if names.is_empty() {
-            return true;
-        }
-        line.push(b'\n');
-        let g = group(&mut self.loads, table, &names);
-        g.body.extend_from_slice(&line);
-        g.rows += 1;
-        true
-    }
-
+    /// Queues the columns of `row` the replica has (the others go to `missing`): as a
+    /// `LOAD DATA` line when the document is `fresh` and every value fits that path, else as
+    /// an upsert tuple.
     async fn add(
         &mut self,
         tx: &mut Transaction<'_>,
@@ -203,34 +181,30 @@ impl Upserts {
         missing: &mut BTreeSet<(String, String)>,
     ) -> Result<(), BulkError> {
         let cols = cache.columns(tx, table).await?;
-        if fresh && self.load_data && self.add_load(table, &cols, row) {
-            for k in row.keys() {
-                if !cols.contains(k) {
-                    missing.insert((table.to_string(), k.clone()));
-                }
-            }
-            return Ok(());
-        }
         let mut names: Vec<&str> = Vec::with_capacity(row.len());
-        let mut tuple = String::with_capacity(64 + row.len() * 24);
-        tuple.push('(');
+        let mut values: Vec<&Value> = Vec::with_capacity(row.len());
         for (k, v) in row {
             if cols.contains(k) {
-                if !names.is_empty() {
-                    tuple.push(',');
-                }
                 names.push(k);
-                literal::push_value(&mut tuple, v);
+                values.push(v);
             } else {
                 missing.insert((table.to_string(), k.clone()));
             }
         }
-        tuple.push(')');
         if names.is_empty() {
             return Ok(());
         }
+        if fresh
+            && self.load_data
+            && let Some(line) = infile::line(&values)
+        {
+            let g = group(&mut self.loads, table, &names);
+            g.body.extend_from_slice(&line);
+            g.rows += 1;
+            return Ok(());
+        }
         let g = group(&mut self.groups, table, &names);
-        g.body.push(tuple);
+        g.body.push(literal::tuple(&values));
         g.rows += 1;
         Ok(())
     }

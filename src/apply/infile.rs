@@ -108,6 +108,22 @@ pub fn push_field(out: &mut Vec<u8>, v: &Value) -> bool {
     true
 }
 
+/// One row as a `LOAD DATA` line (fields joined by tabs, newline-terminated); `None` when a
+/// value does not fit this path (see [`push_field`]).
+pub fn line(values: &[&Value]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(64 + values.len() * 24);
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            out.push(b'\t');
+        }
+        if !push_field(&mut out, v) {
+            return None;
+        }
+    }
+    out.push(b'\n');
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,6 +149,11 @@ mod tests {
             "\\N|a\\tb\\nc\\\\d\\r\\0|\\\\N|-1.5|1|{\"a\":1}|"
         );
         assert!(!push_field(&mut Vec::new(), &json!({"$base64": "AA=="})));
+        assert_eq!(
+            line(&[&json!("a"), &json!(null), &json!(2)]).unwrap(),
+            b"a\t\\N\t2\n"
+        );
+        assert!(line(&[&json!("a"), &json!({"$base64": "AA=="})]).is_none());
     }
 
     #[tokio::test]

@@ -58,6 +58,20 @@ pub fn push_value(out: &mut String, v: &Value) {
     }
 }
 
+/// One row as a SQL tuple: `(v1,v2,...)`.
+pub fn tuple(values: &[&Value]) -> String {
+    let mut out = String::with_capacity(64 + values.len() * 24);
+    out.push('(');
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_value(&mut out, v);
+    }
+    out.push(')');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,5 +107,9 @@ mod tests {
         assert_eq!(lit(json!({"$base64": "AP8="})), "X'00FF'");
         assert_eq!(lit(json!({"a": "'"})), "_utf8mb4 X'7B2261223A2227227D'");
         assert_eq!(lit(json!([1, 2])), "'[1,2]'");
+        assert_eq!(
+            tuple(&[&json!("a'"), &json!(null)]),
+            "(_utf8mb4 X'6127',NULL)"
+        );
     }
 }

@@ -102,7 +102,7 @@ impl DocCache {
 
     /// Inserts or replaces a child row of `key`.
     pub fn put_child(&mut self, b: &Batch, key: &DocKey, row: ChildRow) -> Result<(), StateError> {
-        let add = row.json.len() + row.name.len() + row.field.len() + row.table.len() + 128;
+        let add = row.weight();
         let e = self.entry(b, key)?;
         e.image.put_child(row);
         e.dirty = true;

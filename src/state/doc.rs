@@ -24,6 +24,13 @@ pub struct ChildRow {
     pub json: String,
 }
 
+impl ChildRow {
+    /// Approximate bytes held: the strings plus their allocations.
+    pub fn weight(&self) -> usize {
+        self.json.len() + self.name.len() + self.field.len() + self.table.len() + 128
+    }
+}
+
 /// A document's rows. Children are kept sorted by (parentfield, idx, name), the order they
 /// are rendered in.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -81,11 +88,7 @@ impl DocImage {
     /// Approximate bytes held, for bounding caches.
     pub fn weight(&self) -> usize {
         self.parent.as_ref().map_or(0, String::len)
-            + self
-                .children
-                .iter()
-                .map(|c| c.json.len() + c.name.len() + c.field.len() + c.table.len() + 128)
-                .sum::<usize>()
+            + self.children.iter().map(ChildRow::weight).sum::<usize>()
             + 64
     }
 
@@ -244,10 +247,10 @@ pub fn push_json_str(out: &mut String, s: &str) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn child(field: &str, idx: i64, name: &str) -> ChildRow {
+    pub(crate) fn child(field: &str, idx: i64, name: &str) -> ChildRow {
         ChildRow {
             field: field.into(),
             idx,

@@ -456,17 +456,8 @@ impl Batch {
 
 #[cfg(test)]
 mod tests {
+    use super::doc::tests::child;
     use super::*;
-
-    fn child(field: &str, idx: i64, name: &str) -> ChildRow {
-        ChildRow {
-            field: field.into(),
-            idx,
-            name: name.into(),
-            table: "tabSales Invoice Item".into(),
-            json: format!(r#"{{"name":"{name}"}}"#),
-        }
-    }
 
     fn cp() -> Checkpoint {
         Checkpoint {
@@ -526,10 +517,10 @@ mod tests {
         let mut b = store.batch().unwrap();
         cache.set_parent(&b, &key, None).unwrap();
         cache
-            .remove_child(&b, &key, "tabSales Invoice Item", "a", "items", 1)
+            .remove_child(&b, &key, "tabitems", "a", "items", 1)
             .unwrap();
         cache
-            .remove_child(&b, &key, "tabSales Invoice Item", "b", "items", 2)
+            .remove_child(&b, &key, "tabitems", "b", "items", 2)
             .unwrap();
         cache.flush(&mut b).unwrap();
         assert!(b.assemble(&key, DocShape::Table).unwrap().is_none());

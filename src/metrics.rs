@@ -50,7 +50,7 @@ impl CaptureMetrics {
     pub fn new() -> Self {
         let r = Registry::new();
         register_build_info(&r);
-        CaptureMetrics {
+        let m = CaptureMetrics {
             binlog_events: reg(&r, IntCounter::new("frappe_cdc_capture_binlog_events_total", "Binlog events read").unwrap_or_else(|_| unreachable_metric())),
             binlog_rows: reg(&r, IntCounterVec::new(Opts::new("frappe_cdc_capture_binlog_rows_total", "Row images decoded, by table and operation"), &["table", "op"]).unwrap_or_else(|_| unreachable_metric())),
             transactions: reg(&r, IntCounterVec::new(Opts::new("frappe_cdc_capture_transactions_total", "Source transactions, by outcome (emitted, filtered)"), &["outcome"]).unwrap_or_else(|_| unreachable_metric())),
@@ -67,11 +67,14 @@ impl CaptureMetrics {
             reconnects: reg(&r, IntCounter::new("frappe_cdc_capture_reconnects_total", "Binlog reconnects and pipeline restarts").unwrap_or_else(|_| unreachable_metric())),
             tx_docs: reg(&r, Histogram::with_opts(HistogramOpts::new("frappe_cdc_capture_transaction_documents", "Documents per source transaction").buckets(vec![1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 1000.0, 10000.0, 100000.0])).unwrap_or_else(|_| unreachable_metric())),
             ddl: reg(&r, IntCounter::new("frappe_cdc_capture_ddl_statements_total", "DDL statements seen in the binlog").unwrap_or_else(|_| unreachable_metric())),
-            retention_headroom: reg(&r, Gauge::new("frappe_cdc_capture_binlog_retention_headroom_seconds", "Seconds until the primary may purge the oldest binlog file capture still needs (lower bound; +Inf without automatic expiry)").unwrap_or_else(|_| unreachable_metric())),
+            retention_headroom: reg(&r, Gauge::new("frappe_cdc_capture_binlog_retention_headroom_seconds", "Seconds until the primary may purge the oldest binlog file capture still needs (lower bound; +Inf without automatic expiry, 0 once purged, NaN while unknown)").unwrap_or_else(|_| unreachable_metric())),
             binlog_behind: reg(&r, IntGauge::new("frappe_cdc_capture_binlog_behind_bytes", "Bytes of binlog on the primary after the checkpoint").unwrap_or_else(|_| unreachable_metric())),
             binlog_expire: reg(&r, Gauge::new("frappe_cdc_capture_binlog_expire_seconds", "The primary's binlog expiry period (0: binlogs are never purged automatically)").unwrap_or_else(|_| unreachable_metric())),
             registry: r,
-        }
+        };
+        // Unknown until the retention watcher has compared a checkpoint with the server.
+        m.retention_headroom.set(f64::NAN);
+        m
     }
 }
 

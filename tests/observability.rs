@@ -515,17 +515,25 @@ async fn dashboards_and_alerts_return_data_from_a_live_pipeline() {
     ] {
         prom.wait_alert(a).await;
     }
-    let headroom = prom
-        .query("min(frappe_cdc_capture_binlog_retention_headroom_seconds)")
-        .await;
-    let h: f64 = headroom[0]["value"][1]
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .expect("headroom value");
-    assert!(
-        h > 0.0 && h <= 3600.0,
-        "headroom {h} s with a 3600 s expiry"
-    );
+    // The watcher polls every 10 s and the gauge is NaN (no alert) until it knows the
+    // checkpoint's file; with the checkpoint in the active file it reads the expire period.
+    let mut h = f64::NAN;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(h > 0.0 && h <= 3600.0) {
+        assert!(
+            Instant::now() < deadline,
+            "headroom {h} s with a 3600 s expiry"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let headroom = prom
+            .query("min(frappe_cdc_capture_binlog_retention_headroom_seconds)")
+            .await;
+        h = headroom
+            .first()
+            .and_then(|v| v["value"][1].as_str())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(f64::NAN);
+    }
 
     // A stopped capture and apply show as down.
     capture.take();

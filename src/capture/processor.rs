@@ -195,7 +195,7 @@ impl Processor {
         cfg.checkpoint_view.set(CheckpointAt {
             file: cp.file.clone(),
             pos: cp.pos,
-            commit_ts: 0,
+            commit_ts: cp.commit_ts,
         });
         Ok(Processor {
             pending: PendingDocs::new(cfg.spill_at),
@@ -214,7 +214,7 @@ impl Processor {
             file: cp.file.clone(),
             pos: cp.pos,
             cur_gtid: None,
-            last_commit_ts: 0,
+            last_commit_ts: cp.commit_ts,
             catalog_dirty: false,
             dirty: false,
             last_checkpoint: Instant::now(),
@@ -659,6 +659,7 @@ impl Processor {
             source_server_id: self.cfg.source_server_id,
             schema: self.cfg.schema.clone(),
             written_at: now_secs(),
+            commit_ts: self.last_commit_ts,
         };
         b.commit(&cp)?;
         self.dirty = false;

@@ -11,7 +11,10 @@
 //! `binlog_expire_logs_seconds`. A closed file's modification time is at least the commit time
 //! of any transaction in it (or in an earlier file), so `commit_ts + expire - now` is a lower
 //! bound of the headroom: the gauge errs on the side of alerting early. The active (last) file is
-//! never purged; its headroom is reported as the full expire period.
+//! never purged; its headroom is reported as the full expire period. A checkpoint whose file is
+//! no longer on the server has no headroom left (0). While the headroom is unknown (no file
+//! named yet right after a snapshot, or a closed file with no commit time read) the gauge shows
+//! NaN, which no alert threshold matches: an unknown value must not page anyone as "0 s left".
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -50,8 +53,9 @@ impl CheckpointView {
 /// What the gauges show.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Retention {
-    /// Seconds until the checkpoint's file may be purged (`+Inf` without automatic expiry,
-    /// `None` when unknown: no commit read yet, or the file is not on the server any more).
+    /// Seconds until the checkpoint's file may be purged (`+Inf` without automatic expiry, 0
+    /// when the file is not on the server any more, `None` when unknown: no file named yet, or
+    /// no commit time read).
     pub headroom_seconds: Option<f64>,
     /// Bytes of binlog after the checkpoint (`None` when the file is not on the server).
     pub behind_bytes: Option<u64>,
@@ -61,7 +65,7 @@ pub struct Retention {
 pub fn compute(logs: &[(String, u64)], at: &CheckpointAt, expire: u64, now: u64) -> Retention {
     let Some(i) = logs.iter().position(|(n, _)| *n == at.file) else {
         return Retention {
-            headroom_seconds: None,
+            headroom_seconds: (!at.file.is_empty()).then_some(0.0),
             behind_bytes: None,
         };
     };
@@ -116,6 +120,7 @@ pub async fn watch(
         ),
     );
     let mut failing = false;
+    metrics.retention_headroom.set(f64::NAN);
     loop {
         match poll(&pool).await {
             Ok((logs, expire)) => {
@@ -126,9 +131,9 @@ pub async fn watch(
                     .unwrap_or(0);
                 metrics.binlog_expire.set(expire as f64);
                 let r = compute(&logs, &view.get(), expire, now);
-                if let Some(h) = r.headroom_seconds {
-                    metrics.retention_headroom.set(h);
-                }
+                metrics
+                    .retention_headroom
+                    .set(r.headroom_seconds.unwrap_or(f64::NAN));
                 if let Some(b) = r.behind_bytes {
                     metrics.binlog_behind.set(b as i64);
                 }
@@ -202,7 +207,10 @@ mod tests {
             "no commit read yet"
         );
         let gone = compute(&logs(), &at("b.000000", 4, 5), 60, 100);
-        assert_eq!(gone.headroom_seconds, None);
+        assert_eq!(gone.headroom_seconds, Some(0.0), "purged: nothing left");
         assert_eq!(gone.behind_bytes, None);
+        let unnamed = compute(&logs(), &at("", 0, 0), 60, 100);
+        assert_eq!(unnamed.headroom_seconds, None, "right after a snapshot");
+        assert_eq!(unnamed.behind_bytes, None);
     }
 }

@@ -141,6 +141,7 @@ pub async fn load(
         source_server_id,
         schema: target.database.clone(),
         written_at: 0,
+        commit_ts: 0,
     };
     // The loader commits only after the reader's `End` marker: a failed read drops the
     // uncommitted batch, and the next start takes a new snapshot.

@@ -78,6 +78,10 @@ pub struct Checkpoint {
     pub schema: String,
     /// Seconds since the Unix epoch when written.
     pub written_at: u64,
+    /// Commit time (Unix seconds) of the last transaction read at or before `position`; 0 when
+    /// unknown (right after a snapshot, or a store written before this field existed).
+    #[serde(default)]
+    pub commit_ts: u64,
 }
 
 /// Progress of the initial snapshot.
@@ -470,7 +474,20 @@ mod tests {
             source_server_id: 1,
             schema: "db".into(),
             written_at: 0,
+            commit_ts: 0,
         }
+    }
+
+    #[test]
+    fn checkpoint_without_commit_time_reads_as_unknown() {
+        let mut v = serde_json::to_value(cp()).unwrap();
+        v.as_object_mut().unwrap().remove("commit_ts");
+        let old: Checkpoint = serde_json::from_value(v).unwrap();
+        assert_eq!(old.commit_ts, 0);
+        let mut c = cp();
+        c.commit_ts = 1_700_000_000;
+        let back: Checkpoint = serde_json::from_slice(&serde_json::to_vec(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
     }
 
     #[test]

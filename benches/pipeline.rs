@@ -116,6 +116,19 @@ impl Drop for PeakRss {
     }
 }
 
+/// CPU seconds (user + system) a process has used so far, from /proc/<pid>/stat; 0 when gone.
+fn cpu_secs(pid: u32) -> f64 {
+    let Ok(st) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let rest = st.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Clock ticks are 100 per second on Linux (USER_HZ).
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 async fn q1<T: mysql_async::prelude::FromValue + Send + 'static>(
     c: &mut mysql_async::Conn,
     sql: &str,
@@ -499,10 +512,12 @@ async fn backlog(r: &mut Report, docs: u64, big_rows: u64, apply_window: Duratio
     // Native replication: a single SQL thread (MariaDB's default), nothing else running.
     let end: String = q1(&mut pc, "SELECT @@gtid_binlog_pos").await;
     let t = Instant::now();
+    let native_cpu0 = cpu_secs(native.pid);
     nc.query_drop("START SLAVE").await.expect("start slave");
     let waited: i64 = q1(&mut nc, &format!("SELECT MASTER_GTID_WAIT('{end}', 1800)")).await;
     assert_eq!(waited, 0, "native replica caught up");
     let native_secs = t.elapsed().as_secs_f64();
+    let native_cpu = cpu_secs(native.pid) - native_cpu0;
     let ncount: u64 = q1(
         &mut nc,
         "SELECT COUNT(*) FROM `tabSales Invoice` WHERE name LIKE 'BL-%'",
@@ -519,6 +534,7 @@ async fn backlog(r: &mut Report, docs: u64, big_rows: u64, apply_window: Duratio
     // frappe-cdc apply from the topic.
     let mut ac = apply_replica.conn(db).await;
     let t = Instant::now();
+    let replica_cpu0 = cpu_secs(apply_replica.pid);
     let rurl = format!("mysql://admin@127.0.0.1:{}/{db}", apply_replica.port);
     let apply_metrics = free_port();
     let child = std::process::Command::new(binary())
@@ -534,6 +550,12 @@ async fn backlog(r: &mut Report, docs: u64, big_rows: u64, apply_window: Duratio
             "bench",
         ])
         .args(["--metrics-addr", &format!("127.0.0.1:{apply_metrics}")])
+        // Extra apply flags to compare settings, e.g. FRAPPE_CDC_BENCH_APPLY_ARGS="--batch-size 200".
+        .args(
+            std::env::var("FRAPPE_CDC_BENCH_APPLY_ARGS")
+                .unwrap_or_default()
+                .split_whitespace(),
+        )
         .env("FRAPPE_CDC_REPLICA_PASSWORD", "adminpass")
         .env(
             "RUST_LOG",
@@ -559,6 +581,10 @@ async fn backlog(r: &mut Report, docs: u64, big_rows: u64, apply_window: Duratio
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let apply_secs = t.elapsed().as_secs_f64();
+    let (apply_cpu, replica_cpu) = (
+        cpu_secs(apply.id()),
+        cpu_secs(apply_replica.pid) - replica_cpu0,
+    );
     r.add(
         "backlog",
         "frappe-cdc apply catch-up",
@@ -572,6 +598,26 @@ async fn backlog(r: &mut Report, docs: u64, big_rows: u64, apply_window: Duratio
         "x",
     );
     r.add("memory", "apply peak RSS, backlog", arss.mib(), "MiB");
+    // CPU per document: what each side costs, independent of how well it overlaps.
+    let per_doc = |cpu: f64| cpu / docs as f64 * 1e6;
+    r.add(
+        "backlog",
+        "native: replica mariadbd CPU per document",
+        per_doc(native_cpu),
+        "µs",
+    );
+    r.add(
+        "backlog",
+        "apply: replica mariadbd CPU per document",
+        per_doc(replica_cpu),
+        "µs",
+    );
+    r.add(
+        "backlog",
+        "apply: frappe-cdc apply CPU per document",
+        per_doc(apply_cpu),
+        "µs",
+    );
     // Where apply's time went: inside replica transactions or outside (consume, decode).
     let m = common::metrics::scrape(apply_metrics).await;
     let (txs, tx_secs) = (
@@ -598,6 +644,11 @@ async fn backlog(r: &mut Report, docs: u64, big_rows: u64, apply_window: Duratio
         tx_secs / txs.max(1.0) * 1e3,
         "ms",
     );
+
+    // While tuning apply, the snapshot and the big transaction below can be skipped.
+    if std::env::var_os("FRAPPE_CDC_BENCH_APPLY_ONLY").is_some() {
+        return;
+    }
 
     // Snapshot of the whole site from scratch.
     let rows: u64 = q1(

@@ -270,6 +270,10 @@ pub struct ApplyArgs {
     /// set-wise; renames, Singles and dead letters go one at a time).
     #[arg(long, env = "FRAPPE_CDC_BATCH_SIZE", default_value_t = 500)]
     pub batch_size: usize,
+    /// Replica connections a batch is split over; the parts run concurrently and commit in
+    /// order, the last one with the offsets (1: one transaction per batch).
+    #[arg(long, env = "FRAPPE_CDC_WRITERS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub writers: u16,
     /// Log format.
     #[arg(long, env = "FRAPPE_CDC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

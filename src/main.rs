@@ -238,6 +238,7 @@ async fn run_apply(a: &ApplyArgs) -> ExitCode {
         ignore_columns: a.ignore_column.clone(),
         max_backoff: a.max_backoff,
         batch_size: a.batch_size,
+        writers: usize::from(a.writers),
     };
     let m = ApplyMetrics::new();
     let ready = Arc::new(AtomicBool::new(true));

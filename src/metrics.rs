@@ -113,6 +113,7 @@ pub struct ApplyMetrics {
     pub tx_duration: Histogram,
     pub batch_docs: Histogram,
     pub bulk_rows: IntCounterVec,
+    pub split_batches: IntCounterVec,
 }
 
 impl ApplyMetrics {
@@ -131,6 +132,7 @@ impl ApplyMetrics {
             tx_duration: reg(&r, Histogram::with_opts(HistogramOpts::new("frappe_cdc_apply_transaction_duration_seconds", "Duration of one replica transaction (checks, writes, offset, commit)").buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0])).unwrap_or_else(|_| unreachable_metric())),
             batch_docs: reg(&r, Histogram::with_opts(HistogramOpts::new("frappe_cdc_apply_batch_documents", "Documents per bulk replica transaction").buckets(vec![1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0])).unwrap_or_else(|_| unreachable_metric())),
             bulk_rows: reg(&r, IntCounterVec::new(Opts::new("frappe_cdc_apply_bulk_rows_total", "Rows written by bulk transactions, by path: load (LOAD DATA LOCAL INFILE, rows of documents new to the replica) or upsert (INSERT ... ON DUPLICATE KEY UPDATE)"), &["path"]).unwrap_or_else(|_| unreachable_metric())),
+            split_batches: reg(&r, IntCounterVec::new(Opts::new("frappe_cdc_apply_split_batches_total", "Bulk batches split over several concurrent transactions (--writers), by outcome: committed, or rolled_back (a part failed on a lock; the batch is retried as one transaction)"), &["outcome"]).unwrap_or_else(|_| unreachable_metric())),
             registry: r,
         }
     }

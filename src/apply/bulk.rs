@@ -117,6 +117,29 @@ struct Upserts {
     /// Tab-separated lines.
     loads: Vec<Group<Vec<u8>>>,
     load_data: bool,
+    /// How rows of one table and one key list are written; rows of a table almost always
+    /// share their key list, so this spares a schema lookup per column and a group search.
+    plans: Vec<Plan>,
+    /// The plan used last (rows arrive grouped by table).
+    last: usize,
+}
+
+/// Which of a row's keys the replica has, and the groups their rows go to.
+struct Plan {
+    table: String,
+    keys: Vec<String>,
+    keep: Vec<bool>,
+    /// Indexes into `Upserts::loads` and `Upserts::groups`, once used.
+    load: Option<usize>,
+    upsert: Option<usize>,
+}
+
+impl Plan {
+    fn fits(&self, table: &str, row: &Map<String, Value>) -> bool {
+        self.table == table
+            && self.keys.len() == row.len()
+            && self.keys.iter().zip(row.keys()).all(|(a, b)| a == b)
+    }
 }
 
 /// Rows of one table with one column list.
@@ -128,32 +151,25 @@ struct Group<T> {
     rows: u64,
 }
 
-/// The group of `(table, names)`, created when missing. Few groups per batch (one per table
-/// and column list), so a linear search is enough.
-fn group<'a, T: Default>(
-    groups: &'a mut Vec<Group<T>>,
+/// A new group for the kept `keys` of `table`; its index. Two plans may share a table and
+/// column list (key order differs); they then write separate statements, which is fine.
+fn new_group<T: Default>(
+    groups: &mut Vec<Group<T>>,
     table: &str,
-    names: &[&str],
-) -> &'a mut Group<T> {
-    let at = groups.iter().position(|g| {
-        g.table == table
-            && g.columns
-                .iter()
-                .map(String::as_str)
-                .eq(names.iter().copied())
+    keys: &[String],
+    keep: &[bool],
+) -> usize {
+    groups.push(Group {
+        table: table.to_string(),
+        columns: keys
+            .iter()
+            .zip(keep)
+            .filter(|(_, k)| **k)
+            .map(|(n, _)| n.clone())
+            .collect(),
+        ..Group::default()
     });
-    let i = match at {
-        Some(i) => i,
-        None => {
-            groups.push(Group {
-                table: table.to_string(),
-                columns: names.iter().map(|n| n.to_string()).collect(),
-                ..Group::default()
-            });
-            groups.len() - 1
-        }
-    };
-    &mut groups[i]
+    groups.len() - 1
 }
 
 /// MariaDB/MySQL errors meaning `LOAD DATA LOCAL` is switched off on the server.
@@ -165,6 +181,8 @@ impl Upserts {
             groups: Vec::new(),
             loads: Vec::new(),
             load_data,
+            plans: Vec::new(),
+            last: 0,
         }
     }
 
@@ -180,30 +198,52 @@ impl Upserts {
         fresh: bool,
         missing: &mut BTreeSet<(String, String)>,
     ) -> Result<(), BulkError> {
-        let cols = cache.columns(tx, table).await?;
-        let mut names: Vec<&str> = Vec::with_capacity(row.len());
-        let mut values: Vec<&Value> = Vec::with_capacity(row.len());
-        for (k, v) in row {
-            if cols.contains(k) {
-                names.push(k);
-                values.push(v);
-            } else {
-                missing.insert((table.to_string(), k.clone()));
+        let p = match self.plans.get(self.last).filter(|p| p.fits(table, row)) {
+            Some(_) => self.last,
+            None => match self.plans.iter().position(|p| p.fits(table, row)) {
+                Some(i) => i,
+                None => {
+                    let cols = cache.columns(tx, table).await?;
+                    let keep: Vec<bool> = row.keys().map(|k| cols.contains(k)).collect();
+                    for (k, _) in row.keys().zip(&keep).filter(|(_, kept)| !**kept) {
+                        missing.insert((table.to_string(), k.clone()));
+                    }
+                    self.plans.push(Plan {
+                        table: table.to_string(),
+                        keys: row.keys().cloned().collect(),
+                        keep,
+                        load: None,
+                        upsert: None,
+                    });
+                    self.plans.len() - 1
+                }
+            },
+        };
+        self.last = p;
+        let plan = &mut self.plans[p];
+        if !plan.keep.iter().any(|k| *k) {
+            return Ok(());
+        }
+        let kept = || {
+            row.values()
+                .zip(&plan.keep)
+                .filter_map(|(v, k)| k.then_some(v))
+        };
+        if fresh && self.load_data {
+            let g = *plan.load.get_or_insert_with(|| {
+                new_group(&mut self.loads, &plan.table, &plan.keys, &plan.keep)
+            });
+            let g = &mut self.loads[g];
+            if infile::push_line(&mut g.body, kept()) {
+                g.rows += 1;
+                return Ok(());
             }
         }
-        if names.is_empty() {
-            return Ok(());
-        }
-        if fresh
-            && self.load_data
-            && let Some(line) = infile::line(&values)
-        {
-            let g = group(&mut self.loads, table, &names);
-            g.body.extend_from_slice(&line);
-            g.rows += 1;
-            return Ok(());
-        }
-        let g = group(&mut self.groups, table, &names);
+        let values: Vec<&Value> = kept().collect();
+        let g = *plan.upsert.get_or_insert_with(|| {
+            new_group(&mut self.groups, &plan.table, &plan.keys, &plan.keep)
+        });
+        let g = &mut self.groups[g];
         g.body.push(literal::tuple(&values));
         g.rows += 1;
         Ok(())
@@ -348,7 +388,7 @@ pub async fn apply_bulk(
             params.extend(chunk.iter().map(|n| MyValue::from(*n)));
             let rows: Vec<(String, u32, u64, u64)> = tx
                 .exec(
-                    format!("SELECT name, domain_id, seq_no, doc_index FROM `_frappe_cdc_applied` WHERE doctype = ? AND name IN ({}) FOR UPDATE", marks(chunk.len())),
+                    format!("SELECT name, domain_id, seq_no, doc_index FROM `_frappe_cdc_applied` FORCE INDEX (PRIMARY) WHERE doctype = ? AND name IN ({}) FOR UPDATE", marks(chunk.len())),
                     params.clone(),
                 )
                 .await?;
@@ -362,13 +402,25 @@ pub async fn apply_bulk(
                     },
                 );
             }
-            let rows: Vec<String> = tx
+            // Open conflicts: found with a plain read, then locked by id (only apply opens
+            // conflicts, an operator only resolves them, so the locked re-read of status is
+            // enough). A locking read over the `doc` index could walk, and wait on, conflict
+            // rows of other documents that a concurrent part of the same batch holds.
+            let ids: Vec<u64> = tx
                 .exec(
-                    format!("SELECT name FROM `_frappe_cdc_conflicts` WHERE doctype = ? AND status = 'open' AND name IN ({}) FOR UPDATE", marks(chunk.len())),
+                    format!("SELECT id FROM `_frappe_cdc_conflicts` WHERE doctype = ? AND status = 'open' AND name IN ({})", marks(chunk.len())),
                     params,
                 )
                 .await?;
-            open.extend(rows.into_iter().map(|n| ((*dt).to_string(), n)));
+            if !ids.is_empty() {
+                let rows: Vec<String> = tx
+                    .exec(
+                        format!("SELECT name FROM `_frappe_cdc_conflicts` FORCE INDEX (PRIMARY) WHERE id IN ({}) AND status = 'open' FOR UPDATE", marks(ids.len())),
+                        ids,
+                    )
+                    .await?;
+                open.extend(rows.into_iter().map(|n| ((*dt).to_string(), n)));
+            }
         }
         copies.insert((*dt).to_string(), read_copies(tx, cache, dt, names).await?);
     }

@@ -81,16 +81,22 @@ pub fn handler(
 }
 
 fn push_escaped(out: &mut Vec<u8>, s: &[u8]) {
-    for &b in s {
-        match b {
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            0 => out.extend_from_slice(b"\\0"),
-            _ => out.push(b),
-        }
+    // Runs of ordinary bytes are copied whole; only the five special bytes are escaped.
+    let mut start = 0;
+    for (i, &b) in s.iter().enumerate() {
+        let esc: &[u8] = match b {
+            b'\\' => b"\\\\",
+            b'\t' => b"\\t",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            0 => b"\\0",
+            _ => continue,
+        };
+        out.extend_from_slice(&s[start..i]);
+        out.extend_from_slice(esc);
+        start = i + 1;
     }
+    out.extend_from_slice(&s[start..]);
 }
 
 /// Appends one field in `LOAD DATA`'s default format (tab-separated, backslash escapes, `\N`
@@ -100,7 +106,10 @@ pub fn push_field(out: &mut Vec<u8>, v: &Value) -> bool {
     match v {
         Value::Null => out.extend_from_slice(b"\\N"),
         Value::Bool(b) => out.push(if *b { b'1' } else { b'0' }),
-        Value::Number(n) => out.extend_from_slice(n.to_string().as_bytes()),
+        Value::Number(n) => {
+            use std::io::Write;
+            let _ = write!(out, "{n}");
+        }
         Value::String(s) => push_escaped(out, s.as_bytes()),
         Value::Object(m) if m.contains_key("$base64") => return false,
         Value::Object(_) | Value::Array(_) => push_escaped(out, v.to_string().as_bytes()),
@@ -108,20 +117,22 @@ pub fn push_field(out: &mut Vec<u8>, v: &Value) -> bool {
     true
 }
 
-/// One row as a `LOAD DATA` line (fields joined by tabs, newline-terminated); `None` when a
-/// value does not fit this path (see [`push_field`]).
-pub fn line(values: &[&Value]) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(64 + values.len() * 24);
-    for (i, v) in values.iter().enumerate() {
+/// Appends one row as a `LOAD DATA` line (fields joined by tabs, newline-terminated) to
+/// `out`; false, with `out` unchanged, when a value does not fit this path (see
+/// [`push_field`]).
+pub fn push_line<'a>(out: &mut Vec<u8>, values: impl IntoIterator<Item = &'a Value>) -> bool {
+    let start = out.len();
+    for (i, v) in values.into_iter().enumerate() {
         if i > 0 {
             out.push(b'\t');
         }
-        if !push_field(&mut out, v) {
-            return None;
+        if !push_field(out, v) {
+            out.truncate(start);
+            return false;
         }
     }
     out.push(b'\n');
-    Some(out)
+    true
 }
 
 #[cfg(test)]
@@ -149,11 +160,17 @@ mod tests {
             "\\N|a\\tb\\nc\\\\d\\r\\0|\\\\N|-1.5|1|{\"a\":1}|"
         );
         assert!(!push_field(&mut Vec::new(), &json!({"$base64": "AA=="})));
+        let mut out = b"x\n".to_vec();
+        assert!(push_line(&mut out, &[json!("a"), json!(null), json!(2)]));
+        assert_eq!(out, b"x\na\t\\N\t2\n");
+        assert!(!push_line(
+            &mut out,
+            &[json!("a"), json!({"$base64": "AA=="})]
+        ));
         assert_eq!(
-            line(&[&json!("a"), &json!(null), &json!(2)]).unwrap(),
-            b"a\t\\N\t2\n"
+            out, b"x\na\t\\N\t2\n",
+            "a refused row leaves nothing behind"
         );
-        assert!(line(&[&json!("a"), &json!({"$base64": "AA=="})]).is_none());
     }
 
     #[tokio::test]

@@ -68,12 +68,14 @@ pub fn to_param(v: &Value) -> MyValue {
     }
 }
 
-/// Cached facts about the replica's schema.
-#[derive(Default)]
+/// Cached facts about the replica's schema (cheap to clone: the entries are shared).
+#[derive(Default, Clone)]
 pub struct SchemaCache {
     columns: HashMap<String, Arc<BTreeSet<String>>>,
     child_tables: HashMap<String, Arc<BTreeMap<String, String>>>,
     single: HashMap<String, bool>,
+    /// (table, column) → an index whose first column it is.
+    index_on: HashMap<(String, String), Option<Arc<str>>>,
 }
 
 /// A write that skipped columns the replica lacks.
@@ -154,6 +156,33 @@ impl SchemaCache {
             .values()
             .cloned()
             .collect())
+    }
+
+    /// An index of `table` whose first column is `column` (PRIMARY for `name` on Frappe
+    /// tables, `parent` on child tables), as an index hint: the locked reads must walk that
+    /// index even when the optimizer would rather scan a small table, because a locking scan
+    /// waits on every row another transaction holds, and concurrent writers (`--writers`)
+    /// hold each other's rows until they commit in order.
+    pub(crate) async fn index_hint(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        table: &str,
+        column: &str,
+    ) -> Result<String, ReplicaError> {
+        let key = (table.to_string(), column.to_string());
+        if !self.index_on.contains_key(&key) {
+            let name: Option<String> = tx
+                .exec_first(
+                    "SELECT index_name FROM information_schema.statistics WHERE table_schema = DATABASE() AND table_name = ? AND column_name = ? AND seq_in_index = 1 ORDER BY index_name <> 'PRIMARY', non_unique, index_name LIMIT 1",
+                    (table, column),
+                )
+                .await?;
+            self.index_on.insert(key.clone(), name.map(Arc::from));
+        }
+        Ok(match self.index_on.get(&key).and_then(Option::as_ref) {
+            Some(i) => format!(" FORCE INDEX ({})", q(i)),
+            None => String::new(),
+        })
     }
 
     /// True if the doctype is a Single on the replica.
@@ -293,10 +322,11 @@ pub(crate) async fn read_parents(
 ) -> Result<HashMap<String, Map<String, Value>>, ReplicaError> {
     let table = format!("tab{doctype}");
     cache.columns(tx, &table).await?;
+    let hint = cache.index_hint(tx, &table, "name").await?;
     let mut parents = HashMap::new();
     for chunk in names.chunks(CHUNK) {
         let sql = format!(
-            "SELECT * FROM {} WHERE name IN ({}){lock}",
+            "SELECT * FROM {}{hint} WHERE name IN ({}){lock}",
             q(&table),
             marks(chunk.len())
         );
@@ -331,9 +361,10 @@ pub(crate) async fn read_children(
         names: HashMap::new(),
     };
     for t in &cache.child_table_set(tx, doctype).await? {
+        let hint = cache.index_hint(tx, t, "parent").await?;
         for chunk in names.chunks(CHUNK) {
             let sql = format!(
-                "SELECT * FROM {} WHERE parenttype = ? AND parent IN ({}) ORDER BY parent, parentfield, idx, name{lock}",
+                "SELECT * FROM {}{hint} WHERE parenttype = ? AND parent IN ({}) ORDER BY parent, parentfield, idx, name{lock}",
                 q(t),
                 marks(chunk.len())
             );

@@ -55,6 +55,8 @@ pub struct ApplyConfig {
     pub row_filters: Vec<RowFilter>,
     /// Most messages applied in one replica transaction.
     pub batch_size: usize,
+    /// Replica connections a batch is split over (see `run_bulk`).
+    pub writers: usize,
 }
 
 /// `--filter 'DocType:{"column": value, ...}'`.
@@ -145,6 +147,11 @@ fn transient(e: &ReplicaError) -> bool {
     }
 }
 
+/// A lock wait timeout or a deadlock.
+fn lock_failure(e: &ReplicaError) -> bool {
+    matches!(e, ReplicaError::Sql(e) if matches!(e.as_ref(), mysql_async::Error::Server(se) if matches!(se.code, 1205 | 1213)))
+}
+
 /// Capped exponential backoff for retries that must not move past the current message.
 struct Backoff {
     next: Duration,
@@ -184,6 +191,8 @@ struct Applier {
     missing_logged: std::collections::BTreeSet<(String, String)>,
     /// New rows go through `LOAD DATA LOCAL INFILE` until the replica refuses it.
     load_data: bool,
+    /// The last split batch failed on a lock: its retry runs as one transaction.
+    serial_retry: bool,
 }
 
 impl Applier {
@@ -490,6 +499,7 @@ pub async fn run(
         metrics,
         missing_logged: Default::default(),
         load_data: true,
+        serial_retry: false,
     };
     let mut io = LoopIo {
         consumer: &consumer,
@@ -538,6 +548,15 @@ pub async fn run(
     Ok(())
 }
 
+/// Documents below which a part is not worth its own transaction.
+const MIN_PART: usize = 32;
+
+/// How many parts a batch of `docs` documents is split into: up to `writers`, each of at
+/// least `MIN_PART` documents.
+fn split(docs: usize, writers: usize) -> usize {
+    (docs / MIN_PART).clamp(1, writers.max(1))
+}
+
 /// Up to `max` messages: the first waits up to `wait`, the rest only if already fetched.
 fn poll_batch(consumer: &BaseConsumer, wait: Duration, max: usize) -> Vec<OwnedMessage> {
     let mut msgs = Vec::new();
@@ -581,7 +600,11 @@ fn bulkable(filter: &Filter, row_filters: &[RowFilter], m: &OwnedMessage) -> Opt
             doctype: Some(e.doctype),
         });
     }
-    if e.op == Op::Rename || e.old_name.is_some() {
+    // Renames and Singles take the one-message path. A Single is the document named after
+    // its doctype (capture routes `tabSingles` rows so); an ordinary document with such a
+    // name only loses the batching, and a Single that slipped past is caught by the bulk
+    // path itself (`BulkError::NotBulk`).
+    if e.op == Op::Rename || e.old_name.is_some() || e.name == e.doctype {
         return None;
     }
     let key = EventKey::of(&e.source)?;
@@ -667,34 +690,66 @@ impl Applier {
         self.flush(io, &msgs, &mut pending).await
     }
 
+    /// Applies `items` and stores `offsets` on the replica: in one transaction, or split
+    /// over up to `writers` connections (see `split`).
     async fn run_bulk(
         &mut self,
         items: &[BulkItem],
         offsets: &BTreeMap<i32, i64>,
     ) -> Result<BulkResult, BulkError> {
-        let mut conn = self.pool.get_conn().await?;
+        let parts = if self.serial_retry {
+            1
+        } else {
+            split(items.len(), self.cfg.writers)
+        };
         let started = std::time::Instant::now();
-        let mut tx = conn.start_transaction(TxOpts::default()).await?;
-        let r = apply_bulk(
-            &mut tx,
-            &mut self.cache,
-            &self.cmp,
-            (&self.cfg.group, &self.cfg.topic),
-            items,
-            offsets,
-            &mut self.load_data,
-        )
-        .await?;
-        let before_commit = started.elapsed();
-        tx.commit().await?;
+        let r = if parts <= 1 {
+            let mut conn = self.pool.get_conn().await?;
+            let mut tx = conn.start_transaction(TxOpts::default()).await?;
+            let r = apply_bulk(
+                &mut tx,
+                &mut self.cache,
+                &self.cmp,
+                (&self.cfg.group, &self.cfg.topic),
+                items,
+                offsets,
+                &mut self.load_data,
+            )
+            .await?;
+            tx.commit().await?;
+            r
+        } else {
+            match self.run_parts(items, offsets, parts).await {
+                Err(BulkError::Replica(e)) if lock_failure(&e) => {
+                    // Parts waiting on each other's rows (a table without the index the
+                    // locked reads need, say) would wait until they time out: retry alone.
+                    tracing::info!(error = %e, "split batch hit a lock; retrying it as one transaction");
+                    self.metrics
+                        .split_batches
+                        .with_label_values(&["rolled_back"])
+                        .inc();
+                    self.serial_retry = true;
+                    return Err(BulkError::Replica(e));
+                }
+                r => {
+                    let r = r?;
+                    self.metrics
+                        .split_batches
+                        .with_label_values(&["committed"])
+                        .inc();
+                    r
+                }
+            }
+        };
+        self.serial_retry = false;
         self.metrics
             .tx_duration
             .observe(started.elapsed().as_secs_f64());
         tracing::debug!(
             docs = items.len(),
+            parts,
             total_ms = started.elapsed().as_secs_f64() * 1e3,
-            commit_ms = (started.elapsed() - before_commit).as_secs_f64() * 1e3,
-            "bulk transaction committed"
+            "bulk batch committed"
         );
         if !items.is_empty() {
             self.metrics.batch_docs.observe(items.len() as f64);
@@ -708,6 +763,76 @@ impl Applier {
             .with_label_values(&["upsert"])
             .inc_by(r.upserted_rows);
         Ok(r)
+    }
+
+    /// `items` in `parts` consecutive slices, each in its own READ COMMITTED transaction on
+    /// its own connection, run concurrently. Nothing commits unless every part succeeded;
+    /// then they commit in order and the last one carries the offsets, so a crash (or a failed
+    /// commit) between two commits replays the batch and the applied positions written by the
+    /// committed parts turn their documents into no-ops. The parts never touch the same rows
+    /// (no document twice in a batch, offsets only in the last); READ COMMITTED keeps their
+    /// locked reads of documents the replica does not have yet from taking gap locks that
+    /// would make their inserts deadlock each other.
+    async fn run_parts(
+        &mut self,
+        items: &[BulkItem],
+        offsets: &BTreeMap<i32, i64>,
+        parts: usize,
+    ) -> Result<BulkResult, BulkError> {
+        let mut conns = Vec::with_capacity(parts);
+        for _ in 0..parts {
+            let mut c = self.pool.get_conn().await?;
+            // A wait on a row another part holds cannot end before that part commits, which
+            // it does only after this one finished: give up early and retry serially.
+            c.query_drop("SET SESSION innodb_lock_wait_timeout = 5")
+                .await?;
+            conns.push(c);
+        }
+        let mut opts = TxOpts::default();
+        opts.with_isolation_level(mysql_async::IsolationLevel::ReadCommitted);
+        let mut txs = Vec::with_capacity(parts);
+        for c in conns.iter_mut() {
+            txs.push(c.start_transaction(opts.clone()).await?);
+        }
+        let mut caches: Vec<SchemaCache> = (0..parts).map(|_| self.cache.clone()).collect();
+        let mut loads = vec![self.load_data; parts];
+        let none = BTreeMap::new();
+        let (cmp, group, topic) = (&self.cmp, &self.cfg.group, &self.cfg.topic);
+        let chunk = items.len().div_ceil(parts);
+        let results = futures::future::join_all(
+            txs.iter_mut()
+                .zip(caches.iter_mut())
+                .zip(loads.iter_mut())
+                .zip(items.chunks(chunk))
+                .enumerate()
+                .map(|(i, (((tx, cache), load), part))| {
+                    let offs = if i + 1 == parts { offsets } else { &none };
+                    apply_bulk(tx, cache, cmp, (group, topic), part, offs, load)
+                }),
+        )
+        .await;
+        self.load_data = loads.iter().all(|l| *l);
+        let mut merged = BulkResult {
+            outcomes: Vec::with_capacity(items.len()),
+            missing_columns: Default::default(),
+            loaded_rows: 0,
+            upserted_rows: 0,
+        };
+        for r in results {
+            // An error drops every transaction uncommitted: they roll back.
+            let r = r?;
+            merged.outcomes.extend(r.outcomes);
+            merged.missing_columns.extend(r.missing_columns);
+            merged.loaded_rows += r.loaded_rows;
+            merged.upserted_rows += r.upserted_rows;
+        }
+        if let Some(c) = caches.into_iter().next() {
+            self.cache = c;
+        }
+        for tx in txs {
+            tx.commit().await?;
+        }
+        Ok(merged)
     }
 
     /// Applies the pending batch (see bulk.rs); false when shutdown interrupted a retry.

@@ -1,0 +1,247 @@
+//! Split batches (`--writers 2`, the default): a batch of 64+ documents is written by two
+//! concurrent replica transactions that commit in order, the last one with the offsets.
+//!
+//! 1. A failure of one part rolls every part back: a replica trigger fails the offset write
+//!    (the last part) with a lock-wait error while a flag row exists; no invoice of the batch
+//!    may appear on the replica meanwhile, and once the flag is gone the batch (retried as one
+//!    transaction) lands whole.
+//! 2. Updates of 200 documents, two of them edited locally on the replica first: exactly those
+//!    two are recorded as conflicts and left alone, the other 198 are applied, in split
+//!    batches.
+//! 3. 200 new documents through the split LOAD DATA path.
+//!
+//! Throughout, a trigger logs every write of a Sales Invoice row with its `modified`: no
+//! version may be written twice, and at the end the replica equals the primary (`verify`:
+//! 399 equal, the two conflicts reported as known divergences).
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::metrics::{sample, scrape};
+use common::rig::Rig;
+use common::servers::{Mariadb, free_port};
+use common::workload::{Frappe, Invoice};
+use mysql_async::prelude::Queryable;
+
+async fn count(c: &mut mysql_async::Conn, sql: &str) -> u64 {
+    c.query_first::<u64, _>(sql)
+        .await
+        .expect(sql)
+        .unwrap_or_default()
+}
+
+/// `series` from apply's `/metrics`; 0 while the endpoint is not up yet.
+async fn metric(port: u16, series: &str) -> f64 {
+    match reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {
+        Ok(r) => sample(&r.text().await.unwrap_or_default(), series),
+        Err(_) => 0.0,
+    }
+}
+
+/// Fails the test if any Sales Invoice version was written to the replica twice.
+async fn assert_each_version_written_once(r: &mut mysql_async::Conn) {
+    let twice: Vec<(String, String, u64)> = r
+        .query("SELECT name, CAST(modified AS CHAR), COUNT(*) FROM apply_log GROUP BY name, modified HAVING COUNT(*) > 1 LIMIT 5")
+        .await
+        .expect("apply_log");
+    assert!(twice.is_empty(), "versions written twice: {twice:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_batches_are_atomic_exactly_once_and_conflict_checked() {
+    let rig = Rig::new("writers").await;
+    let replica = Mariadb::start(&[]);
+    replica.create_site(&rig.db).await;
+    let rurl = format!("mysql://admin@127.0.0.1:{}/{}", replica.port, rig.db);
+    let mut r = replica.conn(&rig.db).await;
+    r.query_drop("CREATE TABLE apply_log (id bigint AUTO_INCREMENT PRIMARY KEY, name varchar(140), modified datetime(6))").await.expect("log");
+    for ev in ["INSERT", "UPDATE"] {
+        r.query_drop(format!("CREATE TRIGGER log_{ev} AFTER {ev} ON `tabSales Invoice` FOR EACH ROW INSERT INTO apply_log (name, modified) VALUES (NEW.name, NEW.modified)")).await.expect("trigger");
+    }
+    let mut f: Frappe = rig.frappe().await;
+    // The fixture's snapshot first, through a first apply process: once a document written
+    // after it is on the replica, all of it is (apply keeps topic order).
+    f.insert_invoice(&Invoice::draft("W-INIT", "C1", 1)).await;
+    rig.capture().await;
+    let first = rig.spawn_apply(&rurl, free_port(), &["--writers", "2"]);
+    common::wait_until(Duration::from_secs(60), "the fixture applied", || async {
+        count(
+            &mut replica.conn(&rig.db).await,
+            "SELECT COUNT(*) FROM `tabSales Invoice` WHERE name = 'W-INIT'",
+        )
+        .await
+            == 1
+    })
+    .await;
+    drop(first);
+
+    // 1. Atomicity: while a flag row exists, the offsets write (done by the last part only)
+    // fails with a lock wait error; no part of the batch may commit.
+    r.query_drop("CREATE TABLE fail_offsets (x int)")
+        .await
+        .expect("flag table");
+    for ev in ["INSERT", "UPDATE"] {
+        r.query_drop(format!(
+            "CREATE TRIGGER fail_{ev} BEFORE {ev} ON `_frappe_cdc_offsets` FOR EACH ROW \
+             IF (SELECT COUNT(*) FROM fail_offsets) > 0 THEN \
+               SIGNAL SQLSTATE 'HY000' SET MYSQL_ERRNO = 1205, MESSAGE_TEXT = 'injected lock wait'; \
+             END IF"
+        ))
+        .await
+        .expect("fault trigger");
+    }
+    r.query_drop("INSERT INTO fail_offsets VALUES (1)")
+        .await
+        .expect("flag on");
+    let mut invoices: Vec<Invoice> = (0..200)
+        .map(|i| Invoice::draft(&format!("W-{i:03}"), "C1", 2))
+        .collect();
+    for inv in &invoices {
+        f.insert_invoice(inv).await;
+    }
+    rig.capture().await;
+    // Started after the capture, apply finds the 200 documents fetched together.
+    let port = free_port();
+    let apply = rig.spawn_apply(&rurl, port, &["--writers", "2"]);
+    common::wait_until(
+        Duration::from_secs(60),
+        "a split batch rolled back and retried",
+        || async {
+            metric(
+                port,
+                "frappe_cdc_apply_split_batches_total{outcome=\"rolled_back\"}",
+            )
+            .await
+                >= 1.0
+                && metric(port, "frappe_cdc_apply_retries_total").await >= 2.0
+        },
+    )
+    .await;
+    assert_eq!(
+        count(
+            &mut r,
+            "SELECT COUNT(*) FROM `tabSales Invoice` WHERE name LIKE 'W-0%' OR name LIKE 'W-1%'"
+        )
+        .await,
+        0,
+        "a part committed although another part failed"
+    );
+    r.query_drop("DELETE FROM fail_offsets")
+        .await
+        .expect("flag off");
+    common::wait_until(Duration::from_secs(60), "round 1 applied", || async {
+        count(
+            &mut replica.conn(&rig.db).await,
+            "SELECT COUNT(*) FROM `tabSales Invoice` WHERE name LIKE 'W-0%' OR name LIKE 'W-1%'",
+        )
+        .await
+            == 200
+    })
+    .await;
+    assert_each_version_written_once(&mut r).await;
+    drop(apply);
+
+    // 2. Updates in split batches, two of them conflicting with local edits.
+    let mut local = Frappe::new(replica.conn(&rig.db).await);
+    for n in ["W-007", "W-150"] {
+        local
+            .db_set("tabSales Invoice", n, "remarks", "local".into(), true)
+            .await;
+    }
+    for (i, inv) in invoices.iter_mut().enumerate() {
+        inv.grand_total = format!("{}.000000000", 2000 + i);
+        f.save_invoice(inv).await;
+    }
+    rig.capture().await;
+    // Each round starts apply after its capture, so the round's documents arrive together.
+    const COMMITTED: &str = "frappe_cdc_apply_split_batches_total{outcome=\"committed\"}";
+    let port = free_port();
+    let apply = rig.spawn_apply(&rurl, port, &["--writers", "2"]);
+    common::wait_until(Duration::from_secs(90), "round 2 applied", || async {
+        count(
+            &mut replica.conn(&rig.db).await,
+            "SELECT COUNT(*) FROM `tabSales Invoice` WHERE name LIKE 'W-%' AND grand_total >= 2000",
+        )
+        .await
+            == 198
+    })
+    .await;
+    let conflicts: Vec<String> = r
+        .query("SELECT name FROM `_frappe_cdc_conflicts` WHERE status = 'open' ORDER BY name")
+        .await
+        .expect("conflicts");
+    assert_eq!(conflicts, vec!["W-007", "W-150"]);
+    for n in ["W-007", "W-150"] {
+        let remarks: Option<String> = r
+            .exec_first(
+                "SELECT remarks FROM `tabSales Invoice` WHERE name = ?",
+                (n,),
+            )
+            .await
+            .expect("remarks");
+        assert_eq!(remarks.as_deref(), Some("local"), "{n}: local copy kept");
+    }
+    assert_each_version_written_once(&mut r).await;
+    assert!(
+        sample(&scrape(port).await, COMMITTED) >= 1.0,
+        "round 2 went through a split batch"
+    );
+    drop(apply);
+
+    // 3. New documents through the split LOAD DATA path.
+    for i in 200..400 {
+        f.insert_invoice(&Invoice::draft(&format!("W-{i:03}"), "C1", 3))
+            .await;
+    }
+    rig.capture().await;
+    let port = free_port();
+    let _apply = rig.spawn_apply(&rurl, port, &["--writers", "2"]);
+    common::wait_until(Duration::from_secs(60), "round 3 applied", || async {
+        count(
+            &mut replica.conn(&rig.db).await,
+            "SELECT COUNT(*) FROM `tabSales Invoice` WHERE name LIKE 'W-%'",
+        )
+        .await
+            == 401
+    })
+    .await;
+    assert_each_version_written_once(&mut r).await;
+    let m = scrape(port).await;
+    assert!(
+        sample(&m, COMMITTED) >= 1.0,
+        "round 3 went through a split batch: {}",
+        m.lines()
+            .filter(|l| l.contains("split")
+                || l.contains("batch_documents")
+                || l.contains("documents_total"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(sample(&m, "frappe_cdc_apply_bulk_rows_total{path=\"load\"}") > 0.0);
+
+    // Everything but the two conflicts equals the primary.
+    let v = Command::new(env!("CARGO_BIN_EXE_frappe-cdc"))
+        .args([
+            "verify",
+            "--source",
+            &rig.primary().cdc_url(&rig.db),
+            "--replica",
+            &rurl,
+            "--doctype",
+            "Sales Invoice",
+        ])
+        .env("FRAPPE_CDC_SOURCE_PASSWORD", "cdcpass")
+        .env("FRAPPE_CDC_REPLICA_PASSWORD", "adminpass")
+        .output()
+        .expect("verify");
+    let out = String::from_utf8_lossy(&v.stdout).to_string();
+    let total = out.lines().find(|l| l.starts_with("total")).unwrap_or("");
+    assert!(
+        v.status.success()
+            && total.contains("399 equal, 0 missing on replica, 0 extra on replica, 0 different")
+            && total.contains("2 known divergences"),
+        "verify: {out}"
+    );
+}

@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::image::Image;
+
 /// Version of the envelope format.
 pub const ENVELOPE_VERSION: u32 = 1;
 
@@ -129,49 +131,18 @@ pub struct Envelope {
     pub name: String,
     #[serde(default)]
     pub old_name: Option<String>,
-    pub before: Option<serde_json::Value>,
-    pub after: Option<serde_json::Value>,
+    pub before: Option<Image>,
+    pub after: Option<Image>,
     pub changes: BTreeMap<String, RowCounts>,
     pub source: Source,
 }
 
-fn check_image(which: &str, img: &serde_json::Value) -> Result<(), String> {
-    let obj = img
-        .as_object()
-        .ok_or_else(|| format!("{which} is not an object"))?;
-    if let Some(k) = obj.keys().find(|k| *k != "parent" && *k != "children") {
-        return Err(format!("{which} has an unknown field {k:?}"));
-    }
-    match obj.get("parent") {
-        Some(serde_json::Value::Null) | Some(serde_json::Value::Object(_)) => {}
-        _ => return Err(format!("{which}.parent must be an object or null")),
-    }
-    let children = obj
-        .get("children")
-        .and_then(|c| c.as_object())
-        .ok_or_else(|| format!("{which}.children must be an object"))?;
-    for (field, rows) in children {
-        let rows = rows
-            .as_array()
-            .ok_or_else(|| format!("{which}.children.{field} must be an array"))?;
-        if rows.iter().any(|r| !r.is_object()) {
-            return Err(format!("{which}.children.{field} must hold row objects"));
-        }
-    }
-    Ok(())
-}
-
 impl Envelope {
-    /// Checks what serde cannot: image shapes and their consistency with `op`.
+    /// Checks what serde cannot: a doctype, and images that fit `op` (their shapes are
+    /// checked while parsing, see [`Image`]).
     pub fn validate(&self) -> Result<(), String> {
         if self.doctype.is_empty() {
             return Err("empty doctype".into());
-        }
-        if let Some(b) = &self.before {
-            check_image("before", b)?;
-        }
-        if let Some(a) = &self.after {
-            check_image("after", a)?;
         }
         let (b, a) = (self.before.is_some(), self.after.is_some());
         let ok = match self.op {
@@ -243,7 +214,12 @@ mod tests {
         assert_eq!(back.op, Op::Create);
         assert_eq!(back.old_name, None);
         assert_eq!(back.before, None);
-        assert_eq!(back.after.clone().unwrap()["parent"]["name"], "S/1");
+        assert_eq!(
+            back.after
+                .as_ref()
+                .and_then(|a| a.parent.as_ref()?.str("name")),
+            Some("S/1")
+        );
         assert_eq!(back.changes, changes);
         assert_eq!(back.source, src);
         let renamed = EnvelopeOut {

@@ -9,6 +9,7 @@ pub mod capture;
 pub mod cli;
 pub mod envelope;
 pub mod frappe;
+pub mod image;
 pub mod kafka;
 pub mod metrics;
 pub mod position;

@@ -114,6 +114,7 @@ pub struct ApplyMetrics {
     pub batch_docs: Histogram,
     pub bulk_rows: IntCounterVec,
     pub split_batches: IntCounterVec,
+    pub load_rereads: IntCounter,
 }
 
 impl ApplyMetrics {
@@ -133,6 +134,7 @@ impl ApplyMetrics {
             batch_docs: reg(&r, Histogram::with_opts(HistogramOpts::new("frappe_cdc_apply_batch_documents", "Documents per bulk replica transaction").buckets(vec![1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0])).unwrap_or_else(|_| unreachable_metric())),
             bulk_rows: reg(&r, IntCounterVec::new(Opts::new("frappe_cdc_apply_bulk_rows_total", "Rows written by bulk transactions, by path: load (LOAD DATA LOCAL INFILE, rows of documents new to the replica) or upsert (INSERT ... ON DUPLICATE KEY UPDATE)"), &["path"]).unwrap_or_else(|_| unreachable_metric())),
             split_batches: reg(&r, IntCounterVec::new(Opts::new("frappe_cdc_apply_split_batches_total", "Bulk batches split over several concurrent transactions (--writers), by outcome: committed, or rolled_back (a part failed on a lock; the batch is retried as one transaction)"), &["outcome"]).unwrap_or_else(|_| unreachable_metric())),
+            load_rereads: reg(&r, IntCounter::new("frappe_cdc_apply_load_rereads_total", "Bulk batches re-run with every replica copy read, because LOAD DATA found rows of a new document already on the replica (a document created on the replica itself; it becomes a conflict)").unwrap_or_else(|_| unreachable_metric())),
             registry: r,
         }
     }

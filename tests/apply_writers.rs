@@ -8,11 +8,14 @@
 //! 2. Updates of 200 documents, two of them edited locally on the replica first: exactly those
 //!    two are recorded as conflicts and left alone, the other 198 are applied, in split
 //!    batches.
-//! 3. 200 new documents through the split LOAD DATA path.
+//! 3. 200 new documents through the split LOAD DATA path, one of which (W-250) was created on
+//!    the replica first: apply does not read the copies of new documents, so LOAD DATA finds
+//!    it; the batch is re-run with every copy read, W-250 becomes a conflict with the local
+//!    document kept, and the other 199 still go through split LOAD DATA.
 //!
 //! Throughout, a trigger logs every write of a Sales Invoice row with its `modified`: no
 //! version may be written twice, and at the end the replica equals the primary (`verify`:
-//! 399 equal, the two conflicts reported as known divergences).
+//! 398 equal, the three conflicts reported as known divergences).
 
 mod common;
 
@@ -190,7 +193,10 @@ async fn split_batches_are_atomic_exactly_once_and_conflict_checked() {
     );
     drop(apply);
 
-    // 3. New documents through the split LOAD DATA path.
+    // 3. New documents through the split LOAD DATA path; W-250 exists on the replica already.
+    local
+        .insert_invoice(&Invoice::draft("W-250", "LOCAL", 2))
+        .await;
     for i in 200..400 {
         f.insert_invoice(&Invoice::draft(&format!("W-{i:03}"), "C1", 3))
             .await;
@@ -205,10 +211,35 @@ async fn split_batches_are_atomic_exactly_once_and_conflict_checked() {
         )
         .await
             == 401
+            && count(
+                &mut replica.conn(&rig.db).await,
+                "SELECT COUNT(*) FROM `_frappe_cdc_conflicts` WHERE name = 'W-250' AND status = 'open'",
+            )
+            .await
+                == 1
     })
     .await;
     assert_each_version_written_once(&mut r).await;
+    let customer: Option<String> = r
+        .query_first("SELECT customer FROM `tabSales Invoice` WHERE name = 'W-250'")
+        .await
+        .expect("W-250");
+    assert_eq!(customer.as_deref(), Some("LOCAL"), "local W-250 kept");
+    let reason: Option<String> = r
+        .query_first("SELECT reason FROM `_frappe_cdc_conflicts` WHERE name = 'W-250'")
+        .await
+        .expect("reason");
+    assert!(
+        reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("document exists on the replica with other content")),
+        "{reason:?}"
+    );
     let m = scrape(port).await;
+    assert!(
+        sample(&m, "frappe_cdc_apply_load_rereads_total") >= 1.0,
+        "LOAD DATA found W-250 and the batch was re-read"
+    );
     assert!(
         sample(&m, COMMITTED) >= 1.0,
         "round 3 went through a split batch: {}",
@@ -240,8 +271,8 @@ async fn split_batches_are_atomic_exactly_once_and_conflict_checked() {
     let total = out.lines().find(|l| l.starts_with("total")).unwrap_or("");
     assert!(
         v.status.success()
-            && total.contains("399 equal, 0 missing on replica, 0 extra on replica, 0 different")
-            && total.contains("2 known divergences"),
+            && total.contains("398 equal, 0 missing on replica, 0 extra on replica, 0 different")
+            && total.contains("3 known divergences"),
         "verify: {out}"
     );
 }

@@ -13,6 +13,7 @@ use serde_json::Value;
 use super::control::{self, EventKey};
 use super::decision::Comparator;
 use super::replica::{ReplicaError, SchemaCache, read_doc_plain, write_doc};
+use crate::image::Image;
 
 /// One conflict row.
 #[derive(Debug, Clone)]
@@ -25,9 +26,9 @@ pub struct Conflict {
     pub reason: String,
     pub envelopes: u64,
     pub created_at: String,
-    pub before: Option<Value>,
-    pub after: Option<Value>,
-    pub replica: Option<Value>,
+    pub before: Option<Image>,
+    pub after: Option<Image>,
+    pub replica: Option<Image>,
     pub source_gtid: Option<String>,
     pub source_position: String,
     pub source_doc_index: u64,
@@ -130,7 +131,7 @@ pub async fn resolve(conn: &mut Conn, id: u64, how: Resolution) -> Result<(), Co
     let target = c
         .after
         .as_ref()
-        .and_then(|a| a["parent"]["name"].as_str())
+        .and_then(|a| a.parent.as_ref()?.str("name"))
         .unwrap_or(&c.name)
         .to_string();
     if how == Resolution::AcceptPrimary {

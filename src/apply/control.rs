@@ -14,6 +14,7 @@ use mysql_async::{Conn, Transaction};
 
 use super::replica::ReplicaError;
 use crate::envelope::Source;
+use crate::image::Image;
 use crate::position::{Gtid, GtidPosition};
 
 /// Order of envelopes for one document within a GTID domain.
@@ -176,14 +177,14 @@ pub struct ConflictRecord<'a> {
     pub doctype: &'a str,
     pub name: &'a str,
     pub reason: &'a str,
-    pub before: Option<&'a serde_json::Value>,
-    pub after: Option<&'a serde_json::Value>,
-    pub replica: Option<&'a serde_json::Value>,
+    pub before: Option<&'a Image>,
+    pub after: Option<&'a Image>,
+    pub replica: Option<&'a Image>,
     pub source: &'a Source,
 }
 
-fn json_text(v: Option<&serde_json::Value>) -> Option<String> {
-    v.map(|v| v.to_string())
+fn json_text(v: Option<&Image>) -> Option<String> {
+    v.and_then(|v| serde_json::to_string(v).ok())
 }
 
 /// Records a new conflict, or moves an open one's pending primary version forward.

@@ -8,9 +8,10 @@
 
 use std::collections::BTreeSet;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::envelope::Op;
+use crate::image::{Image, Row};
 
 /// What to do with one envelope.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,14 +39,6 @@ pub struct Comparator {
     ignored: BTreeSet<String>,
 }
 
-fn rows_of(img: &Value, field: &str) -> Vec<Map<String, Value>> {
-    img.get("children")
-        .and_then(|c| c.get(field))
-        .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|r| r.as_object().cloned()).collect())
-        .unwrap_or_default()
-}
-
 impl Comparator {
     /// A comparator that ignores `ignored` columns (besides none by default).
     pub fn new(ignored: impl IntoIterator<Item = String>) -> Self {
@@ -54,13 +47,7 @@ impl Comparator {
         }
     }
 
-    fn row_diff(
-        &self,
-        path: &str,
-        a: &Map<String, Value>,
-        b: &Map<String, Value>,
-        out: &mut Vec<String>,
-    ) {
+    fn row_diff(&self, path: &str, a: &Row, b: &Row, out: &mut Vec<String>) {
         for (k, va) in a {
             if self.ignored.contains(k) {
                 continue;
@@ -75,7 +62,7 @@ impl Comparator {
 
     /// Column-level differences between two images (paths like `parent.status`,
     /// `items[2].qty`, `items: rows added/removed`); empty when equal.
-    pub fn diff(&self, a: Option<&Value>, b: Option<&Value>) -> Vec<String> {
+    pub fn diff(&self, a: Option<&Image>, b: Option<&Image>) -> Vec<String> {
         let (a, b) = match (a, b) {
             (None, None) => return Vec::new(),
             (Some(_), None) => return vec!["document: missing on one side".into()],
@@ -83,27 +70,16 @@ impl Comparator {
             (Some(a), Some(b)) => (a, b),
         };
         let mut out = Vec::new();
-        match (
-            a.get("parent").and_then(Value::as_object),
-            b.get("parent").and_then(Value::as_object),
-        ) {
+        match (a.parent.as_ref(), b.parent.as_ref()) {
             (Some(pa), Some(pb)) => self.row_diff("parent", pa, pb, &mut out),
             (None, None) => {}
             _ => out.push("parent: missing on one side".into()),
         }
-        let fields: BTreeSet<String> = [a, b]
-            .iter()
-            .filter_map(|i| i.get("children").and_then(Value::as_object))
-            .flat_map(|c| c.keys().cloned())
-            .collect();
+        let fields: BTreeSet<&String> = a.children.keys().chain(b.children.keys()).collect();
         for f in fields {
-            let (ra, rb) = (rows_of(a, &f), rows_of(b, &f));
-            let names = |rows: &[Map<String, Value>]| {
-                rows.iter()
-                    .map(|r| r.get("name").cloned().unwrap_or(Value::Null))
-                    .collect::<Vec<_>>()
-            };
-            if names(&ra) != names(&rb) {
+            let (ra, rb) = (a.rows(f), b.rows(f));
+            let name = |r: &Row| r.get("name").unwrap_or(&Value::Null).clone();
+            if !ra.iter().map(name).eq(rb.iter().map(name)) {
                 out.push(format!("{f}: rows added, removed or reordered"));
                 continue;
             }
@@ -114,7 +90,7 @@ impl Comparator {
         out
     }
 
-    fn same(&self, a: Option<&Value>, b: Option<&Value>) -> bool {
+    fn same(&self, a: Option<&Image>, b: Option<&Image>) -> bool {
         self.diff(a, b).is_empty()
     }
 
@@ -122,7 +98,7 @@ impl Comparator {
     /// is the copy under the old name and `replica_new` the copy under the new name.
     /// Apply when the replica's copy is the primary's `before` image, else a conflict saying
     /// whether the copy is missing or how it differs.
-    fn against_before(&self, before: Option<&Value>, replica: Option<&Value>) -> Decision {
+    fn against_before(&self, before: Option<&Image>, replica: Option<&Image>) -> Decision {
         if self.same(replica, before) {
             Decision::Apply
         } else if replica.is_none() {
@@ -138,10 +114,10 @@ impl Comparator {
     pub fn decide(
         &self,
         op: Op,
-        before: Option<&Value>,
-        after: Option<&Value>,
-        replica: Option<&Value>,
-        replica_new: Option<&Value>,
+        before: Option<&Image>,
+        after: Option<&Image>,
+        replica: Option<&Image>,
+        replica_new: Option<&Image>,
     ) -> Decision {
         match op {
             Op::Create | Op::Snapshot => match replica {
@@ -189,9 +165,17 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn img(status: &str, qty: &str) -> Value {
+    fn img_json(status: &str, qty: &str) -> Value {
         json!({"parent": {"name": "S1", "status": status, "_seen": "x"},
                "children": {"items": [{"name": "i1", "qty": qty}]}})
+    }
+
+    fn im(v: Value) -> Image {
+        serde_json::from_value(v).expect("image")
+    }
+
+    fn img(status: &str, qty: &str) -> Image {
+        im(img_json(status, qty))
     }
 
     fn cmp() -> Comparator {
@@ -202,22 +186,25 @@ mod tests {
     fn diff_paths_and_ignored_columns() {
         let c = cmp();
         let a = img("Draft", "1");
-        let mut b = img("Paid", "2");
+        let mut b = img_json("Paid", "2");
         b["parent"]["_seen"] = json!("other");
+        let b = im(b);
         assert_eq!(
             c.diff(Some(&a), Some(&b)),
             vec!["parent.status", "items[0].qty"]
         );
-        let mut extra = a.clone();
+        let mut extra = img_json("Draft", "1");
         extra["parent"]["only_here"] = json!(1);
+        let extra = im(extra);
         assert!(
             c.diff(Some(&a), Some(&extra)).is_empty(),
             "columns one side lacks are not compared"
         );
-        let mut more = a.clone();
+        let mut more = img_json("Draft", "1");
         if let Some(a) = more["children"]["items"].as_array_mut() {
             a.push(json!({"name": "i2"}));
         }
+        let more = im(more);
         assert_eq!(
             c.diff(Some(&a), Some(&more)),
             vec!["items: rows added, removed or reordered"]

@@ -21,6 +21,8 @@ use std::sync::{Mutex, OnceLock};
 use mysql_async::{InfileData, LocalInfileError};
 use serde_json::Value;
 
+use crate::image::Image;
+
 fn registry() -> &'static Mutex<HashMap<Vec<u8>, Vec<u8>>> {
     static R: OnceLock<Mutex<HashMap<Vec<u8>, Vec<u8>>>> = OnceLock::new();
     R.get_or_init(Default::default)
@@ -99,6 +101,19 @@ fn push_escaped(out: &mut Vec<u8>, s: &[u8]) {
     out.extend_from_slice(&s[start..]);
 }
 
+/// Whether this path carries `v` (not binary `{"$base64": …}` cells).
+fn carries(v: &Value) -> bool {
+    !matches!(v, Value::Object(m) if m.contains_key("$base64"))
+}
+
+/// Whether every value of `img` can go through `LOAD DATA` (see [`push_field`]).
+pub fn loadable(img: &Image) -> bool {
+    img.parent
+        .iter()
+        .chain(img.children.values().flatten())
+        .all(|r| r.values().all(carries))
+}
+
 /// Appends one field in `LOAD DATA`'s default format (tab-separated, backslash escapes, `\N`
 /// for NULL). Returns false for values this path does not carry (binary `{"$base64": …}`
 /// cells): the caller writes such rows with an ordinary statement.
@@ -111,7 +126,7 @@ pub fn push_field(out: &mut Vec<u8>, v: &Value) -> bool {
             let _ = write!(out, "{n}");
         }
         Value::String(s) => push_escaped(out, s.as_bytes()),
-        Value::Object(m) if m.contains_key("$base64") => return false,
+        Value::Object(_) if !carries(v) => return false,
         Value::Object(_) | Value::Array(_) => push_escaped(out, v.to_string().as_bytes()),
     }
     true

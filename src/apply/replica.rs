@@ -14,7 +14,9 @@ use std::sync::Arc;
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Row, Transaction, Value as MyValue};
-use serde_json::{Map, Value};
+use serde_json::Value;
+
+use crate::image::{Image, Row as ImageRow};
 
 use crate::source::decode::{CellKind, binary_from_json, cell_json};
 
@@ -29,8 +31,6 @@ pub enum ReplicaError {
         "doctype {doctype} has no table field {field} on the replica (tabDocField / tabCustom Field)"
     )]
     UnknownTableField { doctype: String, field: String },
-    #[error("document image is malformed: {0}")]
-    BadImage(String),
     #[error("cannot decode replica column {column} of {table}")]
     Decode { table: String, column: String },
 }
@@ -211,13 +211,13 @@ pub(crate) async fn select_rows(
     table: &str,
     sql: &str,
     params: Vec<MyValue>,
-) -> Result<Vec<Map<String, Value>>, ReplicaError> {
+) -> Result<Vec<ImageRow>, ReplicaError> {
     let rows: Vec<Row> = tx.exec(sql, params).await?;
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
         let cols = row.columns();
         let vals = row.unwrap();
-        let mut m = Map::new();
+        let mut m = ImageRow::default();
         for (c, v) in cols.iter().zip(vals) {
             let j = cell_json(&CellKind::from_result_column(c), v, false).map_err(|_| {
                 ReplicaError::Decode {
@@ -238,7 +238,7 @@ pub async fn read_doc(
     cache: &mut SchemaCache,
     doctype: &str,
     name: &str,
-) -> Result<Option<Value>, ReplicaError> {
+) -> Result<Option<Image>, ReplicaError> {
     read_doc_with(tx, cache, doctype, name, " FOR UPDATE").await
 }
 
@@ -248,7 +248,7 @@ pub async fn read_doc_plain(
     cache: &mut SchemaCache,
     doctype: &str,
     name: &str,
-) -> Result<Option<Value>, ReplicaError> {
+) -> Result<Option<Image>, ReplicaError> {
     read_doc_with(tx, cache, doctype, name, "").await
 }
 
@@ -258,8 +258,8 @@ async fn read_doc_with(
     doctype: &str,
     name: &str,
     lock: &str,
-) -> Result<Option<Value>, ReplicaError> {
-    let parent: Option<Map<String, Value>> = if cache.is_single(tx, doctype).await? {
+) -> Result<Option<Image>, ReplicaError> {
+    let parent: Option<ImageRow> = if cache.is_single(tx, doctype).await? {
         let fields: Vec<(String, Option<String>)> = tx
             .exec(
                 format!(
@@ -301,15 +301,13 @@ pub(crate) fn marks(n: usize) -> String {
 
 /// A document image from its parent row and children by parentfield; None when both are absent.
 pub(crate) fn doc_image(
-    parent: Option<Map<String, Value>>,
-    children: Map<String, Value>,
-) -> Option<Value> {
+    parent: Option<ImageRow>,
+    children: BTreeMap<String, Vec<ImageRow>>,
+) -> Option<Image> {
     if parent.is_none() && children.is_empty() {
         return None;
     }
-    Some(
-        serde_json::json!({ "parent": parent.map(Value::Object).unwrap_or(Value::Null), "children": children }),
-    )
+    Some(Image { parent, children })
 }
 
 /// Parent rows of `names` from `tab<doctype>`, by name (`lock`: "" or " FOR UPDATE").
@@ -319,7 +317,7 @@ pub(crate) async fn read_parents(
     doctype: &str,
     names: &[&str],
     lock: &str,
-) -> Result<HashMap<String, Map<String, Value>>, ReplicaError> {
+) -> Result<HashMap<String, ImageRow>, ReplicaError> {
     let table = format!("tab{doctype}");
     cache.columns(tx, &table).await?;
     let hint = cache.index_hint(tx, &table, "name").await?;
@@ -332,7 +330,7 @@ pub(crate) async fn read_parents(
         );
         let params: Vec<MyValue> = chunk.iter().map(|n| MyValue::from(*n)).collect();
         for r in select_rows(tx, &table, &sql, params).await? {
-            if let Some(n) = r.get("name").and_then(Value::as_str) {
+            if let Some(n) = r.str("name") {
                 parents.insert(n.to_string(), r);
             }
         }
@@ -343,7 +341,7 @@ pub(crate) async fn read_parents(
 /// Child rows of documents, from every child table of their doctype.
 pub(crate) struct Children {
     /// parent name → parentfield → rows ordered by idx, name.
-    pub children: HashMap<String, Map<String, Value>>,
+    pub children: HashMap<String, BTreeMap<String, Vec<ImageRow>>>,
     /// parent name → (child table, row name) of every row read.
     pub names: HashMap<String, Vec<(String, String)>>,
 }
@@ -371,24 +369,20 @@ pub(crate) async fn read_children(
             let mut params: Vec<MyValue> = vec![doctype.into()];
             params.extend(chunk.iter().map(|n| MyValue::from(*n)));
             for r in select_rows(tx, t, &sql, params).await? {
-                let text = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+                let text = |k: &str| r.str(k).unwrap_or("").to_string();
                 let (parent, field) = (text("parent"), text("parentfield"));
-                if let Some(n) = r.get("name").and_then(Value::as_str) {
+                if let Some(n) = r.str("name") {
                     out.names
                         .entry(parent.clone())
                         .or_default()
                         .push((t.clone(), n.to_string()));
                 }
-                if let Some(a) = out
-                    .children
+                out.children
                     .entry(parent)
                     .or_default()
                     .entry(field)
-                    .or_insert_with(|| Value::Array(Vec::new()))
-                    .as_array_mut()
-                {
-                    a.push(Value::Object(r));
-                }
+                    .or_default()
+                    .push(r);
             }
         }
     }
@@ -399,7 +393,7 @@ async fn upsert(
     tx: &mut Transaction<'_>,
     cache: &mut SchemaCache,
     table: &str,
-    row: &Map<String, Value>,
+    row: &ImageRow,
     report: &mut WriteReport,
 ) -> Result<(), ReplicaError> {
     let cols = cache.columns(tx, table).await?;
@@ -451,35 +445,24 @@ async fn delete_children(
 }
 
 /// A child row of an image and the table it belongs in.
-pub(crate) type ChildRow<'a> = (&'a str, &'a Map<String, Value>);
+pub(crate) type ChildRow<'a> = (&'a str, &'a ImageRow);
 
 /// The child rows of an image with their tables (parentfield → table from the replica's
-/// schema); an unknown parentfield or a malformed image is an error.
+/// schema); an unknown parentfield is an error.
 pub(crate) fn child_rows<'a>(
     doctype: &str,
-    image: &'a Value,
+    image: &'a Image,
     child_tables: &'a BTreeMap<String, String>,
 ) -> Result<Vec<ChildRow<'a>>, ReplicaError> {
     let mut out = Vec::new();
-    let Some(children) = image.get("children").and_then(Value::as_object) else {
-        return Ok(out);
-    };
-    for (field, rows) in children {
+    for (field, rows) in &image.children {
         let table = child_tables
             .get(field)
             .ok_or_else(|| ReplicaError::UnknownTableField {
                 doctype: doctype.to_string(),
                 field: field.clone(),
             })?;
-        let rows = rows
-            .as_array()
-            .ok_or_else(|| ReplicaError::BadImage(format!("children.{field} is not an array")))?;
-        for r in rows {
-            let r = r.as_object().ok_or_else(|| {
-                ReplicaError::BadImage(format!("a row of {field} is not an object"))
-            })?;
-            out.push((table.as_str(), r));
-        }
+        out.extend(rows.iter().map(|r| (table.as_str(), r)));
     }
     Ok(out)
 }
@@ -492,7 +475,7 @@ pub async fn write_doc(
     doctype: &str,
     name: &str,
     old_name: Option<&str>,
-    image: Option<&Value>,
+    image: Option<&Image>,
 ) -> Result<WriteReport, ReplicaError> {
     let mut report = WriteReport::default();
     let single = cache.is_single(tx, doctype).await?;
@@ -523,8 +506,8 @@ pub async fn write_doc(
         }
         return Ok(report);
     };
-    match image.get("parent") {
-        Some(Value::Object(p)) if single => {
+    match &image.parent {
+        Some(p) if single => {
             tx.exec_drop("DELETE FROM `tabSingles` WHERE doctype = ?", (doctype,))
                 .await?;
             for (field, v) in p {
@@ -535,9 +518,8 @@ pub async fn write_doc(
                 .await?;
             }
         }
-        Some(Value::Object(p)) => upsert(tx, cache, &parent_table, p, &mut report).await?,
-        Some(Value::Null) | None => {}
-        Some(_) => return Err(ReplicaError::BadImage("parent is not an object".into())),
+        Some(p) => upsert(tx, cache, &parent_table, p, &mut report).await?,
+        None => {}
     }
     let mut keep: BTreeMap<&str, Vec<String>> = child_tables
         .values()
@@ -545,7 +527,7 @@ pub async fn write_doc(
         .collect();
     let rows_by_table = child_rows(doctype, image, &child_tables)?;
     for (table, r) in &rows_by_table {
-        if let Some(n) = r.get("name").and_then(Value::as_str) {
+        if let Some(n) = r.str("name") {
             keep.entry(table).or_default().push(n.to_string());
         }
     }

@@ -28,7 +28,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use super::bulk::{BulkError, BulkItem, BulkResult, apply_bulk};
+use super::bulk::{BulkError, BulkItem, BulkMode, BulkResult, apply_bulk};
 use super::control::{self, ConflictRecord, EventKey};
 use super::decision::{Comparator, Decision};
 use super::lag::ConsumerLag;
@@ -89,7 +89,7 @@ impl RowFilter {
     pub fn admits(filters: &[RowFilter], e: &Envelope) -> bool {
         let img = e.after.as_ref().or(e.before.as_ref());
         filters.iter().filter(|f| f.doctype == e.doctype).all(|f| {
-            let parent = img.and_then(|i| i.get("parent"));
+            let parent = img.and_then(|i| i.parent.as_ref());
             f.equals
                 .iter()
                 .all(|(k, v)| parent.and_then(|p| p.get(k)) == Some(v))
@@ -193,6 +193,9 @@ struct Applier {
     load_data: bool,
     /// The last split batch failed on a lock: its retry runs as one transaction.
     serial_retry: bool,
+    /// The last batch found rows of a new document already on the replica: its retry reads
+    /// every copy (see bulk.rs).
+    read_new: bool,
 }
 
 impl Applier {
@@ -500,6 +503,7 @@ pub async fn run(
         missing_logged: Default::default(),
         load_data: true,
         serial_retry: false,
+        read_new: false,
     };
     let mut io = LoopIo {
         consumer: &consumer,
@@ -703,6 +707,10 @@ impl Applier {
             split(items.len(), self.cfg.writers)
         };
         let started = std::time::Instant::now();
+        let mut mode = BulkMode {
+            load_data: self.load_data,
+            read_new: self.read_new,
+        };
         let r = if parts <= 1 {
             let mut conn = self.pool.get_conn().await?;
             let mut tx = conn.start_transaction(TxOpts::default()).await?;
@@ -713,13 +721,15 @@ impl Applier {
                 (&self.cfg.group, &self.cfg.topic),
                 items,
                 offsets,
-                &mut self.load_data,
+                &mut mode,
             )
-            .await?;
+            .await;
+            self.load_data = mode.load_data;
+            let r = r?;
             tx.commit().await?;
             r
         } else {
-            match self.run_parts(items, offsets, parts).await {
+            match self.run_parts(items, offsets, parts, mode).await {
                 Err(BulkError::Replica(e)) if lock_failure(&e) => {
                     // Parts waiting on each other's rows (a table without the index the
                     // locked reads need, say) would wait until they time out: retry alone.
@@ -742,6 +752,7 @@ impl Applier {
             }
         };
         self.serial_retry = false;
+        self.read_new = false;
         self.metrics
             .tx_duration
             .observe(started.elapsed().as_secs_f64());
@@ -778,7 +789,9 @@ impl Applier {
         items: &[BulkItem],
         offsets: &BTreeMap<i32, i64>,
         parts: usize,
+        mode: BulkMode,
     ) -> Result<BulkResult, BulkError> {
+        let t0 = std::time::Instant::now();
         let mut conns = Vec::with_capacity(parts);
         for _ in 0..parts {
             let mut c = self.pool.get_conn().await?;
@@ -795,23 +808,24 @@ impl Applier {
             txs.push(c.start_transaction(opts.clone()).await?);
         }
         let mut caches: Vec<SchemaCache> = (0..parts).map(|_| self.cache.clone()).collect();
-        let mut loads = vec![self.load_data; parts];
+        let mut modes = vec![mode; parts];
         let none = BTreeMap::new();
         let (cmp, group, topic) = (&self.cmp, &self.cfg.group, &self.cfg.topic);
         let chunk = items.len().div_ceil(parts);
+        let t_setup = t0.elapsed();
         let results = futures::future::join_all(
             txs.iter_mut()
                 .zip(caches.iter_mut())
-                .zip(loads.iter_mut())
+                .zip(modes.iter_mut())
                 .zip(items.chunks(chunk))
                 .enumerate()
-                .map(|(i, (((tx, cache), load), part))| {
+                .map(|(i, (((tx, cache), mode), part))| {
                     let offs = if i + 1 == parts { offsets } else { &none };
-                    apply_bulk(tx, cache, cmp, (group, topic), part, offs, load)
+                    apply_bulk(tx, cache, cmp, (group, topic), part, offs, mode)
                 }),
         )
         .await;
-        self.load_data = loads.iter().all(|l| *l);
+        self.load_data = modes.iter().all(|m| m.load_data);
         let mut merged = BulkResult {
             outcomes: Vec::with_capacity(items.len()),
             missing_columns: Default::default(),
@@ -829,9 +843,16 @@ impl Applier {
         if let Some(c) = caches.into_iter().next() {
             self.cache = c;
         }
+        let t_parts = t0.elapsed();
         for tx in txs {
             tx.commit().await?;
         }
+        tracing::debug!(
+            setup_ms = t_setup.as_secs_f64() * 1e3,
+            parts_ms = (t_parts - t_setup).as_secs_f64() * 1e3,
+            commits_ms = (t0.elapsed() - t_parts).as_secs_f64() * 1e3,
+            "split batch timings"
+        );
         Ok(merged)
     }
 
@@ -927,7 +948,13 @@ impl Applier {
                     }
                     self.cache.clear();
                 }
+                Err(e @ BulkError::LoadMismatch { .. }) if !self.read_new => {
+                    tracing::info!(error = %e, "a new document is already on the replica (created there?); re-running the batch with every copy read");
+                    self.metrics.load_rereads.inc();
+                    self.read_new = true;
+                }
                 Err(e) => {
+                    self.read_new = false;
                     // A Single, or a document the replica rejects: one message at a time, so
                     // only the bad one is dead-lettered.
                     tracing::debug!(error = %e, "batch falls back to one document at a time");

@@ -15,6 +15,7 @@ use mysql_async::{Conn, TxOpts};
 use super::decision::Comparator;
 use super::replica::{ReplicaError, SchemaCache, read_doc_plain};
 use crate::frappe::catalog::Filter;
+use crate::image::Image;
 
 /// Names per chunk.
 const CHUNK: usize = 500;
@@ -213,8 +214,8 @@ fn classify(
     cmp: &Comparator,
     doctype: &str,
     name: &str,
-    a: Option<&serde_json::Value>,
-    b: Option<&serde_json::Value>,
+    a: Option<&Image>,
+    b: Option<&Image>,
 ) {
     let diff = cmp.diff(a, b);
     if diff.is_empty() {

@@ -1,0 +1,233 @@
+//! A document image as apply reads it: the parent row and the child rows by parentfield
+//! (`schemas/envelope.v1.json#/$defs/image`), each row its columns in message order.
+//!
+//! Rows are a plain list of (column, value) pairs instead of a JSON map: a message is parsed
+//! once per document, every column of every row is visited in order when it is written, and
+//! lookups by name are few (`name`, `parent`, a filter column). Parsing into a hash map cost
+//! apply about half of its CPU (hashing and growing a map per row, ~40 columns × 11 rows per
+//! document). Values stay `serde_json::Value`, in the envelope's JSON forms.
+//!
+//! Parsing enforces the schema's shape (`parent` a row or null, `children` an object of row
+//! arrays, nothing else) and rejects a row naming a column twice.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::ser::{SerializeMap, Serializer};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// One row: (column, value) pairs in the order the message gave them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Row(Vec<(String, Value)>);
+
+impl Row {
+    /// The value of `column`, if present.
+    pub fn get(&self, column: &str) -> Option<&Value> {
+        self.0.iter().find(|(k, _)| k == column).map(|(_, v)| v)
+    }
+
+    /// The value of `column` when it is a string.
+    pub fn str(&self, column: &str) -> Option<&str> {
+        self.get(column).and_then(Value::as_str)
+    }
+
+    /// Sets `column` (replacing its value when present, else appending it).
+    pub fn insert(&mut self, column: String, value: Value) {
+        match self.0.iter_mut().find(|(k, _)| *k == column) {
+            Some((_, v)) => *v = value,
+            None => self.0.push((column, value)),
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Value)> {
+        self.into_iter()
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &String> {
+        self.0.iter().map(|(k, _)| k)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Value> {
+        self.0.iter().map(|(_, v)| v)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The first column named twice, if any (cheap for the usual case of none: a sort of
+    /// 64-bit hashes, then an exact check only of equal hashes).
+    fn duplicate(&self) -> Option<&str> {
+        fn h(s: &str) -> u64 {
+            // FNV-1a: short keys, no need for DoS resistance (a collision costs one compare).
+            s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+                (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+            })
+        }
+        if self.0.len() < 2 {
+            return None;
+        }
+        let mut hs: Vec<(u64, usize)> = self
+            .0
+            .iter()
+            .enumerate()
+            .map(|(i, (k, _))| (h(k), i))
+            .collect();
+        hs.sort_unstable();
+        hs.windows(2)
+            .filter(|w| w[0].0 == w[1].0)
+            .find(|w| self.0[w[0].1].0 == self.0[w[1].1].0)
+            .map(|w| self.0[w[0].1].0.as_str())
+    }
+}
+
+impl FromIterator<(String, Value)> for Row {
+    /// Later pairs replace earlier ones of the same column.
+    fn from_iter<I: IntoIterator<Item = (String, Value)>>(iter: I) -> Self {
+        let mut r = Row::default();
+        for (k, v) in iter {
+            r.insert(k, v);
+        }
+        r
+    }
+}
+
+impl<'a> IntoIterator for &'a Row {
+    type Item = (&'a String, &'a Value);
+    type IntoIter = std::iter::Map<
+        std::slice::Iter<'a, (String, Value)>,
+        fn(&'a (String, Value)) -> (&'a String, &'a Value),
+    >;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+}
+
+impl Serialize for Row {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Row {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct RowVisitor;
+        impl<'de> Visitor<'de> for RowVisitor {
+            type Value = Row;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a row object")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<Row, M::Error> {
+                let mut v = Vec::with_capacity(m.size_hint().unwrap_or(0).max(16));
+                while let Some(pair) = m.next_entry::<String, Value>()? {
+                    v.push(pair);
+                }
+                let row = Row(v);
+                if let Some(k) = row.duplicate() {
+                    return Err(de::Error::custom(format!(
+                        "column {k:?} given twice in a row"
+                    )));
+                }
+                Ok(row)
+            }
+        }
+        d.deserialize_map(RowVisitor)
+    }
+}
+
+/// A full document: the parent row (null when only child rows exist) and every child row,
+/// by parentfield, in `idx` order.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Image {
+    /// Required (may be null): a plain `Option` would let the field be left out.
+    #[serde(deserialize_with = "required_option")]
+    pub parent: Option<Row>,
+    pub children: BTreeMap<String, Vec<Row>>,
+}
+
+fn required_option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Row>, D::Error> {
+    Option::<Row>::deserialize(d)
+}
+
+impl Image {
+    /// The rows under `field` (none when absent).
+    pub fn rows(&self, field: &str) -> &[Row] {
+        self.children.get(field).map_or(&[], Vec::as_slice)
+    }
+
+    /// The image as a JSON value (for reports).
+    pub fn to_value(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_writes_back_in_order() {
+        let text = r#"{"parent":{"name":"S/1","b":2,"a":null},"children":{"items":[{"name":"i1","qty":1.5},{"name":"i2","x":{"$base64":"AA=="}}]}}"#;
+        let img: Image = serde_json::from_str(text).unwrap();
+        let p = img.parent.as_ref().unwrap();
+        assert_eq!(p.keys().collect::<Vec<_>>(), ["name", "b", "a"]);
+        assert_eq!(p.str("name"), Some("S/1"));
+        assert_eq!(p.get("a"), Some(&Value::Null));
+        assert_eq!(p.get("zz"), None);
+        assert_eq!(img.rows("items").len(), 2);
+        assert!(img.rows("taxes").is_empty());
+        assert_eq!(serde_json::to_string(&img).unwrap(), text);
+    }
+
+    #[test]
+    fn rejects_what_the_schema_rejects() {
+        for (bad, why) in [
+            (r#"{"children":{}}"#, "missing parent"),
+            (r#"{"parent":null}"#, "missing children"),
+            (r#"{"parent":[],"children":{}}"#, "parent not an object"),
+            (
+                r#"{"parent":null,"children":{"items":{}}}"#,
+                "children not arrays",
+            ),
+            (
+                r#"{"parent":null,"children":{"items":[1]}}"#,
+                "row not an object",
+            ),
+            (r#"{"parent":null,"children":{},"x":1}"#, "unknown field"),
+            (
+                r#"{"parent":{"a":1,"b":2,"a":3},"children":{}}"#,
+                "column twice",
+            ),
+        ] {
+            assert!(serde_json::from_str::<Image>(bad).is_err(), "{why}");
+        }
+        let ok: Image = serde_json::from_str(r#"{"parent":null,"children":{}}"#).unwrap();
+        assert_eq!(ok, Image::default());
+    }
+
+    #[test]
+    fn duplicate_check_sees_every_pair() {
+        let many: Row = (0..100)
+            .map(|i| (format!("c{i}"), Value::from(i)))
+            .collect();
+        assert_eq!(many.duplicate(), None);
+        let mut v = many.0.clone();
+        v.push(("c57".into(), Value::Null));
+        assert_eq!(Row(v).duplicate(), Some("c57"));
+        let mut r = many;
+        r.insert("c3".into(), Value::Null);
+        assert_eq!(r.len(), 100);
+        assert_eq!(r.get("c3"), Some(&Value::Null));
+    }
+}

@@ -47,6 +47,9 @@ pub struct BulkItem {
     pub key: EventKey,
     pub partition: i32,
     pub next: i64,
+    /// Every value of `after` can go through `LOAD DATA` (`infile::loadable`, computed
+    /// where the envelope is parsed, off the apply task).
+    pub loadable: bool,
 }
 
 /// How a batch reads and writes.
@@ -451,7 +454,7 @@ pub async fn apply_bulk(
             && e.op == Op::Create
             && !applied.contains_key(&k)
             && !open.contains(&k)
-            && e.after.as_ref().is_some_and(infile::loadable);
+            && it.loadable;
         let names = to_read.entry(&e.doctype).or_default();
         if !unread {
             names.push(&e.name);

@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use super::bulk::{BulkError, BulkItem, BulkMode, BulkResult, apply_bulk};
 use super::control::{self, ConflictRecord, EventKey};
 use super::decision::{Comparator, Decision};
+use super::infile;
 use super::lag::ConsumerLag;
 use super::replica::{ReplicaError, SchemaCache, read_doc, write_doc};
 use crate::envelope::{ENVELOPE_VERSION, Envelope, Op};
@@ -612,12 +613,20 @@ fn bulkable(filter: &Filter, row_filters: &[RowFilter], m: &OwnedMessage) -> Opt
         return None;
     }
     let key = EventKey::of(&e.source)?;
+    let loadable = e.after.as_ref().is_some_and(infile::loadable);
     Some(Pending::Doc(Box::new(BulkItem {
         env: e,
         key,
         partition,
         next,
+        loadable,
     })))
+}
+
+/// Frees `v` on a blocking thread: a batch is ~5 MB in many small allocations, and freeing
+/// it on the apply task would hold up the next batch's transaction.
+fn drop_later<T: Send + 'static>(v: T) {
+    tokio::task::spawn_blocking(move || drop(v));
 }
 
 /// A message of a bulk batch.
@@ -691,7 +700,9 @@ impl Applier {
                 }
             }
         }
-        self.flush(io, &msgs, &mut pending).await
+        let done = self.flush(io, &msgs, &mut pending).await;
+        drop_later(msgs);
+        done
     }
 
     /// Applies `items` and stores `offsets` on the replica: in one transaction, or split
@@ -932,6 +943,7 @@ impl Applier {
                         }
                     }
                     io.commit(&self.cfg.topic, &offsets);
+                    drop_later(items);
                     return Ok(true);
                 }
                 Err(BulkError::Replica(e)) if transient(&e) => {

@@ -721,7 +721,7 @@ async fn backlog(r: &mut Report, docs: u64, big_rows: u64, apply_window: Duratio
     );
     r.add(
         "memory",
-        &format!("apply peak RSS, {big_rows} documents of one transaction"),
+        &format!("apply peak RSS, backlog + {big_rows} documents of one transaction (one process)"),
         arss.mib(),
         "MiB",
     );

@@ -78,7 +78,9 @@ impl Comparator {
         let fields: BTreeSet<&String> = a.children.keys().chain(b.children.keys()).collect();
         for f in fields {
             let (ra, rb) = (a.rows(f), b.rows(f));
-            let name = |r: &Row| r.get("name").unwrap_or(&Value::Null).clone();
+            fn name(r: &Row) -> &Value {
+                r.get("name").unwrap_or(&Value::Null)
+            }
             if !ra.iter().map(name).eq(rb.iter().map(name)) {
                 out.push(format!("{f}: rows added, removed or reordered"));
                 continue;

@@ -134,23 +134,36 @@ impl Outcome {
     }
 }
 
-/// True for failures a retry can cure.
-fn transient(e: &ReplicaError) -> bool {
+/// Lock wait timeout, deadlock.
+const LOCK_ERRORS: [u16; 2] = [1205, 1213];
+
+/// The server's error code, when the replica answered with an error.
+fn server_code(e: &ReplicaError) -> Option<u16> {
     match e {
         ReplicaError::Sql(e) => match e.as_ref() {
-            mysql_async::Error::Server(se) => {
-                matches!(se.code, 1205 | 1213 | 1040 | 1053 | 2006 | 2013 | 1927)
-            }
-            mysql_async::Error::Io(_) | mysql_async::Error::Driver(_) => true,
-            _ => false,
+            mysql_async::Error::Server(se) => Some(se.code),
+            _ => None,
         },
-        _ => false,
+        _ => None,
+    }
+}
+
+/// True for failures a retry can cure: lock failures, a replica going away or too busy, a
+/// broken connection.
+fn transient(e: &ReplicaError) -> bool {
+    match server_code(e) {
+        Some(code) => {
+            LOCK_ERRORS.contains(&code) || matches!(code, 1040 | 1053 | 2006 | 2013 | 1927)
+        }
+        None => {
+            matches!(e, ReplicaError::Sql(e) if matches!(e.as_ref(), mysql_async::Error::Io(_) | mysql_async::Error::Driver(_)))
+        }
     }
 }
 
 /// A lock wait timeout or a deadlock.
 fn lock_failure(e: &ReplicaError) -> bool {
-    matches!(e, ReplicaError::Sql(e) if matches!(e.as_ref(), mysql_async::Error::Server(se) if matches!(se.code, 1205 | 1213)))
+    server_code(e).is_some_and(|c| LOCK_ERRORS.contains(&c))
 }
 
 /// Capped exponential backoff for retries that must not move past the current message.
@@ -1064,6 +1077,36 @@ impl Applier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lock_failures_are_transient_and_told_apart() {
+        let server = |code: u16| {
+            ReplicaError::from(mysql_async::Error::Server(mysql_async::ServerError {
+                code,
+                message: String::new(),
+                state: String::new(),
+            }))
+        };
+        for code in [1205, 1213] {
+            assert!(
+                transient(&server(code)) && lock_failure(&server(code)),
+                "{code}"
+            );
+        }
+        for code in [1040, 1053, 2006, 2013, 1927] {
+            assert!(
+                transient(&server(code)) && !lock_failure(&server(code)),
+                "{code}"
+            );
+        }
+        let io = ReplicaError::from(mysql_async::Error::Io(mysql_async::IoError::Io(
+            std::io::Error::other("reset"),
+        )));
+        assert!(transient(&io) && !lock_failure(&io));
+        assert!(!transient(&server(1146)) && !lock_failure(&server(1146)));
+        let bad = ReplicaError::UnknownTable { table: "t".into() };
+        assert!(!transient(&bad) && !lock_failure(&bad));
+    }
 
     #[test]
     fn row_filters_parse_and_admit() {

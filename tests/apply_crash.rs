@@ -111,20 +111,7 @@ async fn kill_nine_apply_twenty_times_applies_each_version_once() {
     let _apply = spawn_apply(&rig, &rurl, free_port());
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
-        let v = Command::new(env!("CARGO_BIN_EXE_frappe-cdc"))
-            .args([
-                "verify",
-                "--source",
-                &rig.primary().cdc_url(&rig.db),
-                "--replica",
-                &rurl,
-                "--doctype",
-                "Sales Invoice",
-            ])
-            .env("FRAPPE_CDC_SOURCE_PASSWORD", "cdcpass")
-            .env("FRAPPE_CDC_REPLICA_PASSWORD", "adminpass")
-            .output()
-            .expect("verify");
+        let v = rig.verify(&rurl, &["--doctype", "Sales Invoice"]);
         if v.status.success() {
             eprintln!(
                 "{}",

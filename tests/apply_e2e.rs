@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::doc_image;
@@ -212,20 +211,8 @@ async fn capture_to_apply_keeps_the_replica_equal() {
         "the customer's 2 rows went through LOAD DATA: {loaded_before} rows loaded before, {loaded} after"
     );
     // verify agrees, then notices a local edit.
-    let verify = || {
-        Command::new(env!("CARGO_BIN_EXE_frappe-cdc"))
-            .args([
-                "verify",
-                "--source",
-                &rig.primary().cdc_url(&rig.db),
-                "--replica",
-                &format!("mysql://admin@127.0.0.1:{}/{}", replica.port, rig.db),
-            ])
-            .env("FRAPPE_CDC_SOURCE_PASSWORD", "cdcpass")
-            .env("FRAPPE_CDC_REPLICA_PASSWORD", "adminpass")
-            .output()
-            .expect("verify")
-    };
+    let rurl = format!("mysql://admin@127.0.0.1:{}/{}", replica.port, rig.db);
+    let verify = || rig.verify(&rurl, &[]);
     let out = verify();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(

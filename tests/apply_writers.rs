@@ -19,10 +19,9 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
-use common::metrics::{sample, scrape};
+use common::metrics::{sample, scrape, try_scrape};
 use common::rig::Rig;
 use common::servers::{Mariadb, free_port};
 use common::workload::{Frappe, Invoice};
@@ -37,10 +36,9 @@ async fn count(c: &mut mysql_async::Conn, sql: &str) -> u64 {
 
 /// `series` from apply's `/metrics`; 0 while the endpoint is not up yet.
 async fn metric(port: u16, series: &str) -> f64 {
-    match reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {
-        Ok(r) => sample(&r.text().await.unwrap_or_default(), series),
-        Err(_) => 0.0,
-    }
+    try_scrape(port)
+        .await
+        .map_or(0.0, |text| sample(&text, series))
 }
 
 /// Fails the test if any Sales Invoice version was written to the replica twice.
@@ -253,20 +251,7 @@ async fn split_batches_are_atomic_exactly_once_and_conflict_checked() {
     assert!(sample(&m, "frappe_cdc_apply_bulk_rows_total{path=\"load\"}") > 0.0);
 
     // Everything but the two conflicts equals the primary.
-    let v = Command::new(env!("CARGO_BIN_EXE_frappe-cdc"))
-        .args([
-            "verify",
-            "--source",
-            &rig.primary().cdc_url(&rig.db),
-            "--replica",
-            &rurl,
-            "--doctype",
-            "Sales Invoice",
-        ])
-        .env("FRAPPE_CDC_SOURCE_PASSWORD", "cdcpass")
-        .env("FRAPPE_CDC_REPLICA_PASSWORD", "adminpass")
-        .output()
-        .expect("verify");
+    let v = rig.verify(&rurl, &["--doctype", "Sales Invoice"]);
     let out = String::from_utf8_lossy(&v.stdout).to_string();
     let total = out.lines().find(|l| l.starts_with("total")).unwrap_or("");
     assert!(

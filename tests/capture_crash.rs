@@ -42,12 +42,7 @@ fn spawn_capture(rig: &Rig, metrics_port: u16) -> KillOnDrop {
 
 /// Sum of a metric's samples on the process's /metrics, or None while it is not serving.
 async fn metric(port: u16, name: &str) -> Option<f64> {
-    let body = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
+    let body = common::metrics::try_scrape(port).await?;
     Some(
         body.lines()
             .filter(|l| l.starts_with(name))

@@ -10,6 +10,16 @@ pub async fn scrape(port: u16) -> String {
         .expect("metrics text")
 }
 
+/// The text of a `/metrics` endpoint on loopback, or None while it is not serving.
+pub async fn try_scrape(port: u16) -> Option<String> {
+    reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()
+}
+
 /// Sum of the samples of `series` in a scrape: a bare name matches every label set of that
 /// name, a name with labels (`name{a="b"}`) matches that series only; 0 when absent.
 pub fn sample(text: &str, series: &str) -> f64 {

@@ -167,6 +167,24 @@ impl Rig {
 }
 
 impl Rig {
+    /// Runs `frappe-cdc verify` of this rig's site against `replica_url` (admin password),
+    /// with `extra` flags (e.g. `--doctype X`).
+    pub fn verify(&self, replica_url: &str, extra: &[&str]) -> std::process::Output {
+        std::process::Command::new(env!("CARGO_BIN_EXE_frappe-cdc"))
+            .args([
+                "verify",
+                "--source",
+                &self.primary().cdc_url(&self.db),
+                "--replica",
+                replica_url,
+            ])
+            .args(extra)
+            .env("FRAPPE_CDC_SOURCE_PASSWORD", "cdcpass")
+            .env("FRAPPE_CDC_REPLICA_PASSWORD", "adminpass")
+            .output()
+            .expect("run frappe-cdc verify")
+    }
+
     /// Starts the `frappe-cdc apply` binary for this rig's topic into `replica_url` (admin
     /// password), consumer group `r1`, with `extra` flags; killed when dropped.
     pub fn spawn_apply(

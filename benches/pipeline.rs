@@ -784,7 +784,7 @@ fn main() {
     let started = Instant::now();
     rt.block_on(async {
         if run("ceiling") {
-            ceiling(&mut r, 30_000 / k).await;
+            ceiling(&mut r, 100_000 / k).await;
         }
         if run("e2e") {
             let secs = if quick { 3 } else { 10 };

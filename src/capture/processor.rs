@@ -20,7 +20,7 @@ use crate::kafka::producer::Producer;
 use crate::metrics::CaptureMetrics;
 use crate::position::{Gtid, GtidPosition};
 use crate::source::binlog::BinlogItem;
-use crate::source::rows::{RowChange, RowOp, RowsBatch, TableDesc};
+use crate::source::rows::{RowChange, RowImage, RowOp, RowsBatch, TableDesc};
 use crate::state::{
     Batch, Checkpoint, ChildRow, DocCache, DocKey, DocShape, PendingDoc, PendingDocs,
     SnapshotState, Store,
@@ -98,13 +98,13 @@ pub(crate) fn put_routed(
     docs: &mut DocCache,
     table: &TableDesc,
     r: &Route,
-    row: &[serde_json::Value],
+    row: RowImage,
 ) -> Result<(), CaptureError> {
     match r {
         Route::Doc {
             key, name, link, ..
         } => {
-            let json = table.row_json(row);
+            let json = row.into_json();
             match link {
                 None => docs.set_parent(b, key, Some(json))?,
                 Some(l) => docs.put_child(
@@ -123,14 +123,9 @@ pub(crate) fn put_routed(
         Route::Single { key, field } => {
             let v = table
                 .column("value")
-                .and_then(|i| row.get(i))
-                .cloned()
-                .unwrap_or(serde_json::Value::Null);
-            b.put_single(
-                &key.doctype,
-                field,
-                &serde_json::to_vec(&v).unwrap_or_else(|_| b"null".to_vec()),
-            )?;
+                .and_then(|i| row.cell(i))
+                .unwrap_or("null");
+            b.put_single(&key.doctype, field, v.as_bytes())?;
         }
         Route::Skip { .. } => {}
     }
@@ -161,10 +156,10 @@ fn delete_routed(
 pub(crate) fn put_catalog_row(
     b: &mut Batch,
     table: &TableDesc,
-    row: &[serde_json::Value],
+    row: &RowImage,
 ) -> Result<(), CaptureError> {
-    if let Some(name) = crate::frappe::routing::key_text(table.name_col.and_then(|i| row.get(i))) {
-        b.put_row(&table.table, &name, table.row_json(row).as_bytes())?;
+    if let Some(name) = row.text(table.name_col) {
+        b.put_row(&table.table, &name, row.json().as_bytes())?;
     }
     Ok(())
 }
@@ -347,7 +342,7 @@ impl Processor {
         &mut self,
         table: &TableDesc,
         r: &Route,
-        row: &[serde_json::Value],
+        row: RowImage,
     ) -> Result<(), CaptureError> {
         self.batch()?;
         let b = self.batch.as_mut().ok_or(CaptureError::Internal("batch"))?;
@@ -377,8 +372,7 @@ impl Processor {
             if catalog_row {
                 let b = self.batch()?;
                 if let Some(row) = &before
-                    && let Some(name) =
-                        crate::frappe::routing::key_text(table.name_col.and_then(|i| row.get(i)))
+                    && let Some(name) = row.text(table.name_col)
                 {
                     b.delete_row(&table.table, &name)?;
                 }
@@ -416,7 +410,7 @@ impl Processor {
             if let Some(r) = &rb_route {
                 self.apply_delete(&table, r)?;
             }
-            if let (Some(r), Some(row)) = (&ra_route, &after) {
+            if let (Some(r), Some(row)) = (&ra_route, after) {
                 self.apply_put(&table, r, row)?;
             }
             // A parent row whose name changed is a rename of the document.

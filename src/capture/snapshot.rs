@@ -174,7 +174,7 @@ pub async fn load(
                         {
                             parents.insert(key.doctype.clone());
                         }
-                        put_routed(&mut b, &mut docs, &desc, &r, &row)?;
+                        put_routed(&mut b, &mut docs, &desc, &r, row)?;
                     }
                     if docs.over_budget() {
                         docs.flush(&mut b)?;

@@ -7,8 +7,6 @@
 //!
 //! Rows of doctypes the filter does not track are skipped.
 
-use serde_json::Value;
-
 use super::catalog::{Catalog, Filter};
 use crate::source::rows::{RowImage, TableDesc};
 use crate::state::{ChildLink, DocKey, DocShape};
@@ -30,16 +28,8 @@ pub enum Route {
 }
 
 /// Text of a key column: strings as they are, numbers (autoincrement names) in decimal.
-pub fn key_text(v: Option<&Value>) -> Option<String> {
-    match v? {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
-fn col(row: &RowImage, i: Option<usize>) -> Option<&Value> {
-    row.get(i?)
+fn col(row: &RowImage, i: Option<usize>) -> Option<String> {
+    row.text(i).map(|t| t.into_owned())
 }
 
 /// Routes one row image of `table`.
@@ -50,8 +40,8 @@ pub fn route(table: &TableDesc, row: &RowImage, catalog: &Catalog, filter: &Filt
     }
     if table.table == "tabSingles" {
         let (Some(dt), Some(field)) = (
-            key_text(col(row, table.column("doctype"))),
-            key_text(col(row, table.column("field"))),
+            col(row, table.column("doctype")),
+            col(row, table.column("field")),
         ) else {
             return skip;
         };
@@ -69,7 +59,7 @@ pub fn route(table: &TableDesc, row: &RowImage, catalog: &Catalog, filter: &Filt
     let Some(doctype) = table.table.strip_prefix("tab") else {
         return skip;
     };
-    let Some(name) = key_text(col(row, table.name_col)) else {
+    let Some(name) = col(row, table.name_col) else {
         return skip;
     };
     let info = catalog.get(doctype).unwrap_or_default();
@@ -77,10 +67,8 @@ pub fn route(table: &TableDesc, row: &RowImage, catalog: &Catalog, filter: &Filt
         if !filter.tracks(doctype) && filter_excludes_child(filter, doctype) {
             return skip;
         }
-        let (Some(pt), Some(parent)) = (
-            key_text(col(row, table.parenttype_col)),
-            key_text(col(row, table.parent_col)),
-        ) else {
+        let (Some(pt), Some(parent)) = (col(row, table.parenttype_col), col(row, table.parent_col))
+        else {
             return skip;
         };
         if !filter.tracks(&pt) {
@@ -91,8 +79,8 @@ pub fn route(table: &TableDesc, row: &RowImage, catalog: &Catalog, filter: &Filt
         } else {
             DocShape::Table
         };
-        let parentfield = key_text(col(row, table.parentfield_col)).unwrap_or_default();
-        let idx = col(row, table.idx_col).and_then(Value::as_i64).unwrap_or(0);
+        let parentfield = col(row, table.parentfield_col).unwrap_or_default();
+        let idx = row.int(table.idx_col).unwrap_or(0);
         let link = ChildLink {
             parenttype: pt.clone(),
             parent: parent.clone(),
@@ -132,7 +120,8 @@ fn filter_excludes_child(filter: &Filter, doctype: &str) -> bool {
 /// True when an update changed only ignored bookkeeping columns.
 pub fn only_ignored_changed(table: &TableDesc, before: &RowImage, after: &RowImage) -> bool {
     table.columns.iter().enumerate().all(|(i, c)| {
-        before.get(i) == after.get(i) || super::catalog::IGNORED_COLUMNS.contains(&c.name.as_str())
+        before.cell(i) == after.cell(i)
+            || super::catalog::IGNORED_COLUMNS.contains(&c.name.as_str())
     })
 }
 
@@ -152,6 +141,13 @@ mod tests {
         )
     }
 
+    /// A row image of the given cell values (column names do not matter for routing).
+    fn row(values: Vec<serde_json::Value>) -> RowImage {
+        let names: Vec<String> = (0..values.len()).map(|i| format!("c{i}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        RowImage::from_values(&table("tabT", &names), &values)
+    }
+
     fn catalog() -> Catalog {
         let rows = [
             json!({"name": "Sales Invoice"}),
@@ -169,7 +165,7 @@ mod tests {
         let c = catalog();
         let f = Filter::new(&[], &[]);
         let si = table("tabSales Invoice", &["name", "customer"]);
-        let r = route(&si, &vec![json!("SINV-1"), json!("C1")], &c, &f);
+        let r = route(&si, &row(vec![json!("SINV-1"), json!("C1")]), &c, &f);
         assert!(
             matches!(r, Route::Doc { ref key, link: None, .. } if key.name == "SINV-1" && key.doctype == "Sales Invoice")
         );
@@ -180,13 +176,13 @@ mod tests {
         );
         let r = route(
             &team,
-            &vec![
+            &row(vec![
                 json!("t1"),
                 json!("C1"),
                 json!("Customer"),
                 json!("sales_team"),
                 json!(2),
-            ],
+            ]),
             &c,
             &f,
         );
@@ -213,13 +209,13 @@ mod tests {
         }
         let r = route(
             &team,
-            &vec![
+            &row(vec![
                 json!("t2"),
                 json!("SINV-1"),
                 json!("Sales Invoice"),
                 json!("sales_team"),
                 json!(1),
-            ],
+            ]),
             &c,
             &f,
         );
@@ -228,11 +224,11 @@ mod tests {
         let singles = table("tabSingles", &["doctype", "field", "value"]);
         let r = route(
             &singles,
-            &vec![
+            &row(vec![
                 json!("Selling Settings"),
                 json!("cust_master_name"),
                 json!("Customer Name"),
-            ],
+            ]),
             &c,
             &f,
         );
@@ -249,37 +245,37 @@ mod tests {
 
         let v = table("tabVersion", &["name"]);
         assert_eq!(
-            route(&v, &vec![json!("v1")], &c, &f),
+            route(&v, &row(vec![json!("v1")]), &c, &f),
             Route::Skip { catalog: false }
         );
         let dt = table("tabDocType", &["name"]);
         assert_eq!(
-            route(&dt, &vec![json!("X")], &c, &f),
+            route(&dt, &row(vec![json!("X")]), &c, &f),
             Route::Skip { catalog: true }
         );
         // Child of an untracked parent is skipped.
         let f2 = Filter::new(&[], &["Customer".into()]);
         let r = route(
             &team,
-            &vec![
+            &row(vec![
                 json!("t1"),
                 json!("C1"),
                 json!("Customer"),
                 json!("sales_team"),
                 json!(1),
-            ],
+            ]),
             &c,
             &f2,
         );
         assert_eq!(r, Route::Skip { catalog: false });
         // NULL name: skipped, never a panic.
         assert_eq!(
-            route(&si, &vec![json!(null), json!("x")], &c, &f),
+            route(&si, &row(vec![json!(null), json!("x")]), &c, &f),
             Route::Skip { catalog: false }
         );
         // Autoincrement (numeric) names are keys too.
         assert!(
-            matches!(route(&si, &vec![json!(42), json!("x")], &c, &f), Route::Doc { ref key, .. } if key.name == "42")
+            matches!(route(&si, &row(vec![json!(42), json!("x")]), &c, &f), Route::Doc { ref key, .. } if key.name == "42")
         );
     }
 
@@ -288,13 +284,13 @@ mod tests {
         let t = table("tabCustomer", &["name", "_seen", "customer_name"]);
         assert!(only_ignored_changed(
             &t,
-            &vec![json!("a"), json!("[]"), json!("x")],
-            &vec![json!("a"), json!("[\"u\"]"), json!("x")]
+            &row(vec![json!("a"), json!("[]"), json!("x")]),
+            &row(vec![json!("a"), json!("[\"u\"]"), json!("x")])
         ));
         assert!(!only_ignored_changed(
             &t,
-            &vec![json!("a"), json!(null), json!("x")],
-            &vec![json!("a"), json!(null), json!("y")]
+            &row(vec![json!("a"), json!(null), json!("x")]),
+            &row(vec![json!("a"), json!(null), json!("y")])
         ));
     }
 }

@@ -163,16 +163,6 @@ pub fn binary_from_json(v: &Value) -> Option<Vec<u8>> {
     base64::engine::general_purpose::STANDARD.decode(s).ok()
 }
 
-fn text_json(bytes: Vec<u8>, latin1: bool) -> Value {
-    if latin1 && !bytes.is_ascii() {
-        return Value::String(bytes.iter().map(|&b| b as char).collect());
-    }
-    match String::from_utf8(bytes) {
-        Ok(s) => Value::String(s),
-        Err(e) => binary_json(e.as_bytes()),
-    }
-}
-
 fn frac(us: u32, fsp: u8) -> String {
     let mut out = String::new();
     push_frac(&mut out, us, fsp);
@@ -291,35 +281,100 @@ fn le_uint(bytes: &[u8]) -> u64 {
         .fold(0u64, |acc, &b| (acc << 8) | b as u64)
 }
 
+/// One cell in its canonical form, between the decoded server value and its JSON text.
+/// [`cell_of`] holds every conversion rule; [`Cell::into_json`] and [`Cell::write_json`] only
+/// change the container, so a value and its text never disagree.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell {
+    Null,
+    Int(i64),
+    UInt(u64),
+    /// Always finite (non-finite floats are [`Cell::Null`], as JSON has no NaN).
+    Float(f64),
+    Text(String),
+    /// Bytes that are not text: `{"$base64": "..."}`.
+    Binary(Vec<u8>),
+}
+
+impl Cell {
+    /// The cell as a JSON value.
+    pub fn into_json(self) -> Value {
+        match self {
+            Cell::Null => Value::Null,
+            Cell::Int(i) => Value::from(i),
+            Cell::UInt(u) => Value::from(u),
+            Cell::Float(f) => Number::from_f64(f).map_or(Value::Null, Value::Number),
+            Cell::Text(s) => Value::String(s),
+            Cell::Binary(b) => binary_json(&b),
+        }
+    }
+
+    /// Appends the cell's JSON text (the same text `serde_json` writes for [`Cell::into_json`]).
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        // Writing JSON into a Vec cannot fail.
+        let _ = match self {
+            Cell::Null => {
+                out.extend_from_slice(b"null");
+                Ok(())
+            }
+            Cell::Int(i) => serde_json::to_writer(&mut *out, i),
+            Cell::UInt(u) => serde_json::to_writer(&mut *out, u),
+            Cell::Float(f) => serde_json::to_writer(&mut *out, f),
+            Cell::Text(s) => serde_json::to_writer(&mut *out, s.as_str()),
+            Cell::Binary(b) => {
+                out.extend_from_slice(b"{\"$base64\":\"");
+                let enc = base64::engine::general_purpose::STANDARD;
+                let start = out.len();
+                out.resize(start + base64::encoded_len(b.len(), true).unwrap_or(0), 0);
+                let n = enc.encode_slice(b, &mut out[start..]).unwrap_or(0);
+                out.truncate(start + n);
+                out.extend_from_slice(b"\"}");
+                Ok(())
+            }
+        };
+    }
+}
+
+fn text_cell(bytes: Vec<u8>, latin1: bool) -> Cell {
+    if latin1 && !bytes.is_ascii() {
+        return Cell::Text(bytes.iter().map(|&b| b as char).collect());
+    }
+    match String::from_utf8(bytes) {
+        Ok(s) => Cell::Text(s),
+        Err(e) => Cell::Binary(e.into_bytes()),
+    }
+}
+
 /// Converts one decoded cell to its JSON form. `from_binlog` selects binlog-specific raw forms
 /// (TIMESTAMP as epoch text, ENUM as index, SET as bitmask).
 pub fn cell_json(kind: &CellKind, value: MyValue, from_binlog: bool) -> Result<Value, DecodeError> {
+    cell_of(kind, value, from_binlog).map(Cell::into_json)
+}
+
+/// Converts one decoded cell to its canonical [`Cell`] (see [`cell_json`]).
+pub fn cell_of(kind: &CellKind, value: MyValue, from_binlog: bool) -> Result<Cell, DecodeError> {
     let mismatch = |v: &MyValue| DecodeError {
         kind: kind_name(kind),
         found: value_name(v),
     };
     if matches!(value, MyValue::NULL) {
-        return Ok(Value::Null);
+        return Ok(Cell::Null);
     }
     let out = match (kind, value) {
-        (CellKind::Int | CellKind::UInt | CellKind::Year, MyValue::Int(i)) => Value::from(i),
-        (CellKind::Int | CellKind::UInt | CellKind::Year, MyValue::UInt(u)) => Value::from(u),
+        (CellKind::Int | CellKind::UInt | CellKind::Year, MyValue::Int(i)) => Cell::Int(i),
+        (CellKind::Int | CellKind::UInt | CellKind::Year, MyValue::UInt(u)) => Cell::UInt(u),
         (CellKind::Year, MyValue::Bytes(b)) => {
             let text = String::from_utf8_lossy(&b);
             text.parse::<i64>()
-                .map(Value::from)
+                .map(Cell::Int)
                 .map_err(|_| DecodeError {
                     kind: "year",
                     found: "bytes",
                 })?
         }
-        (CellKind::Float, MyValue::Float(f)) => Number::from_f64(f as f64)
-            .map(Value::Number)
-            .unwrap_or(Value::Null),
-        (CellKind::Float, MyValue::Double(f)) => Number::from_f64(f)
-            .map(Value::Number)
-            .unwrap_or(Value::Null),
-        (CellKind::Decimal, MyValue::Bytes(b)) => text_json(b, false),
+        (CellKind::Float, MyValue::Float(f)) => float_cell(f as f64),
+        (CellKind::Float, MyValue::Double(f)) => float_cell(f),
+        (CellKind::Decimal, MyValue::Bytes(b)) => text_cell(b, false),
         (CellKind::Date, MyValue::Date(y, mo, d, ..)) => {
             let mut out = String::with_capacity(10);
             push_padded(&mut out, y as u64, 4);
@@ -327,51 +382,57 @@ pub fn cell_json(kind: &CellKind, value: MyValue, from_binlog: bool) -> Result<V
             push_padded(&mut out, mo as u64, 2);
             out.push('-');
             push_padded(&mut out, d as u64, 2);
-            Value::String(out)
+            Cell::Text(out)
         }
         (
             CellKind::DateTime { fsp } | CellKind::Timestamp { fsp },
             MyValue::Date(y, mo, d, h, mi, s, us),
-        ) => Value::String(format_datetime((y, mo, d), (h, mi, s, us), *fsp)),
+        ) => Cell::Text(format_datetime((y, mo, d), (h, mi, s, us), *fsp)),
         (CellKind::Timestamp { fsp }, MyValue::Bytes(b)) if from_binlog => {
             let text = String::from_utf8_lossy(&b);
-            Value::String(timestamp_from_epoch_text(&text, *fsp).ok_or(DecodeError {
+            Cell::Text(timestamp_from_epoch_text(&text, *fsp).ok_or(DecodeError {
                 kind: "timestamp",
                 found: "bytes",
             })?)
         }
         (CellKind::Timestamp { fsp }, MyValue::Int(secs)) if from_binlog => {
-            Value::String(timestamp_from_epoch_text(&secs.to_string(), *fsp).unwrap_or_default())
+            Cell::Text(timestamp_from_epoch_text(&secs.to_string(), *fsp).unwrap_or_default())
         }
         (CellKind::Time { fsp }, MyValue::Time(neg, days, h, mi, s, us)) => {
             let hours = days as u64 * 24 + h as u64;
             let sign = if neg { "-" } else { "" };
-            Value::String(format!("{sign}{hours:02}:{mi:02}:{s:02}{}", frac(us, *fsp)))
+            Cell::Text(format!("{sign}{hours:02}:{mi:02}:{s:02}{}", frac(us, *fsp)))
         }
-        (CellKind::Text { latin1 }, MyValue::Bytes(b)) => text_json(b, *latin1),
-        (CellKind::Binary, MyValue::Bytes(b)) => binary_json(&b),
+        (CellKind::Text { latin1 }, MyValue::Bytes(b)) => text_cell(b, *latin1),
+        (CellKind::Binary, MyValue::Bytes(b)) => Cell::Binary(b),
         (CellKind::Enum(names), MyValue::Int(i)) if from_binlog => match names {
-            Some(n) if i >= 1 && (i as usize) <= n.len() => {
-                Value::String(n[i as usize - 1].clone())
-            }
-            Some(_) if i == 0 => Value::String(String::new()),
-            _ => Value::from(i),
+            Some(n) if i >= 1 && (i as usize) <= n.len() => Cell::Text(n[i as usize - 1].clone()),
+            Some(_) if i == 0 => Cell::Text(String::new()),
+            _ => Cell::Int(i),
         },
-        (CellKind::Enum(_), MyValue::Bytes(b)) => text_json(b, false),
+        (CellKind::Enum(_), MyValue::Bytes(b)) => text_cell(b, false),
         (CellKind::Set(names), MyValue::Bytes(b)) if from_binlog => {
             let bits = le_uint(&b);
             match names {
-                Some(n) => Value::String(names_for_bits(bits, n)),
-                None => Value::from(bits),
+                Some(n) => Cell::Text(names_for_bits(bits, n)),
+                None => Cell::UInt(bits),
             }
         }
-        (CellKind::Set(_), MyValue::Bytes(b)) => text_json(b, false),
-        (CellKind::Bit, MyValue::Bytes(b)) => Value::from(be_uint(&b)),
-        (CellKind::Bit, MyValue::Int(i)) => Value::from(i),
-        (CellKind::Bit, MyValue::UInt(u)) => Value::from(u),
+        (CellKind::Set(_), MyValue::Bytes(b)) => text_cell(b, false),
+        (CellKind::Bit, MyValue::Bytes(b)) => Cell::UInt(be_uint(&b)),
+        (CellKind::Bit, MyValue::Int(i)) => Cell::Int(i),
+        (CellKind::Bit, MyValue::UInt(u)) => Cell::UInt(u),
         (_, v) => return Err(mismatch(&v)),
     };
     Ok(out)
+}
+
+fn float_cell(f: f64) -> Cell {
+    if f.is_finite() {
+        Cell::Float(f)
+    } else {
+        Cell::Null
+    }
 }
 
 #[cfg(test)]

@@ -4,5 +4,6 @@ pub mod binlog;
 pub mod conn;
 pub mod decode;
 pub mod preflight;
+pub mod row_image;
 pub mod rows;
 pub mod snapshot;

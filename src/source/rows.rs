@@ -5,20 +5,20 @@
 //! (4–6× slower), and MariaDB's compressed events are unknown to mysql_common. The plan is built
 //! once per TABLE_MAP (column names from `binlog_row_metadata=FULL`, types, metadata,
 //! signedness, charsets, ENUM/SET labels), and each cell goes through
-//! `BinlogValue::deserialize` and then [`cell_json`]. Partial row images are refused: with
+//! `BinlogValue::deserialize` and [`cell_of`] straight into the row's JSON text
+//! ([`RowWriter`]). Partial row images are refused: with
 //! anything but `binlog_row_image=FULL` a document image would silently lose columns.
 
 use std::io::Read;
 use std::sync::Arc;
 
+use super::decode::{Cell, CellKind, DecodeError, cell_of};
+pub use super::row_image::{RowImage, RowWriter};
 use mysql_common::binlog::events::{OptionalMetaExtractor, OptionalMetadataField, TableMapEvent};
 use mysql_common::binlog::value::BinlogValue;
 use mysql_common::constants::ColumnType;
 use mysql_common::io::ParseBuf;
 use mysql_common::proto::MyDeserialize;
-use serde_json::Value;
-
-use super::decode::{CellKind, DecodeError, cell_json};
 
 /// One column of a table as the binlog describes it.
 #[derive(Debug, Clone)]
@@ -43,6 +43,8 @@ pub struct TableDesc {
     pub parenttype_col: Option<usize>,
     pub parentfield_col: Option<usize>,
     pub idx_col: Option<usize>,
+    /// Bytes to reserve for one row's JSON text.
+    row_hint: usize,
 }
 
 /// Errors decoding row events.
@@ -176,6 +178,7 @@ impl TableDesc {
             parenttype_col: find("parenttype"),
             parentfield_col: find("parentfield"),
             idx_col: find("idx"),
+            row_hint: row_hint(&columns),
             columns,
             table,
         })
@@ -203,6 +206,7 @@ impl TableDesc {
             parenttype_col: find("parenttype"),
             parentfield_col: find("parentfield"),
             idx_col: find("idx"),
+            row_hint: row_hint(&columns),
             columns,
         }
     }
@@ -212,23 +216,21 @@ impl TableDesc {
         self.columns.iter().position(|c| c.name == name)
     }
 
-    /// The row as a JSON object keyed by column name, in table order.
-    pub fn row_json(&self, row: &[Value]) -> String {
-        let mut out = Vec::with_capacity(64 + row.len() * 32);
-        out.push(b'{');
-        for (i, (c, v)) in self.columns.iter().zip(row.iter()).enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(c.json_key.as_bytes());
-            // Writing JSON into a Vec cannot fail.
-            let _ = serde_json::to_writer(&mut out, v);
-        }
-        out.push(b'}');
-        // serde_json writes UTF-8 and the keys are `str`s.
-        String::from_utf8(out)
-            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    /// Bytes to reserve for one row's JSON text.
+    pub(super) fn row_bytes_hint(&self) -> usize {
+        self.row_hint
     }
+}
+
+impl ColumnDesc {
+    /// `"<name>":`, the column's key in a row's JSON object.
+    pub(super) fn json_key(&self) -> &str {
+        &self.json_key
+    }
+}
+
+fn row_hint(columns: &[ColumnDesc]) -> usize {
+    2 + columns.iter().map(|c| c.json_key.len() + 16).sum::<usize>()
 }
 
 fn json_key(name: &str) -> String {
@@ -268,9 +270,6 @@ pub enum RowOp {
     Update,
     Delete,
 }
-
-/// One decoded row image, aligned with [`TableDesc::columns`].
-pub type RowImage = Vec<Value>;
 
 /// One row change.
 #[derive(Debug, Clone)]
@@ -375,7 +374,7 @@ fn read_image<'a>(
         reason: reason.into(),
     };
     let nulls = take(buf, npresent.div_ceil(8)).ok_or_else(|| malformed("null bitmap"))?;
-    let mut row = Vec::with_capacity(table.columns.len());
+    let mut row = RowWriter::new(table);
     for (i, col) in table.columns.iter().enumerate() {
         if !present.get(i).copied().unwrap_or(false) {
             return Err(RowsError::PartialImage {
@@ -385,7 +384,7 @@ fn read_image<'a>(
         // Every column is present (checked above), so the null bit index is the column index.
         let is_null = nulls[i / 8] & (1 << (i % 8)) != 0;
         if is_null {
-            row.push(Value::Null);
+            row.push(&Cell::Null);
             continue;
         }
         let whole: &'a [u8] = buf;
@@ -409,14 +408,14 @@ fn read_image<'a>(
         {
             v = mysql_common::Value::Int(x - 0x100_0000);
         }
-        let j = cell_json(&col.kind, v, true).map_err(|source| RowsError::Cell {
+        let cell = cell_of(&col.kind, v, true).map_err(|source| RowsError::Cell {
             table: table.table.clone(),
             column: col.name.clone(),
             source,
         })?;
-        row.push(j);
+        row.push(&cell);
     }
-    Ok(row)
+    Ok(row.finish())
 }
 
 fn bitmap(bytes: &[u8], n: usize) -> Vec<bool> {

@@ -14,8 +14,8 @@ use mysql_async::{Conn, Row};
 use tokio::sync::mpsc;
 
 use super::conn::DbTarget;
-use super::decode::{CellKind, cell_json};
-use super::rows::{RowImage, TableDesc};
+use super::decode::{CellKind, cell_of};
+use super::rows::{RowImage, RowWriter, TableDesc};
 use crate::position::GtidPosition;
 
 /// Rows sent to the loader per message.
@@ -149,16 +149,16 @@ impl Snapshot {
         while let Some(row) = stream.next().await {
             let row = row?;
             let values = row.unwrap();
-            let mut img = Vec::with_capacity(values.len());
+            let mut img = RowWriter::new(&desc);
             for (v, c) in values.into_iter().zip(desc.columns.iter()) {
-                let j = cell_json(&c.kind, v, false).map_err(|source| SnapshotError::Decode {
+                let cell = cell_of(&c.kind, v, false).map_err(|source| SnapshotError::Decode {
                     table: table.to_string(),
                     column: c.name.clone(),
                     source,
                 })?;
-                img.push(j);
+                img.push(&cell);
             }
-            chunk.push(img);
+            chunk.push(img.finish());
             n += 1;
             if chunk.len() >= CHUNK {
                 let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));

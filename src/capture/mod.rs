@@ -200,7 +200,8 @@ pub async fn run(
         want_table: Arc::new(move |t: &str| filter.reader_wants(t)),
         non_blocking: cfg.stop_at_end,
     };
-    let (tx, mut rx) = mpsc::channel(256);
+    // The reader's read-ahead budget bounds what is in flight; the channel only needs room.
+    let (tx, mut rx) = mpsc::channel(1024);
     let reader = tokio::spawn(run_reader(reader_cfg, tx));
     let view = retention::CheckpointView::default();
     let retention_stop = shutdown.child_token();
@@ -238,16 +239,29 @@ pub async fn run(
             if sd.is_cancelled() && !processor.in_group() {
                 break;
             }
-            let next = handle.block_on(async {
-                tokio::time::timeout(Duration::from_millis(200), rx.recv()).await
-            });
+            // Chunks are taken without blocking while the reader is ahead (a timer and a park
+            // per chunk cost more than processing it); only an empty channel waits, with a
+            // timeout so idle checkpoints still happen.
+            let next = match rx.try_recv() {
+                Ok(item) => Ok(Some(item)),
+                Err(mpsc::error::TryRecvError::Disconnected) => Ok(None),
+                Err(mpsc::error::TryRecvError::Empty) => handle.block_on(async {
+                    tokio::time::timeout(Duration::from_millis(200), rx.recv()).await
+                }),
+            };
             match next {
                 Err(_) => processor.maybe_checkpoint(false)?,
                 Ok(None) => break,
-                Ok(Some(item)) => {
-                    if let Err(e) = processor.on_item(item) {
-                        let _ = processor.abort();
-                        return Err(e);
+                Ok(Some(chunk)) => {
+                    // The chunk's read-ahead budget returns to the reader when it is dropped.
+                    for item in chunk.items {
+                        if sd.is_cancelled() && !processor.in_group() {
+                            break;
+                        }
+                        if let Err(e) = processor.on_item(item) {
+                            let _ = processor.abort();
+                            return Err(e);
+                        }
                     }
                 }
             }

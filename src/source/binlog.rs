@@ -15,11 +15,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStreamRequest, Conn};
 use mysql_common::binlog::events::EventData;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::rows::{
     RowsBatch, RowsError, TableDesc, decode_rows, decompress_mariadb, rows_event_kind,
@@ -160,20 +160,127 @@ fn map_stream_error(e: mysql_async::Error, start: &GtidPosition) -> BinlogError 
     BinlogError::Stream(Box::new(e))
 }
 
+/// Most items in one chunk on the reader's channel: the reader hands over whole runs of events
+/// so the two threads do not wake each other for every small rows event.
+pub const CHUNK_ITEMS: usize = 64;
+
+/// Decoded bytes the reader may be ahead of the capture loop. While the loop writes a
+/// checkpoint (an fsync of the state store, ~100 ms under load) the reader keeps decoding into
+/// this budget instead of stalling on a full channel; it bounds capture's memory for huge
+/// transactions too.
+pub const READ_AHEAD_BYTES: usize = 16 << 20;
+
+/// Chunks stop growing at this many KiB of decoded rows.
+const CHUNK_KIB: u32 = 256;
+
+/// A run of items from the reader. Holds its share of the read-ahead budget until the capture
+/// loop has processed and dropped it.
+pub struct Chunk {
+    pub items: Vec<BinlogItem>,
+    _budget: OwnedSemaphorePermit,
+}
+
+/// KiB of the read-ahead budget an item takes: at least 1, so runs of small items are bounded
+/// by count as well.
+fn cost_kib(item: &BinlogItem) -> u32 {
+    let bytes = match item {
+        BinlogItem::Rows(rb) => rb
+            .rows
+            .iter()
+            .map(|r| {
+                r.before.as_ref().map_or(0, |i| i.heap_bytes())
+                    + r.after.as_ref().map_or(0, |i| i.heap_bytes())
+                    + 64
+            })
+            .sum(),
+        BinlogItem::Query { query, .. } => query.len(),
+        _ => 0,
+    };
+    1 + (bytes >> 10).min(u32::MAX as usize - 1) as u32
+}
+
+/// Gathers items into chunks for the capture loop's channel, within the read-ahead budget.
+struct Chunker {
+    tx: mpsc::Sender<Chunk>,
+    /// The read-ahead budget in KiB permits, shared with the chunks in flight.
+    budget: Arc<Semaphore>,
+    budget_kib: u32,
+    buf: Vec<BinlogItem>,
+    kib: u32,
+}
+
+impl Chunker {
+    fn new(tx: mpsc::Sender<Chunk>, budget_bytes: usize) -> Self {
+        let budget_kib = (budget_bytes >> 10).clamp(1, u32::MAX as usize) as u32;
+        Chunker {
+            tx,
+            budget: Arc::new(Semaphore::new(budget_kib as usize)),
+            budget_kib,
+            buf: Vec::with_capacity(CHUNK_ITEMS),
+            kib: 0,
+        }
+    }
+
+    async fn push(&mut self, item: BinlogItem) -> Result<(), BinlogError> {
+        self.kib = self.kib.saturating_add(cost_kib(&item));
+        self.buf.push(item);
+        if self.buf.len() >= CHUNK_ITEMS || self.kib >= CHUNK_KIB {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), BinlogError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        // A single item larger than the whole budget takes all of it (never more: that would
+        // wait forever).
+        let want = self.kib.min(self.budget_kib);
+        let permit = Arc::clone(&self.budget)
+            .acquire_many_owned(want)
+            .await
+            .map_err(|_| BinlogError::Closed)?;
+        let items = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK_ITEMS));
+        self.kib = 0;
+        self.tx
+            .send(Chunk {
+                items,
+                _budget: permit,
+            })
+            .await
+            .map_err(|_| BinlogError::Closed)
+    }
+}
+
 /// Reads the binlog until the channel closes, an error occurs, or (non-blocking) the end.
-pub async fn run_reader(
-    cfg: ReaderConfig,
-    tx: mpsc::Sender<BinlogItem>,
-) -> Result<(), BinlogError> {
-    let mut stream = open_stream(&cfg).await?;
+/// Items go out in chunks; a chunk is sent as soon as the stream has nothing more ready, so
+/// chunking never holds an event back while the reader waits.
+pub async fn run_reader(cfg: ReaderConfig, tx: mpsc::Sender<Chunk>) -> Result<(), BinlogError> {
+    let mut out = Chunker::new(tx, READ_AHEAD_BYTES);
+    let res = read_events(&cfg, &mut out).await;
+    // Whatever was read before an error or the end still goes to the capture loop (it only
+    // acts on whole groups).
+    let flushed = out.flush().await;
+    res.and(flushed)
+}
+
+async fn read_events(cfg: &ReaderConfig, out: &mut Chunker) -> Result<(), BinlogError> {
+    let mut stream = open_stream(cfg).await?;
     let mut tables: HashMap<u64, Option<Arc<TableDesc>>> = HashMap::new();
     let mut file = String::new();
     let mut in_group = false;
     let mut standalone = false;
     let read_timeout = cfg.heartbeat * 3 + Duration::from_secs(1);
-    let send = |item| async { tx.send(item).await.map_err(|_| BinlogError::Closed) };
     loop {
-        let ev = match tokio::time::timeout(read_timeout, stream.next()).await {
+        let next = match stream.next().now_or_never() {
+            Some(next) => Ok(next),
+            None => {
+                out.flush().await?;
+                tokio::time::timeout(read_timeout, stream.next()).await
+            }
+        };
+        let ev = match next {
             Err(_) => return Err(BinlogError::Timeout(read_timeout)),
             // End of binlog: normal with --stop-at-end; otherwise the server ended the dump
             // (shutdown or restart), so reconnect from the checkpoint.
@@ -212,7 +319,7 @@ pub async fn run_reader(
                     gtid_event(ev.data(), header.server_id()).ok_or_else(|| malformed("gtid"))?;
                 in_group = true;
                 standalone = flags & 0x01 != 0;
-                send(BinlogItem::Begin { gtid, standalone }).await?;
+                out.push(BinlogItem::Begin { gtid, standalone }).await?;
             }
             // TABLE_MAP.
             19 => {
@@ -236,12 +343,12 @@ pub async fn run_reader(
                 let id = rows_table_id(ev.data()).ok_or_else(|| malformed("rows"))?;
                 if let Some(Some(desc)) = tables.get(&id) {
                     let batch = decode_rows(t, ev.data(), desc)?;
-                    send(BinlogItem::Rows(batch)).await?;
+                    out.push(BinlogItem::Rows(batch)).await?;
                 }
             }
             16 => {
                 in_group = false;
-                send(BinlogItem::Commit {
+                out.push(BinlogItem::Commit {
                     ts: header.timestamp(),
                     file: file.clone(),
                     pos,
@@ -268,7 +375,7 @@ pub async fn run_reader(
                     "BEGIN" => {}
                     "COMMIT" | "ROLLBACK" => {
                         in_group = false;
-                        send(BinlogItem::Commit {
+                        out.push(BinlogItem::Commit {
                             ts: header.timestamp(),
                             file: file.clone(),
                             pos,
@@ -277,10 +384,10 @@ pub async fn run_reader(
                     }
                     _ => {
                         tables.clear();
-                        send(BinlogItem::Query { schema, query }).await?;
+                        out.push(BinlogItem::Query { schema, query }).await?;
                         if standalone || !in_group {
                             in_group = false;
-                            send(BinlogItem::Commit {
+                            out.push(BinlogItem::Commit {
                                 ts: header.timestamp(),
                                 file: file.clone(),
                                 pos,
@@ -292,7 +399,7 @@ pub async fn run_reader(
             }
             // HEARTBEAT.
             27 => {
-                send(BinlogItem::Heartbeat {
+                out.push(BinlogItem::Heartbeat {
                     file: file.clone(),
                     pos,
                 })
@@ -316,6 +423,66 @@ mod tests {
         assert_eq!(g.to_string(), "3-7-42");
         assert_eq!(flags, 0x0c);
         assert!(gtid_event(&d[..10], 7).is_none());
+    }
+
+    fn big_rows(bytes: usize) -> BinlogItem {
+        use crate::source::decode::CellKind;
+        use crate::source::rows::{RowChange, RowImage, RowOp, RowsBatch, TableDesc};
+        let t = Arc::new(TableDesc::from_columns(
+            "db",
+            "tabX",
+            vec![("name".into(), CellKind::Text { latin1: false })],
+        ));
+        let row = RowImage::from_values(&t, &[serde_json::Value::String("x".repeat(bytes))]);
+        BinlogItem::Rows(RowsBatch {
+            table: t,
+            op: RowOp::Insert,
+            rows: vec![RowChange {
+                before: None,
+                after: Some(row),
+            }],
+        })
+    }
+
+    #[tokio::test]
+    async fn read_ahead_is_bounded_and_an_oversized_item_still_passes() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut c = Chunker::new(tx, 8 << 10);
+        // 20 KiB item against an 8 KiB budget: pushed as a chunk that takes the whole budget.
+        c.push(big_rows(20 << 10)).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), c.flush())
+            .await
+            .expect("an item larger than the budget must not wait forever")
+            .unwrap();
+        let first = rx.recv().await.unwrap();
+        assert_eq!(first.items.len(), 1);
+        // The budget is used up until the first chunk is dropped.
+        c.push(BinlogItem::Heartbeat {
+            file: "f".into(),
+            pos: 4,
+        })
+        .await
+        .unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), c.flush())
+                .await
+                .is_err(),
+            "flush must wait while the budget is taken"
+        );
+        drop(first);
+        tokio::time::timeout(Duration::from_secs(5), c.flush())
+            .await
+            .expect("budget returned")
+            .unwrap();
+        assert_eq!(rx.recv().await.unwrap().items.len(), 1);
+        assert!(cost_kib(&big_rows(20 << 10)) >= 20);
+        assert_eq!(
+            cost_kib(&BinlogItem::Heartbeat {
+                file: String::new(),
+                pos: 0
+            }),
+            1
+        );
     }
 
     #[test]

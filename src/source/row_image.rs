@@ -31,6 +31,11 @@ impl RowImage {
         self.json
     }
 
+    /// Heap bytes this image holds.
+    pub fn heap_bytes(&self) -> usize {
+        self.json.capacity() + self.cells.capacity() * std::mem::size_of::<(u32, u32)>()
+    }
+
     /// Number of cells.
     pub fn len(&self) -> usize {
         self.cells.len()

@@ -60,7 +60,8 @@ struct Report {
 
 impl Report {
     fn add(&mut self, section: &str, what: &str, value: f64, unit: &str) {
-        eprintln!("  {section:<10} {what:<58} {value:>14.1} {unit}");
+        let digits = if unit == "x" { 2 } else { 1 };
+        eprintln!("  {section:<10} {what:<58} {value:>14.digits$} {unit}");
         self.lines
             .push((section.into(), what.into(), value, unit.into()));
     }
@@ -813,7 +814,9 @@ fn main() {
     println!("| section | measurement | value | unit |");
     println!("|---|---|---:|---|");
     for (s, w, v, u) in &r.lines {
-        println!("| {s} | {} | {v:.1} | {u} |", w.trim());
+        // Ratios need two decimals (1.16 and 1.24 both print as 1.2 otherwise).
+        let digits = if u == "x" { 2 } else { 1 };
+        println!("| {s} | {} | {v:.digits$} | {u} |", w.trim());
     }
     for n in &r.notes {
         println!("\nnote: {n}");

@@ -321,16 +321,8 @@ impl Cell {
             Cell::UInt(u) => serde_json::to_writer(&mut *out, u),
             Cell::Float(f) => serde_json::to_writer(&mut *out, f),
             Cell::Text(s) => serde_json::to_writer(&mut *out, s.as_str()),
-            Cell::Binary(b) => {
-                out.extend_from_slice(b"{\"$base64\":\"");
-                let enc = base64::engine::general_purpose::STANDARD;
-                let start = out.len();
-                out.resize(start + base64::encoded_len(b.len(), true).unwrap_or(0), 0);
-                let n = enc.encode_slice(b, &mut out[start..]).unwrap_or(0);
-                out.truncate(start + n);
-                out.extend_from_slice(b"\"}");
-                Ok(())
-            }
+            // Rare (binary columns, invalid UTF-8): one place spells the `$base64` form.
+            Cell::Binary(b) => serde_json::to_writer(&mut *out, &binary_json(b)),
         };
     }
 }

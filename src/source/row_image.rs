@@ -58,7 +58,7 @@ impl RowImage {
         let t = self.cell(i?)?;
         match t.as_bytes().first()? {
             b'"' => {
-                let inner = &t[1..t.len() - 1];
+                let inner = t.get(1..t.len() - 1)?;
                 if inner.contains('\\') {
                     serde_json::from_str::<String>(t).ok().map(Cow::Owned)
                 } else {
@@ -75,12 +75,7 @@ impl RowImage {
         self.cell(i?)?.parse().ok()
     }
 
-    /// Cell `i` as a JSON value (parsed from its text; for tests and rare paths).
-    pub fn value(&self, i: usize) -> Option<Value> {
-        serde_json::from_str(self.cell(i)?).ok()
-    }
-
-    /// An image of `table` from JSON values (snapshot of tests and fixtures).
+    /// An image of `table` from JSON values (tests and fixtures).
     pub fn from_values(table: &TableDesc, values: &[Value]) -> Self {
         let mut w = RowWriter::new(table);
         for v in values {
@@ -211,7 +206,10 @@ mod tests {
         assert_eq!(img.text(Some(99)), None);
         assert_eq!(img.text(None), None);
         assert_eq!(img.len(), 8);
-        assert_eq!(img.value(4), Some(json!(1.5e-7)));
+        assert_eq!(
+            serde_json::from_str::<Value>(img.cell(4).unwrap()).unwrap(),
+            json!(1.5e-7)
+        );
     }
 
     #[test]

@@ -391,7 +391,7 @@ async fn e2e(r: &mut Report, docs: u64, rates: &[u64], secs: u64) {
     let mut pc = rig.primary().conn(&rig.db).await;
     install_proc(&mut pc).await;
     let capture = rig.spawn_capture(None, free_port(), &[]);
-    let rurl = format!("mysql://admin@127.0.0.1:{}/{}", replica.port, rig.db);
+    let rurl = replica.replica_url(&rig.db);
     let apply = rig.spawn_apply(&rurl, free_port(), &[]);
     let (crss, arss) = (PeakRss::watch(capture.id()), PeakRss::watch(apply.id()));
     let mut rc = replica.conn(&rig.db).await;
@@ -536,7 +536,7 @@ async fn backlog(r: &mut Report, docs: u64, big_rows: u64, apply_window: Duratio
     let mut ac = apply_replica.conn(db).await;
     let t = Instant::now();
     let replica_cpu0 = cpu_secs(apply_replica.pid);
-    let rurl = format!("mysql://admin@127.0.0.1:{}/{db}", apply_replica.port);
+    let rurl = apply_replica.replica_url(db);
     let apply_metrics = free_port();
     let child = std::process::Command::new(binary())
         .args([

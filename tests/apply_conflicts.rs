@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::doc_image;
 use common::rig::Rig;
-use common::servers::{Mariadb, free_port};
+use common::servers::free_port;
 use common::workload::{Frappe, Invoice};
 
 fn cdc(args: &[&str]) -> Output {
@@ -51,9 +51,7 @@ async fn until_equal(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conflicts_are_recorded_and_resolved_both_ways() {
     let rig = Rig::new("conflict").await;
-    let replica = Mariadb::start(&[]);
-    replica.create_site(&rig.db).await;
-    let rurl = format!("mysql://admin@127.0.0.1:{}/{}", replica.port, rig.db);
+    let (replica, rurl) = rig.replica().await;
     let surl = rig.primary().cdc_url(&rig.db);
     let mut f = rig.frappe().await;
     for n in ["SINV-1", "SINV-2"] {
@@ -253,9 +251,7 @@ async fn conflicts_are_recorded_and_resolved_both_ways() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_outage_is_survived() {
     let rig = Rig::new("outage").await;
-    let mut replica = Mariadb::start(&[]);
-    replica.create_site(&rig.db).await;
-    let rurl = format!("mysql://admin@127.0.0.1:{}/{}", replica.port, rig.db);
+    let (mut replica, rurl) = rig.replica().await;
     let mut f = rig.frappe().await;
     f.insert_invoice(&Invoice::draft("O-0", "C1", 1)).await;
     rig.capture().await;
@@ -294,9 +290,7 @@ async fn replica_outage_is_survived() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn row_filter_applies_only_matching_documents() {
     let rig = Rig::new("rowfilter").await;
-    let replica = Mariadb::start(&[]);
-    replica.create_site(&rig.db).await;
-    let rurl = format!("mysql://admin@127.0.0.1:{}/{}", replica.port, rig.db);
+    let (replica, rurl) = rig.replica().await;
     let mut f = rig.frappe().await;
     for i in 0..6 {
         let customer = if i % 2 == 0 { "Acme" } else { "Other" };

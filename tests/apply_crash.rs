@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::rig::Rig;
-use common::servers::{KillOnDrop, Mariadb, free_port};
+use common::servers::{KillOnDrop, free_port};
 use common::workload::{Frappe, Invoice};
 use mysql_async::prelude::Queryable;
 
@@ -74,14 +74,9 @@ async fn workload(mut f: Frappe, stop: Arc<AtomicBool>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_nine_apply_twenty_times_applies_each_version_once() {
     let rig = Rig::new("applycrash").await;
-    let replica = Mariadb::start(&[]);
-    replica.create_site(&rig.db).await;
-    let rurl = format!("mysql://admin@127.0.0.1:{}/{}", replica.port, rig.db);
+    let (replica, rurl) = rig.replica().await;
     let mut r = replica.conn(&rig.db).await;
-    r.query_drop("CREATE TABLE apply_log (id bigint AUTO_INCREMENT PRIMARY KEY, name varchar(140), modified datetime(6))").await.expect("log");
-    for ev in ["INSERT", "UPDATE"] {
-        r.query_drop(format!("CREATE TRIGGER log_{ev} AFTER {ev} ON `tabSales Invoice` FOR EACH ROW INSERT INTO apply_log (name, modified) VALUES (NEW.name, NEW.modified)")).await.expect("trigger");
-    }
+    common::create_apply_log(&mut r).await;
     let _capture = rig.spawn_capture(
         None,
         free_port(),
@@ -129,10 +124,7 @@ async fn kill_nine_apply_twenty_times_applies_each_version_once() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let twice: Vec<(String, String, u64)> = r
-        .query("SELECT name, CAST(modified AS CHAR), COUNT(*) FROM apply_log GROUP BY name, modified HAVING COUNT(*) > 1")
-        .await
-        .expect("log");
+    let twice = common::versions_written_twice(&mut r).await;
     let writes: u64 = r
         .query_first("SELECT COUNT(*) FROM apply_log")
         .await

@@ -18,11 +18,7 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 fn spawn_apply(rig: &Rig, replica: &Mariadb, port: u16) -> KillOnDrop {
-    rig.spawn_apply(
-        &format!("mysql://admin@127.0.0.1:{}/{}", replica.port, rig.db),
-        port,
-        &[],
-    )
+    rig.spawn_apply(&replica.replica_url(&rig.db), port, &[])
 }
 
 fn hostile_messages(bootstrap: &str, topic: &str) -> usize {
@@ -211,7 +207,7 @@ async fn capture_to_apply_keeps_the_replica_equal() {
         "the customer's 2 rows went through LOAD DATA: {loaded_before} rows loaded before, {loaded} after"
     );
     // verify agrees, then notices a local edit.
-    let rurl = format!("mysql://admin@127.0.0.1:{}/{}", replica.port, rig.db);
+    let rurl = replica.replica_url(&rig.db);
     let verify = || rig.verify(&rurl, &[]);
     let out = verify();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();

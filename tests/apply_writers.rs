@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use common::metrics::{sample, scrape, try_scrape};
 use common::rig::Rig;
-use common::servers::{Mariadb, free_port};
+use common::servers::free_port;
 use common::workload::{Frappe, Invoice};
 use mysql_async::prelude::Queryable;
 
@@ -43,24 +43,16 @@ async fn metric(port: u16, series: &str) -> f64 {
 
 /// Fails the test if any Sales Invoice version was written to the replica twice.
 async fn assert_each_version_written_once(r: &mut mysql_async::Conn) {
-    let twice: Vec<(String, String, u64)> = r
-        .query("SELECT name, CAST(modified AS CHAR), COUNT(*) FROM apply_log GROUP BY name, modified HAVING COUNT(*) > 1 LIMIT 5")
-        .await
-        .expect("apply_log");
+    let twice = common::versions_written_twice(r).await;
     assert!(twice.is_empty(), "versions written twice: {twice:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_batches_are_atomic_exactly_once_and_conflict_checked() {
     let rig = Rig::new("writers").await;
-    let replica = Mariadb::start(&[]);
-    replica.create_site(&rig.db).await;
-    let rurl = format!("mysql://admin@127.0.0.1:{}/{}", replica.port, rig.db);
+    let (replica, rurl) = rig.replica().await;
     let mut r = replica.conn(&rig.db).await;
-    r.query_drop("CREATE TABLE apply_log (id bigint AUTO_INCREMENT PRIMARY KEY, name varchar(140), modified datetime(6))").await.expect("log");
-    for ev in ["INSERT", "UPDATE"] {
-        r.query_drop(format!("CREATE TRIGGER log_{ev} AFTER {ev} ON `tabSales Invoice` FOR EACH ROW INSERT INTO apply_log (name, modified) VALUES (NEW.name, NEW.modified)")).await.expect("trigger");
-    }
+    common::create_apply_log(&mut r).await;
     let mut f: Frappe = rig.frappe().await;
     // The fixture's snapshot first, through a first apply process: once a document written
     // after it is on the replica, all of it is (apply keeps topic order).

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::metrics::scrape;
 use common::rig::{Rig, primary_options};
-use common::servers::{KillOnDrop, Mariadb, free_port, scratch_dir};
+use common::servers::{KillOnDrop, free_port, scratch_dir};
 use common::wait_until;
 use common::workload::{Frappe, Invoice};
 use rdkafka::ClientConfig;
@@ -374,9 +374,7 @@ async fn dashboards_and_alerts_return_data_from_a_live_pipeline() {
     // A short expiry so the retention-headroom alert has something to say.
     primary_options(&["--binlog-expire-logs-seconds=3600"]);
     let rig = Rig::new("obs").await;
-    let replica = Mariadb::start(&[]);
-    replica.create_site(&rig.db).await;
-    let rurl = format!("mysql://admin@127.0.0.1:{}/{}", replica.port, rig.db);
+    let (replica, rurl) = rig.replica().await;
     let mut f = rig.frappe().await;
     for i in 0..5 {
         f.insert_invoice(&Invoice::draft(&format!("SINV-S{i}"), "C1", 3))

@@ -14,6 +14,22 @@ use frappe_cdc::source::decode::{CellKind, cell_json};
 use mysql_async::prelude::Queryable;
 use serde_json::{Map, Value};
 
+/// Creates `apply_log` on a replica, with triggers that log every write of a Sales Invoice
+/// parent row (name, modified): a version written twice shows up as a repeated pair.
+pub async fn create_apply_log(r: &mut mysql_async::Conn) {
+    r.query_drop("CREATE TABLE apply_log (id bigint AUTO_INCREMENT PRIMARY KEY, name varchar(140), modified datetime(6))").await.expect("log");
+    for ev in ["INSERT", "UPDATE"] {
+        r.query_drop(format!("CREATE TRIGGER log_{ev} AFTER {ev} ON `tabSales Invoice` FOR EACH ROW INSERT INTO apply_log (name, modified) VALUES (NEW.name, NEW.modified)")).await.expect("trigger");
+    }
+}
+
+/// (name, modified, writes) of Sales Invoice versions `apply_log` saw written more than once.
+pub async fn versions_written_twice(r: &mut mysql_async::Conn) -> Vec<(String, String, u64)> {
+    r.query("SELECT name, CAST(modified AS CHAR), COUNT(*) FROM apply_log GROUP BY name, modified HAVING COUNT(*) > 1")
+        .await
+        .expect("apply_log")
+}
+
 /// Polls `f` until it returns true or the deadline passes (then panics with `what`).
 pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut f: F)
 where

@@ -68,6 +68,15 @@ impl Rig {
         }
     }
 
+    /// Starts a replica server with this rig's site schema; returns it and the URL apply and
+    /// verify use for it.
+    pub async fn replica(&self) -> (Mariadb, String) {
+        let replica = Mariadb::start(&[]);
+        replica.create_site(&self.db).await;
+        let url = replica.replica_url(&self.db);
+        (replica, url)
+    }
+
     pub fn primary(&self) -> &'static Mariadb {
         &shared().0
     }

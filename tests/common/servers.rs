@@ -224,6 +224,12 @@ impl Mariadb {
         format!("mysql://admin:adminpass@127.0.0.1:{}/{db}", self.port)
     }
 
+    /// URL for the admin user without its password, as `apply` and `verify` get it (the
+    /// password goes in `FRAPPE_CDC_REPLICA_PASSWORD`).
+    pub fn replica_url(&self, db: &str) -> String {
+        format!("mysql://admin@127.0.0.1:{}/{db}", self.port)
+    }
+
     /// URL for the capture user (SELECT, REPLICATION SLAVE, BINLOG MONITOR), password not in it.
     pub fn cdc_url(&self, db: &str) -> String {
         format!("mysql://cdc@127.0.0.1:{}/{db}", self.port)

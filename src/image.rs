@@ -7,25 +7,57 @@
 //! apply about half of its CPU (hashing and growing a map per row, ~40 columns × 11 rows per
 //! document). Values stay `serde_json::Value`, in the envelope's JSON forms.
 //!
+//! Column names are interned (`Col`, an `Arc<str>` shared by every row that names the column):
+//! a document of 11 rows × ~40 columns named the same few dozen columns 440 times, each a
+//! separate allocation made on the parsing thread and freed on another. Interning also lets
+//! the bulk path tell two rows with the same columns apart by pointer (`Row::has_columns`).
+//!
 //! Parsing enforces the schema's shape (`parent` a row or null, `children` an object of row
 //! arrays, nothing else) and rejects a row naming a column twice.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::sync::Arc;
 
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// A column name, shared by the rows that name it.
+pub type Col = Arc<str>;
+
+/// Most names one parsing thread keeps interned; past it, names are allocated per row (a
+/// stream of ever-new column names cannot grow memory without bound).
+const INTERNED_MAX: usize = 16_384;
+
+/// The shared copy of column name `s` (interned per thread).
+fn intern(s: &str) -> Col {
+    thread_local! {
+        static NAMES: RefCell<HashMap<Col, ()>> = RefCell::new(HashMap::new());
+    }
+    NAMES.with(|n| {
+        let mut n = n.borrow_mut();
+        if let Some((k, _)) = n.get_key_value(s) {
+            return Arc::clone(k);
+        }
+        let k: Col = Arc::from(s);
+        if n.len() < INTERNED_MAX {
+            n.insert(Arc::clone(&k), ());
+        }
+        k
+    })
+}
+
 /// One row: (column, value) pairs in the order the message gave them.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Row(Vec<(String, Value)>);
+pub struct Row(Vec<(Col, Value)>);
 
 impl Row {
     /// The value of `column`, if present.
     pub fn get(&self, column: &str) -> Option<&Value> {
-        self.0.iter().find(|(k, _)| k == column).map(|(_, v)| v)
+        self.0.iter().find(|(k, _)| &**k == column).map(|(_, v)| v)
     }
 
     /// The value of `column` when it is a string.
@@ -35,18 +67,34 @@ impl Row {
 
     /// Sets `column` (replacing its value when present, else appending it).
     pub fn insert(&mut self, column: String, value: Value) {
-        match self.0.iter_mut().find(|(k, _)| *k == column) {
+        match self.0.iter_mut().find(|(k, _)| **k == *column) {
             Some((_, v)) => *v = value,
-            None => self.0.push((column, value)),
+            None => self.0.push((intern(&column), value)),
         }
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &Value)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
         self.into_iter()
     }
 
-    pub fn keys(&self) -> impl Iterator<Item = &String> {
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(k, _)| &**k)
+    }
+
+    /// The column names, shared (see the module docs).
+    pub fn cols(&self) -> impl Iterator<Item = &Col> {
         self.0.iter().map(|(k, _)| k)
+    }
+
+    /// Whether `cols` are this row's columns, in order: by pointer first (interned names),
+    /// then by text.
+    pub fn has_columns(&self, cols: &[Col]) -> bool {
+        self.0.len() == cols.len()
+            && self
+                .0
+                .iter()
+                .zip(cols)
+                .all(|((a, _), b)| Arc::ptr_eq(a, b) || a == b)
     }
 
     pub fn values(&self) -> impl Iterator<Item = &Value> {
@@ -83,7 +131,7 @@ impl Row {
         hs.windows(2)
             .filter(|w| w[0].0 == w[1].0)
             .find(|w| self.0[w[0].1].0 == self.0[w[1].1].0)
-            .map(|w| self.0[w[0].1].0.as_str())
+            .map(|w| &*self.0[w[0].1].0)
     }
 }
 
@@ -99,13 +147,34 @@ impl FromIterator<(String, Value)> for Row {
 }
 
 impl<'a> IntoIterator for &'a Row {
-    type Item = (&'a String, &'a Value);
+    type Item = (&'a str, &'a Value);
     type IntoIter = std::iter::Map<
-        std::slice::Iter<'a, (String, Value)>,
-        fn(&'a (String, Value)) -> (&'a String, &'a Value),
+        std::slice::Iter<'a, (Col, Value)>,
+        fn(&'a (Col, Value)) -> (&'a str, &'a Value),
     >;
     fn into_iter(self) -> Self::IntoIter {
-        self.0.iter().map(|(k, v)| (k, v))
+        self.0.iter().map(|(k, v)| (&**k, v))
+    }
+}
+
+/// Reads a map key as an interned column name (borrowed from the input when it has no
+/// escapes, so the usual key costs a hash lookup and no allocation).
+struct ColSeed;
+
+impl<'de> de::DeserializeSeed<'de> for ColSeed {
+    type Value = Col;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Col, D::Error> {
+        struct ColVisitor;
+        impl<'de> Visitor<'de> for ColVisitor {
+            type Value = Col;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a column name")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Col, E> {
+                Ok(intern(s))
+            }
+        }
+        d.deserialize_str(ColVisitor)
     }
 }
 
@@ -113,7 +182,7 @@ impl Serialize for Row {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut m = s.serialize_map(Some(self.0.len()))?;
         for (k, v) in &self.0 {
-            m.serialize_entry(k, v)?;
+            m.serialize_entry(&**k, v)?;
         }
         m.end()
     }
@@ -129,8 +198,8 @@ impl<'de> Deserialize<'de> for Row {
             }
             fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<Row, M::Error> {
                 let mut v = Vec::with_capacity(m.size_hint().unwrap_or(0).max(16));
-                while let Some(pair) = m.next_entry::<String, Value>()? {
-                    v.push(pair);
+                while let Some(k) = m.next_key_seed(ColSeed)? {
+                    v.push((k, m.next_value::<Value>()?));
                 }
                 let row = Row(v);
                 if let Some(k) = row.duplicate() {
@@ -214,6 +283,24 @@ mod tests {
         }
         let ok: Image = serde_json::from_str(r#"{"parent":null,"children":{}}"#).unwrap();
         assert_eq!(ok, Image::default());
+    }
+
+    #[test]
+    fn column_names_are_shared_and_compared() {
+        let text = r#"{"parent":{"name":"S/1","a\u0062c":1},"children":{"items":[{"name":"i1","abc":2},{"name":"i2","abc":3}]}}"#;
+        let img: Image = serde_json::from_str(text).unwrap();
+        let p = img.parent.as_ref().unwrap();
+        let (r1, r2) = (&img.rows("items")[0], &img.rows("items")[1]);
+        let cols: Vec<Col> = r1.cols().cloned().collect();
+        // The escaped key is the same name; every row shares one allocation per name.
+        assert_eq!(p.keys().collect::<Vec<_>>(), ["name", "abc"]);
+        assert!(Arc::ptr_eq(&cols[1], p.cols().nth(1).unwrap()));
+        assert!(r2.has_columns(&cols) && p.has_columns(&cols));
+        // Same names, fresh allocations: still equal by text; other names or order: not.
+        let fresh: Vec<Col> = ["name", "abc"].into_iter().map(Arc::from).collect();
+        assert!(r1.has_columns(&fresh));
+        let swapped: Vec<Col> = ["abc", "name"].into_iter().map(Arc::from).collect();
+        assert!(!r1.has_columns(&swapped) && !r1.has_columns(&cols[..1]));
     }
 
     #[test]

@@ -39,7 +39,7 @@ use super::replica::{
 use super::run::Outcome;
 use super::{infile, literal};
 use crate::envelope::{Envelope, Op};
-use crate::image::{Image, Row};
+use crate::image::{Col, Image, Row};
 
 /// One envelope of a batch, with where it came from.
 pub struct BulkItem {
@@ -148,7 +148,7 @@ struct Upserts {
 /// Which of a row's keys the replica has, and the groups their rows go to.
 struct Plan {
     table: String,
-    keys: Vec<String>,
+    keys: Vec<Col>,
     keep: Vec<bool>,
     /// Indexes into `Upserts::loads` and `Upserts::groups`, once used.
     load: Option<usize>,
@@ -157,9 +157,7 @@ struct Plan {
 
 impl Plan {
     fn fits(&self, table: &str, row: &Row) -> bool {
-        self.table == table
-            && self.keys.len() == row.len()
-            && self.keys.iter().zip(row.keys()).all(|(a, b)| a == b)
+        self.table == table && row.has_columns(&self.keys)
     }
 }
 
@@ -177,7 +175,7 @@ struct Group<T> {
 fn new_group<T: Default>(
     groups: &mut Vec<Group<T>>,
     table: &str,
-    keys: &[String],
+    keys: &[Col],
     keep: &[bool],
 ) -> usize {
     groups.push(Group {
@@ -186,7 +184,7 @@ fn new_group<T: Default>(
             .iter()
             .zip(keep)
             .filter(|(_, k)| **k)
-            .map(|(n, _)| n.clone())
+            .map(|(n, _)| n.to_string())
             .collect(),
         ..Group::default()
     });
@@ -227,11 +225,11 @@ impl Upserts {
                     let cols = cache.columns(tx, table).await?;
                     let keep: Vec<bool> = row.keys().map(|k| cols.contains(k)).collect();
                     for (k, _) in row.keys().zip(&keep).filter(|(_, kept)| !**kept) {
-                        missing.insert((table.to_string(), k.clone()));
+                        missing.insert((table.to_string(), k.to_string()));
                     }
                     self.plans.push(Plan {
                         table: table.to_string(),
-                        keys: row.keys().cloned().collect(),
+                        keys: row.cols().cloned().collect(),
                         keep,
                         load: None,
                         upsert: None,

@@ -406,7 +406,7 @@ async fn upsert(
         } else {
             report
                 .missing_columns
-                .insert((table.to_string(), k.clone()));
+                .insert((table.to_string(), k.to_string()));
         }
     }
     if names.is_empty() {
@@ -513,7 +513,7 @@ pub async fn write_doc(
             for (field, v) in p {
                 tx.exec_drop(
                     "INSERT INTO `tabSingles` (doctype, field, value) VALUES (?, ?, ?)",
-                    (doctype, field.as_str(), to_param(v)),
+                    (doctype, field, to_param(v)),
                 )
                 .await?;
             }

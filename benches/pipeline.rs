@@ -12,7 +12,8 @@
 //! 5. initial snapshot rows/s of the backlog site (1.1M rows).
 //!
 //! `--quick` shrinks every size tenfold (a smoke run); `--only a,b` runs some sections
-//! (ceiling, e2e, backlog).
+//! (ceiling, e2e, backlog); `--rounds N` repeats the apply-vs-native pair N times on fresh
+//! replicas and reports the medians too (3 in a full run, 1 in a quick one).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -460,24 +461,11 @@ async fn e2e(r: &mut Report, docs: u64, rates: &[u64], secs: u64) {
     drop(apply);
 }
 
-/// Section 3–5: backlog catch-up, apply vs native replication, memory, snapshot.
-async fn backlog(r: &mut Report, docs: u64, big_rows: u64, apply_window: Duration) {
-    eprintln!(
-        "== backlog: {docs} documents; apply vs native replication; snapshot; {big_rows}-row transaction"
-    );
-    let primary = Mariadb::start(PRIMARY_ARGS);
-    let (_, broker) = common::rig::shared();
-    let bootstrap = broker.bootstrap();
-    let db = "bl";
-    primary.create_site(db).await;
-    let apply_replica = Mariadb::start(&[]);
-    apply_replica.create_site(db).await;
+/// A fresh native replica of `primary` from `pos0`, timed from START SLAVE until it has
+/// applied up to `end`: (seconds, replica mariadbd CPU seconds).
+async fn native_round(primary: &Mariadb, db: &str, pos0: &str, end: &str, docs: u64) -> (f64, f64) {
     let native = Mariadb::start(&[]);
     native.create_site(db).await;
-    let mut pc = primary.conn(db).await;
-    install_proc(&mut pc).await;
-    // The native replica starts from here (schema already in place on both sides).
-    let pos0: String = q1(&mut pc, "SELECT @@gtid_binlog_pos").await;
     let mut nc = native.conn(db).await;
     nc.query_drop(format!("SET GLOBAL gtid_slave_pos = '{pos0}'"))
         .await
@@ -489,6 +477,124 @@ async fn backlog(r: &mut Report, docs: u64, big_rows: u64, apply_window: Duratio
     ))
     .await
     .expect("change master");
+    // A single SQL thread (MariaDB's default), nothing else running.
+    let t = Instant::now();
+    let cpu0 = cpu_secs(native.pid);
+    nc.query_drop("START SLAVE").await.expect("start slave");
+    let waited: i64 = q1(&mut nc, &format!("SELECT MASTER_GTID_WAIT('{end}', 1800)")).await;
+    assert_eq!(waited, 0, "native replica caught up");
+    let secs = t.elapsed().as_secs_f64();
+    let cpu = cpu_secs(native.pid) - cpu0;
+    let n: u64 = q1(
+        &mut nc,
+        "SELECT COUNT(*) FROM `tabSales Invoice` WHERE name LIKE 'BL-%'",
+    )
+    .await;
+    assert_eq!(n, docs, "native replica holds every document");
+    (secs, cpu)
+}
+
+/// A running `frappe-cdc apply` that caught up on the backlog, with its replica.
+struct ApplyRound {
+    secs: f64,
+    apply_cpu: f64,
+    replica_cpu: f64,
+    rss: PeakRss,
+    metrics_port: u16,
+    replica: Mariadb,
+    process: KillOnDrop,
+}
+
+/// A fresh replica and `frappe-cdc apply` (consumer group `group`) timed from the process
+/// start until the replica holds the `docs` backlog documents.
+async fn apply_round(bootstrap: &str, topic: &str, group: &str, db: &str, docs: u64) -> ApplyRound {
+    let replica = Mariadb::start(&[]);
+    replica.create_site(db).await;
+    let mut ac = replica.conn(db).await;
+    let t = Instant::now();
+    let replica_cpu0 = cpu_secs(replica.pid);
+    let rurl = replica.replica_url(db);
+    let metrics_port = free_port();
+    let child = std::process::Command::new(binary())
+        .args([
+            "apply",
+            "--replica",
+            &rurl,
+            "--brokers",
+            bootstrap,
+            "--topic",
+            topic,
+            "--group",
+            group,
+        ])
+        .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+        // Extra apply flags to compare settings, e.g. FRAPPE_CDC_BENCH_APPLY_ARGS="--batch-size 200".
+        .args(
+            std::env::var("FRAPPE_CDC_BENCH_APPLY_ARGS")
+                .unwrap_or_default()
+                .split_whitespace(),
+        )
+        .env("FRAPPE_CDC_REPLICA_PASSWORD", "adminpass")
+        .env(
+            "RUST_LOG",
+            std::env::var("FRAPPE_CDC_BENCH_APPLY_LOG").unwrap_or_else(|_| "error".into()),
+        )
+        .spawn()
+        .expect("spawn apply");
+    let process = KillOnDrop(child);
+    let rss = PeakRss::watch(process.id());
+    loop {
+        let got: u64 = q1(
+            &mut ac,
+            "SELECT COUNT(*) FROM `tabSales Invoice` WHERE name LIKE 'BL-%'",
+        )
+        .await;
+        if got >= docs {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(3600),
+            "apply: {got} of {docs} after an hour"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    ApplyRound {
+        secs,
+        apply_cpu: cpu_secs(process.id()),
+        replica_cpu: cpu_secs(replica.pid) - replica_cpu0,
+        rss,
+        metrics_port,
+        replica,
+        process,
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => f64::NAN,
+        n if n % 2 == 0 => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+        n => s[n / 2],
+    }
+}
+
+/// Section 3–5: backlog catch-up, apply vs native replication (`rounds` alternating pairs on
+/// fresh replicas), memory, snapshot.
+async fn backlog(r: &mut Report, docs: u64, big_rows: u64, apply_window: Duration, rounds: usize) {
+    eprintln!(
+        "== backlog: {docs} documents; apply vs native replication ({rounds} rounds); snapshot; {big_rows}-row transaction"
+    );
+    let primary = Mariadb::start(PRIMARY_ARGS);
+    let (_, broker) = common::rig::shared();
+    let bootstrap = broker.bootstrap();
+    let db = "bl";
+    primary.create_site(db).await;
+    let mut pc = primary.conn(db).await;
+    install_proc(&mut pc).await;
+    // Native replicas start from here (their schema is created by `create_site`).
+    let pos0: String = q1(&mut pc, "SELECT @@gtid_binlog_pos").await;
 
     let url = primary.cdc_url(db);
     let topic = "bl-docs";
@@ -509,83 +615,18 @@ async fn backlog(r: &mut Report, docs: u64, big_rows: u64, apply_window: Duratio
         "rows/s",
     );
     r.add("memory", "capture peak RSS, backlog", crss, "MiB");
-
-    // Native replication: a single SQL thread (MariaDB's default), nothing else running.
     let end: String = q1(&mut pc, "SELECT @@gtid_binlog_pos").await;
-    let t = Instant::now();
-    let native_cpu0 = cpu_secs(native.pid);
-    nc.query_drop("START SLAVE").await.expect("start slave");
-    let waited: i64 = q1(&mut nc, &format!("SELECT MASTER_GTID_WAIT('{end}', 1800)")).await;
-    assert_eq!(waited, 0, "native replica caught up");
-    let native_secs = t.elapsed().as_secs_f64();
-    let native_cpu = cpu_secs(native.pid) - native_cpu0;
-    let ncount: u64 = q1(
-        &mut nc,
-        "SELECT COUNT(*) FROM `tabSales Invoice` WHERE name LIKE 'BL-%'",
-    )
-    .await;
-    assert_eq!(ncount, docs);
+
+    // Round 1, reported in full; its apply keeps running for the big transaction below.
+    let (native_secs, native_cpu) = native_round(&primary, db, &pos0, &end, docs).await;
     r.add(
         "backlog",
         "native replication catch-up",
         docs as f64 / native_secs,
         "docs/s",
     );
-
-    // frappe-cdc apply from the topic.
-    let mut ac = apply_replica.conn(db).await;
-    let t = Instant::now();
-    let replica_cpu0 = cpu_secs(apply_replica.pid);
-    let rurl = apply_replica.replica_url(db);
-    let apply_metrics = free_port();
-    let child = std::process::Command::new(binary())
-        .args([
-            "apply",
-            "--replica",
-            &rurl,
-            "--brokers",
-            &bootstrap,
-            "--topic",
-            topic,
-            "--group",
-            "bench",
-        ])
-        .args(["--metrics-addr", &format!("127.0.0.1:{apply_metrics}")])
-        // Extra apply flags to compare settings, e.g. FRAPPE_CDC_BENCH_APPLY_ARGS="--batch-size 200".
-        .args(
-            std::env::var("FRAPPE_CDC_BENCH_APPLY_ARGS")
-                .unwrap_or_default()
-                .split_whitespace(),
-        )
-        .env("FRAPPE_CDC_REPLICA_PASSWORD", "adminpass")
-        .env(
-            "RUST_LOG",
-            std::env::var("FRAPPE_CDC_BENCH_APPLY_LOG").unwrap_or_else(|_| "error".into()),
-        )
-        .spawn()
-        .expect("spawn apply");
-    let apply = KillOnDrop(child);
-    let arss = PeakRss::watch(apply.id());
-    loop {
-        let got: u64 = q1(
-            &mut ac,
-            "SELECT COUNT(*) FROM `tabSales Invoice` WHERE name LIKE 'BL-%'",
-        )
-        .await;
-        if got >= docs {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(3600),
-            "apply: {got} of {docs} after an hour"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let apply_secs = t.elapsed().as_secs_f64();
-    let (apply_cpu, replica_cpu) = (
-        cpu_secs(apply.id()),
-        cpu_secs(apply_replica.pid) - replica_cpu0,
-    );
+    let first = apply_round(&bootstrap, topic, "bench", db, docs).await;
+    let apply_secs = first.secs;
     r.add(
         "backlog",
         "frappe-cdc apply catch-up",
@@ -598,7 +639,7 @@ async fn backlog(r: &mut Report, docs: u64, big_rows: u64, apply_window: Duratio
         apply_secs / native_secs,
         "x",
     );
-    r.add("memory", "apply peak RSS, backlog", arss.mib(), "MiB");
+    r.add("memory", "apply peak RSS, backlog", first.rss.mib(), "MiB");
     // CPU per document: what each side costs, independent of how well it overlaps.
     let per_doc = |cpu: f64| cpu / docs as f64 * 1e6;
     r.add(
@@ -610,17 +651,17 @@ async fn backlog(r: &mut Report, docs: u64, big_rows: u64, apply_window: Duratio
     r.add(
         "backlog",
         "apply: replica mariadbd CPU per document",
-        per_doc(replica_cpu),
+        per_doc(first.replica_cpu),
         "µs",
     );
     r.add(
         "backlog",
         "apply: frappe-cdc apply CPU per document",
-        per_doc(apply_cpu),
+        per_doc(first.apply_cpu),
         "µs",
     );
     // Where apply's time went: inside replica transactions or outside (consume, decode).
-    let m = common::metrics::scrape(apply_metrics).await;
+    let m = common::metrics::scrape(first.metrics_port).await;
     let (txs, tx_secs) = (
         sample(&m, "frappe_cdc_apply_transaction_duration_seconds_count"),
         sample(&m, "frappe_cdc_apply_transaction_duration_seconds_sum"),
@@ -645,6 +686,56 @@ async fn backlog(r: &mut Report, docs: u64, big_rows: u64, apply_window: Duratio
         tx_secs / txs.max(1.0) * 1e3,
         "ms",
     );
+
+    // Further rounds: the same pair again on fresh replicas (apply in a new consumer group),
+    // because on a shared 2-vCPU machine one pair's ratio moves by ±15 % between runs.
+    let (mut natives, mut applies) = (vec![native_secs], vec![apply_secs]);
+    let mut ratios = vec![apply_secs / native_secs];
+    for round in 2..=rounds {
+        let (ns, _) = native_round(&primary, db, &pos0, &end, docs).await;
+        let a = apply_round(&bootstrap, topic, &format!("bench-{round}"), db, docs).await;
+        eprintln!(
+            "  round {round}: native {:.0} docs/s, apply {:.0} docs/s, ratio {:.2}",
+            docs as f64 / ns,
+            docs as f64 / a.secs,
+            a.secs / ns
+        );
+        natives.push(ns);
+        applies.push(a.secs);
+        ratios.push(a.secs / ns);
+    }
+    if rounds > 1 {
+        r.add(
+            "backlog",
+            &format!("native replication catch-up, median of {rounds} rounds"),
+            docs as f64 / median(&natives),
+            "docs/s",
+        );
+        r.add(
+            "backlog",
+            &format!("frappe-cdc apply catch-up, median of {rounds} rounds"),
+            docs as f64 / median(&applies),
+            "docs/s",
+        );
+        r.add(
+            "backlog",
+            &format!("apply time / native time, median of {rounds} rounds"),
+            median(&ratios),
+            "x",
+        );
+        let list: Vec<String> = ratios.iter().map(|x| format!("{x:.2}")).collect();
+        r.note(format!(
+            "apply time / native time per round (native, then apply, on fresh replicas): {}",
+            list.join(", ")
+        ));
+    }
+    let ApplyRound {
+        rss: arss,
+        replica: apply_replica,
+        process: apply,
+        ..
+    } = first;
+    let mut ac = apply_replica.conn(db).await;
 
     // While tuning apply, the snapshot and the big transaction below can be skipped.
     if std::env::var_os("FRAPPE_CDC_BENCH_APPLY_ONLY").is_some() {
@@ -772,6 +863,13 @@ fn main() {
         .map(|s| s.split(',').map(String::from).collect())
         .unwrap_or_default();
     let run = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
+    let rounds: usize = args
+        .iter()
+        .position(|a| a == "--rounds")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(if quick { 1 } else { 3 })
+        .max(1);
     let k = if quick { 10 } else { 1 };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -797,6 +895,7 @@ fn main() {
                 100_000 / k,
                 1_000_000 / k,
                 Duration::from_secs(if quick { 60 } else { 600 }),
+                rounds,
             )
             .await;
         }

@@ -6,6 +6,7 @@
 #   scripts/bench.sh            full run (about 10 minutes on 2 cores)
 #   scripts/bench.sh --quick    every size / 10, a smoke run
 #   scripts/bench.sh --only ceiling,e2e,backlog
+#   scripts/bench.sh --rounds 5  apply-vs-native pairs on fresh replicas (median reported; default 3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/install-deps.sh

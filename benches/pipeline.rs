@@ -461,10 +461,18 @@ async fn e2e(r: &mut Report, docs: u64, rates: &[u64], secs: u64) {
     drop(apply);
 }
 
+/// A replica server for the backlog rounds, native and apply alike. Server options to compare
+/// come from FRAPPE_CDC_BENCH_REPLICA_ARGS (e.g. "--innodb-buffer-pool-size=1G").
+fn start_replica() -> Mariadb {
+    let extra = std::env::var("FRAPPE_CDC_BENCH_REPLICA_ARGS").unwrap_or_default();
+    let args: Vec<&str> = extra.split_whitespace().collect();
+    Mariadb::start(&args)
+}
+
 /// A fresh native replica of `primary` from `pos0`, timed from START SLAVE until it has
 /// applied up to `end`: (seconds, replica mariadbd CPU seconds).
 async fn native_round(primary: &Mariadb, db: &str, pos0: &str, end: &str, docs: u64) -> (f64, f64) {
-    let native = Mariadb::start(&[]);
+    let native = start_replica();
     native.create_site(db).await;
     let mut nc = native.conn(db).await;
     nc.query_drop(format!("SET GLOBAL gtid_slave_pos = '{pos0}'"))
@@ -508,7 +516,7 @@ struct ApplyRound {
 /// A fresh replica and `frappe-cdc apply` (consumer group `group`) timed from the process
 /// start until the replica holds the `docs` backlog documents.
 async fn apply_round(bootstrap: &str, topic: &str, group: &str, db: &str, docs: u64) -> ApplyRound {
-    let replica = Mariadb::start(&[]);
+    let replica = start_replica();
     replica.create_site(db).await;
     let mut ac = replica.conn(db).await;
     let t = Instant::now();

@@ -2,6 +2,7 @@
 //! conflict checks against the envelope's `before` image.
 
 pub mod bulk;
+pub mod config;
 pub mod conflicts;
 pub mod control;
 pub mod decision;

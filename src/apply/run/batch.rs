@@ -1,0 +1,405 @@
+//! The bulk side of the apply loop: which polled messages can share a replica transaction
+//! (`bulkable`, parsed off the apply task), runs of them flushed as bulk batches
+//! (`bulk.rs`), optionally split over `--writers` connections that commit in order.
+//!
+//! Consistency and crash behaviour are the loop's (see `run.rs`): every batch stores its
+//! partitions' next offsets in its last transaction, so a crash replays it from the stored
+//! offsets and the applied positions make the replay a no-op. A batch that fails for good is
+//! re-run one message at a time, so only the bad message is dead-lettered.
+
+use super::*;
+
+/// Documents below which a part is not worth its own transaction.
+const MIN_PART: usize = 32;
+
+/// How many parts a batch of `docs` documents is split into: up to `writers`, each of at
+/// least `MIN_PART` documents.
+fn split(docs: usize, writers: usize) -> usize {
+    (docs / MIN_PART).clamp(1, writers.max(1))
+}
+
+/// How `m` can go into a bulk batch: a document to apply, or a message that only moves the
+/// offset (a tombstone, a filtered document); None for the one-message path. Pure, so it runs
+/// on a blocking thread while the previous batch is being applied.
+pub(super) fn bulkable(
+    filter: &Filter,
+    row_filters: &[RowFilter],
+    m: &OwnedMessage,
+) -> Option<Pending> {
+    let (partition, next) = (m.partition(), m.offset() + 1);
+    let Some(payload) = m.payload() else {
+        return Some(Pending::Skip {
+            partition,
+            next,
+            outcome: Outcome::Tombstone,
+            doctype: None,
+        });
+    };
+    let e: Envelope = serde_json::from_slice(payload).ok()?;
+    if e.version != ENVELOPE_VERSION || e.validate().is_err() {
+        return None;
+    }
+    if !filter.tracks(&e.doctype) || !RowFilter::admits(row_filters, &e) {
+        return Some(Pending::Skip {
+            partition,
+            next,
+            outcome: Outcome::Filtered,
+            doctype: Some(e.doctype),
+        });
+    }
+    // Renames and Singles take the one-message path. A Single is the document named after
+    // its doctype (capture routes `tabSingles` rows so); an ordinary document with such a
+    // name only loses the batching, and a Single that slipped past is caught by the bulk
+    // path itself (`BulkError::NotBulk`).
+    if e.op == Op::Rename || e.old_name.is_some() || e.name == e.doctype {
+        return None;
+    }
+    let key = EventKey::of(&e.source)?;
+    let loadable = e.after.as_ref().is_some_and(infile::loadable);
+    Some(Pending::Doc(Box::new(BulkItem {
+        env: e,
+        key,
+        partition,
+        next,
+        loadable,
+    })))
+}
+
+/// Frees `v` on a blocking thread: a batch is ~5 MB in many small allocations, and freeing
+/// it on the apply task would hold up the next batch's transaction.
+fn drop_later<T: Send + 'static>(v: T) {
+    tokio::task::spawn_blocking(move || drop(v));
+}
+
+/// A message of a bulk batch.
+pub(super) enum Pending {
+    /// A document to apply.
+    Doc(Box<BulkItem>),
+    /// A message that only moves the offset: a tombstone or a filtered document.
+    Skip {
+        partition: i32,
+        next: i64,
+        outcome: Outcome,
+        doctype: Option<String>,
+    },
+}
+
+impl Applier {
+    /// Applies one polled batch in order: runs of bulkable messages (no document twice) in
+    /// bulk transactions, the others one at a time. False when shutdown interrupted it.
+    pub(super) async fn apply_batch(
+        &mut self,
+        io: &mut LoopIo<'_>,
+        msgs: Vec<OwnedMessage>,
+        parsed: Vec<Option<Pending>>,
+    ) -> Result<bool, ApplyError> {
+        let mut pending: Vec<(usize, Pending)> = Vec::new();
+        let mut keys: HashSet<(String, String)> = HashSet::new();
+        for (i, p) in parsed.into_iter().enumerate() {
+            match p {
+                Some(p) => {
+                    if let Pending::Doc(item) = &p {
+                        let k = (item.env.doctype.clone(), item.env.name.clone());
+                        if keys.contains(&k) {
+                            if !self.flush(io, &msgs, &mut pending).await? {
+                                return Ok(false);
+                            }
+                            keys.clear();
+                        }
+                        keys.insert(k);
+                    }
+                    pending.push((i, p));
+                }
+                None => {
+                    if !self.flush(io, &msgs, &mut pending).await? {
+                        return Ok(false);
+                    }
+                    keys.clear();
+                    if !self.process_one(io, &msgs[i]).await? {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+        let done = self.flush(io, &msgs, &mut pending).await;
+        drop_later(msgs);
+        done
+    }
+
+    /// Applies `items` and stores `offsets` on the replica: in one transaction, or split
+    /// over up to `writers` connections (see `split`).
+    async fn run_bulk(
+        &mut self,
+        items: &[BulkItem],
+        offsets: &BTreeMap<i32, i64>,
+    ) -> Result<BulkResult, BulkError> {
+        let parts = if self.serial_retry {
+            1
+        } else {
+            split(items.len(), self.cfg.writers)
+        };
+        let started = std::time::Instant::now();
+        let mut mode = BulkMode {
+            load_data: self.load_data,
+            read_new: self.read_new,
+        };
+        let r = if parts <= 1 {
+            let mut conn = self.pool.get_conn().await?;
+            let mut tx = conn.start_transaction(TxOpts::default()).await?;
+            let r = apply_bulk(
+                &mut tx,
+                &mut self.cache,
+                &self.cmp,
+                (&self.cfg.group, &self.cfg.topic),
+                items,
+                offsets,
+                &mut mode,
+            )
+            .await;
+            self.load_data = mode.load_data;
+            let r = r?;
+            tx.commit().await?;
+            r
+        } else {
+            match self.run_parts(items, offsets, parts, mode).await {
+                Err(BulkError::Replica(e)) if lock_failure(&e) => {
+                    // Parts waiting on each other's rows (a table without the index the
+                    // locked reads need, say) would wait until they time out: retry alone.
+                    tracing::info!(error = %e, "split batch hit a lock; retrying it as one transaction");
+                    self.metrics
+                        .split_batches
+                        .with_label_values(&["rolled_back"])
+                        .inc();
+                    self.serial_retry = true;
+                    return Err(BulkError::Replica(e));
+                }
+                r => {
+                    let r = r?;
+                    self.metrics
+                        .split_batches
+                        .with_label_values(&["committed"])
+                        .inc();
+                    r
+                }
+            }
+        };
+        self.serial_retry = false;
+        self.read_new = false;
+        self.metrics
+            .tx_duration
+            .observe(started.elapsed().as_secs_f64());
+        tracing::debug!(
+            docs = items.len(),
+            parts,
+            total_ms = started.elapsed().as_secs_f64() * 1e3,
+            "bulk batch committed"
+        );
+        if !items.is_empty() {
+            self.metrics.batch_docs.observe(items.len() as f64);
+        }
+        self.metrics
+            .bulk_rows
+            .with_label_values(&["load"])
+            .inc_by(r.loaded_rows);
+        self.metrics
+            .bulk_rows
+            .with_label_values(&["upsert"])
+            .inc_by(r.upserted_rows);
+        Ok(r)
+    }
+
+    /// `items` in `parts` consecutive slices, each in its own READ COMMITTED transaction on
+    /// its own connection, run concurrently. Nothing commits unless every part succeeded;
+    /// then they commit in order and the last one carries the offsets, so a crash (or a failed
+    /// commit) between two commits replays the batch and the applied positions written by the
+    /// committed parts turn their documents into no-ops. The parts never touch the same rows
+    /// (no document twice in a batch, offsets only in the last); READ COMMITTED keeps their
+    /// locked reads of documents the replica does not have yet from taking gap locks that
+    /// would make their inserts deadlock each other.
+    async fn run_parts(
+        &mut self,
+        items: &[BulkItem],
+        offsets: &BTreeMap<i32, i64>,
+        parts: usize,
+        mode: BulkMode,
+    ) -> Result<BulkResult, BulkError> {
+        let t0 = std::time::Instant::now();
+        let mut conns = Vec::with_capacity(parts);
+        for _ in 0..parts {
+            let mut c = self.pool.get_conn().await?;
+            // A wait on a row another part holds cannot end before that part commits, which
+            // it does only after this one finished: give up early and retry serially.
+            c.query_drop("SET SESSION innodb_lock_wait_timeout = 5")
+                .await?;
+            conns.push(c);
+        }
+        let mut opts = TxOpts::default();
+        opts.with_isolation_level(mysql_async::IsolationLevel::ReadCommitted);
+        let mut txs = Vec::with_capacity(parts);
+        for c in conns.iter_mut() {
+            txs.push(c.start_transaction(opts.clone()).await?);
+        }
+        let mut caches: Vec<SchemaCache> = (0..parts).map(|_| self.cache.clone()).collect();
+        let mut modes = vec![mode; parts];
+        let none = BTreeMap::new();
+        let (cmp, group, topic) = (&self.cmp, &self.cfg.group, &self.cfg.topic);
+        let chunk = items.len().div_ceil(parts);
+        let t_setup = t0.elapsed();
+        let results = futures::future::join_all(
+            txs.iter_mut()
+                .zip(caches.iter_mut())
+                .zip(modes.iter_mut())
+                .zip(items.chunks(chunk))
+                .enumerate()
+                .map(|(i, (((tx, cache), mode), part))| {
+                    let offs = if i + 1 == parts { offsets } else { &none };
+                    apply_bulk(tx, cache, cmp, (group, topic), part, offs, mode)
+                }),
+        )
+        .await;
+        self.load_data = modes.iter().all(|m| m.load_data);
+        let mut merged = BulkResult {
+            outcomes: Vec::with_capacity(items.len()),
+            missing_columns: Default::default(),
+            loaded_rows: 0,
+            upserted_rows: 0,
+        };
+        for r in results {
+            // An error drops every transaction uncommitted: they roll back.
+            let r = r?;
+            merged.outcomes.extend(r.outcomes);
+            merged.missing_columns.extend(r.missing_columns);
+            merged.loaded_rows += r.loaded_rows;
+            merged.upserted_rows += r.upserted_rows;
+        }
+        if let Some(c) = caches.into_iter().next() {
+            self.cache = c;
+        }
+        let t_parts = t0.elapsed();
+        for tx in txs {
+            tx.commit().await?;
+        }
+        tracing::debug!(
+            setup_ms = t_setup.as_secs_f64() * 1e3,
+            parts_ms = (t_parts - t_setup).as_secs_f64() * 1e3,
+            commits_ms = (t0.elapsed() - t_parts).as_secs_f64() * 1e3,
+            "split batch timings"
+        );
+        Ok(merged)
+    }
+
+    /// Applies the pending batch (see bulk.rs); false when shutdown interrupted a retry.
+    async fn flush(
+        &mut self,
+        io: &mut LoopIo<'_>,
+        msgs: &[OwnedMessage],
+        pending: &mut Vec<(usize, Pending)>,
+    ) -> Result<bool, ApplyError> {
+        if pending.is_empty() {
+            return Ok(true);
+        }
+        let batch = std::mem::take(pending);
+        let idx: Vec<usize> = batch.iter().map(|(i, _)| *i).collect();
+        let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut items = Vec::new();
+        let mut skips = Vec::new();
+        for (_, p) in batch {
+            let (partition, next) = match &p {
+                Pending::Doc(it) => (it.partition, it.next),
+                Pending::Skip {
+                    partition, next, ..
+                } => (*partition, *next),
+            };
+            let o = offsets.entry(partition).or_insert(next);
+            *o = (*o).max(next);
+            match p {
+                Pending::Doc(it) => items.push(*it),
+                skip => skips.push(skip),
+            }
+        }
+        let mut backoff = Backoff::new(Duration::from_millis(100), self.cfg.max_backoff);
+        loop {
+            match self.run_bulk(&items, &offsets).await {
+                Ok(r) => {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs_f64())
+                        .unwrap_or(0.0);
+                    for (it, o) in items.iter().zip(&r.outcomes) {
+                        let label = io.labels.get(&it.env.doctype);
+                        self.metrics
+                            .documents
+                            .with_label_values(&[label, o.label()])
+                            .inc();
+                        if *o == Outcome::Applied && it.env.source.commit_ts > 0 {
+                            self.metrics
+                                .lag
+                                .observe((now - it.env.source.commit_ts as f64).max(0.0));
+                        }
+                        if *o == Outcome::Conflict {
+                            self.metrics.open_conflicts.inc();
+                        }
+                        io.lag.applied(it.partition, it.next);
+                    }
+                    for (t, c) in r.missing_columns {
+                        self.metrics.missing_columns.with_label_values(&[&t]).inc();
+                        if self.missing_logged.insert((t.clone(), c.clone())) {
+                            tracing::warn!(table = %t, column = %c, "column missing on the replica; its values are not written (add it with bench migrate)");
+                        }
+                    }
+                    for skip in &skips {
+                        if let Pending::Skip {
+                            partition,
+                            next,
+                            outcome,
+                            doctype,
+                        } = skip
+                        {
+                            let label = io.labels.get(doctype.as_deref().unwrap_or("_unparsed"));
+                            self.metrics
+                                .documents
+                                .with_label_values(&[label, outcome.label()])
+                                .inc();
+                            io.lag.applied(*partition, *next);
+                        }
+                    }
+                    io.commit(&self.cfg.topic, &offsets);
+                    drop_later(items);
+                    return Ok(true);
+                }
+                Err(BulkError::Replica(e)) if transient(&e) => {
+                    if !backoff
+                        .wait(
+                            &self.metrics.retries,
+                            "replica unavailable; retrying the batch",
+                            &e,
+                            io.shutdown,
+                        )
+                        .await
+                    {
+                        return Ok(false);
+                    }
+                    self.cache.clear();
+                }
+                Err(e @ BulkError::LoadMismatch { .. }) if !self.read_new => {
+                    tracing::info!(error = %e, "a new document is already on the replica (created there?); re-running the batch with every copy read");
+                    self.metrics.load_rereads.inc();
+                    self.read_new = true;
+                }
+                Err(e) => {
+                    self.read_new = false;
+                    // A Single, or a document the replica rejects: one message at a time, so
+                    // only the bad one is dead-lettered.
+                    tracing::debug!(error = %e, "batch falls back to one document at a time");
+                    self.cache.clear();
+                    for i in idx {
+                        if !self.process_one(io, &msgs[i]).await? {
+                            return Ok(false);
+                        }
+                    }
+                    return Ok(true);
+                }
+            }
+        }
+    }
+}

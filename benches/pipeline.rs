@@ -9,10 +9,12 @@
 //!    commit→apply lag percentiles at fixed rates (replica trigger timestamps vs `modified`);
 //! 3. apply vs MariaDB native replication catching up on the same 100,000-document backlog;
 //! 4. peak RSS (VmHWM) of capture and apply: the backlog and a 1,000,000-row transaction;
-//! 5. initial snapshot rows/s of the backlog site (1.1M rows).
+//! 5. initial snapshot rows/s of the backlog site (1.1M rows);
+//! 6. write paths: replica CPU per row of `LOAD DATA LOCAL INFILE` (apply's path for new
+//!    rows) against a prepared binary multi-row `INSERT` and a text multi-row `INSERT`.
 //!
 //! `--quick` shrinks every size tenfold (a smoke run); `--only a,b` runs some sections
-//! (ceiling, e2e, backlog); `--rounds N` repeats the apply-vs-native pair N times on fresh
+//! (ceiling, e2e, backlog, writes); `--rounds N` repeats the apply-vs-native pair N times on fresh
 //! replicas and reports the medians too (3 in a full run, 1 in a quick one).
 
 #[path = "../tests/common/mod.rs"]
@@ -828,6 +830,166 @@ async fn backlog(r: &mut Report, docs: u64, big_rows: u64, apply_window: Duratio
     drop(apply);
 }
 
+/// Columns of the item rows the write-path section inserts (the bench documents' children).
+const ITEM_COLS: &str = "name,creation,modified,modified_by,owner,docstatus,idx,item_code,item_name,description,qty,rate,amount,sales_order,so_detail,parent,parentfield,parenttype";
+
+/// Item row `i` (document `i / 11`), as the primary writes them.
+fn item_row(i: u64) -> Vec<Option<String>> {
+    let (d, k) = (i / 11, i % 11);
+    let s = |v: &str| Some(v.to_string());
+    vec![
+        Some(format!("WP-{d}-{k}")),
+        s("2026-11-23 05:00:00.123456"),
+        s("2026-11-23 05:00:00.123456"),
+        s("Administrator"),
+        s("Administrator"),
+        s("0"),
+        Some(k.to_string()),
+        Some(format!("ITEM-{k}")),
+        s("Item"),
+        s("A line of an invoice"),
+        s("1.000000000"),
+        s("100.000000000"),
+        s("100.000000000"),
+        None,
+        None,
+        Some(format!("WP-{d}")),
+        s("items"),
+        s("Sales Invoice"),
+    ]
+}
+
+/// Inserts `rows` item rows through one SQL path, `per` rows a statement, committing every
+/// ~2,750 rows (a 250-document part); returns (seconds, mariadbd CPU seconds).
+async fn write_path(
+    m: &Mariadb,
+    c: &mut mysql_async::Conn,
+    path: &str,
+    rows: u64,
+    per: u64,
+) -> (f64, f64) {
+    let table = "`tabSales Invoice Item`";
+    c.query_drop(format!("TRUNCATE {table}"))
+        .await
+        .expect("truncate");
+    let ncols = ITEM_COLS.split(',').count();
+    let t = Instant::now();
+    let cpu0 = cpu_secs(m.pid);
+    let mut since_commit = 0;
+    c.query_drop("START TRANSACTION").await.expect("begin");
+    for start in (0..rows).step_by(per as usize) {
+        let chunk: Vec<Vec<Option<String>>> =
+            (start..(start + per).min(rows)).map(item_row).collect();
+        match path {
+            "load" => {
+                let mut body = Vec::new();
+                for r in &chunk {
+                    let line: Vec<&str> = r.iter().map(|v| v.as_deref().unwrap_or("\\N")).collect();
+                    body.extend_from_slice(line.join("\t").as_bytes());
+                    body.push(b'\n');
+                }
+                c.set_infile_handler(async move {
+                    Ok(futures::stream::once(async move { Ok(bytes::Bytes::from(body)) }).boxed())
+                });
+                c.query_drop(format!(
+                    "LOAD DATA LOCAL INFILE 'rows' INTO TABLE {table} CHARACTER SET utf8mb4 ({ITEM_COLS})"
+                ))
+                .await
+                .expect("load data");
+            }
+            "prepared" => {
+                let one = format!("({})", vec!["?"; ncols].join(","));
+                let sql = format!(
+                    "INSERT INTO {table} ({ITEM_COLS}) VALUES {}",
+                    vec![one.as_str(); chunk.len()].join(",")
+                );
+                let params: Vec<mysql_async::Value> = chunk
+                    .into_iter()
+                    .flatten()
+                    .map(|v| v.map_or(mysql_async::Value::NULL, |s| s.into()))
+                    .collect();
+                c.exec_drop(sql, params).await.expect("prepared insert");
+            }
+            _ => {
+                let tuples: Vec<String> = chunk
+                    .iter()
+                    .map(|r| {
+                        let vals: Vec<String> = r
+                            .iter()
+                            .map(|v| v.as_deref().map_or("NULL".into(), |s| format!("'{s}'")))
+                            .collect();
+                        format!("({})", vals.join(","))
+                    })
+                    .collect();
+                c.query_drop(format!(
+                    "INSERT INTO {table} ({ITEM_COLS}) VALUES {}",
+                    tuples.join(",")
+                ))
+                .await
+                .expect("text insert");
+            }
+        }
+        since_commit += per;
+        if since_commit >= 2750 {
+            c.query_drop("COMMIT").await.expect("commit");
+            c.query_drop("START TRANSACTION").await.expect("begin");
+            since_commit = 0;
+        }
+    }
+    c.query_drop("COMMIT").await.expect("commit");
+    let secs = t.elapsed().as_secs_f64();
+    let cpu = cpu_secs(m.pid) - cpu0;
+    let n: u64 = q1(c, &format!("SELECT COUNT(*) FROM {table}")).await;
+    assert_eq!(n, rows, "{path}: every row stored");
+    (secs, cpu)
+}
+
+/// Section 6: what one replica spends per row on each SQL path apply could write with
+/// (`LOAD DATA LOCAL INFILE`, as apply does for new rows; a prepared multi-row `INSERT` in
+/// the binary protocol; a text multi-row `INSERT`, as apply does for other rows). Each path
+/// runs twice, interleaved; the figures are the means.
+async fn writes(r: &mut Report, rows: u64) {
+    eprintln!("== write paths: {rows} item rows into one replica, per SQL path");
+    let m = Mariadb::start(&[]);
+    m.create_site("wp").await;
+    let mut c = m.conn("wp").await;
+    let paths = [
+        (
+            "load",
+            2750,
+            "LOAD DATA LOCAL INFILE, 2,750 rows a statement",
+        ),
+        (
+            "prepared",
+            100,
+            "prepared INSERT (binary protocol), 100 rows a statement",
+        ),
+        ("text", 500, "text INSERT, 500 rows a statement"),
+    ];
+    let mut sums = vec![(0.0, 0.0); paths.len()];
+    for _ in 0..2 {
+        for (i, (path, per, _)) in paths.iter().enumerate() {
+            let (secs, cpu) = write_path(&m, &mut c, path, rows, *per).await;
+            sums[i].0 += secs;
+            sums[i].1 += cpu;
+        }
+    }
+    for ((_, _, what), (secs, cpu)) in paths.iter().zip(sums) {
+        r.add(
+            "writes",
+            &format!("{what}: mariadbd CPU per row"),
+            cpu / (2 * rows) as f64 * 1e6,
+            "µs",
+        );
+        r.add(
+            "writes",
+            &format!("{what}: rows/s"),
+            (2 * rows) as f64 / secs,
+            "rows/s",
+        );
+    }
+}
+
 fn machine() -> Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -906,6 +1068,9 @@ fn main() {
                 rounds,
             )
             .await;
+        }
+        if run("writes") {
+            writes(&mut r, 110_000 / k).await;
         }
     });
     let m = machine();

@@ -5,7 +5,7 @@
 # writes JSON to target/bench/latest.json. Not a test: nothing fails on speed.
 #   scripts/bench.sh            full run (about 10 minutes on 2 cores)
 #   scripts/bench.sh --quick    every size / 10, a smoke run
-#   scripts/bench.sh --only ceiling,e2e,backlog
+#   scripts/bench.sh --only ceiling,e2e,backlog,writes
 #   scripts/bench.sh --rounds 5  apply-vs-native pairs on fresh replicas (median reported; default 3)
 set -euo pipefail
 cd "$(dirname "$0")/.."

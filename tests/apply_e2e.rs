@@ -307,3 +307,58 @@ async fn replica_without_local_infile_still_converges() {
     );
     assert!(rows("upsert") > 0.0, "the rows went through INSERT instead");
 }
+
+/// A document whose message is larger than apply's fetch sizes (4 MiB a fetch, 1 MiB a
+/// partition; capture sends up to 16 MiB) still reaches the replica whole: the broker returns
+/// an oversized first batch anyway, so apply never stalls on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_larger_than_a_fetch_is_applied() {
+    const BIG: usize = 6_000_000;
+    let rig = Rig::new("bigmsg").await;
+    let replica = Mariadb::start(&[]);
+    replica.create_site(&rig.db).await;
+    let mut f = rig.frappe().await;
+    f.insert_customer("C1", "Commercial").await;
+    f.insert_invoice(&Invoice::draft("BIG-1", "C1", 2)).await;
+    let mut p = rig.primary().conn(&rig.db).await;
+    p.query_drop(format!(
+        "UPDATE `tabSales Invoice Item` SET description = REPEAT('d', {BIG}) WHERE parent = 'BIG-1' AND idx = 1"
+    ))
+    .await
+    .expect("big update");
+    f.insert_invoice(&Invoice::draft("AFTER-1", "C1", 1)).await;
+    rig.capture().await;
+    let largest = read_all(&rig.bootstrap(), &rig.topic)
+        .iter()
+        .filter_map(|m| m.value.as_ref())
+        .map(|v| v.to_string().len())
+        .max()
+        .unwrap_or(0);
+    assert!(
+        largest > 4 << 20,
+        "the big update's message is larger than a fetch: {largest} bytes"
+    );
+    let _apply = spawn_apply(&rig, &replica, free_port());
+    let mut r = replica.conn(&rig.db).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let after = doc_image(&mut r, "Sales Invoice", "AFTER-1").await;
+        if after.is_some() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the document after the big one was never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let len: Option<u64> = r
+        .query_first("SELECT LENGTH(description) FROM `tabSales Invoice Item` WHERE parent = 'BIG-1' AND idx = 1")
+        .await
+        .expect("length");
+    assert_eq!(len, Some(BIG as u64), "the big value arrived whole");
+    assert_eq!(
+        doc_image(&mut r, "Sales Invoice", "BIG-1").await,
+        doc_image(&mut p, "Sales Invoice", "BIG-1").await
+    );
+}

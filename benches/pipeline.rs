@@ -75,8 +75,11 @@ impl Report {
     }
 }
 
-fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_frappe-cdc")
+/// The frappe-cdc binary benched: this build's, or FRAPPE_CDC_BENCH_BIN (another commit's
+/// build, to compare two commits on the same machine in alternating runs).
+fn binary() -> String {
+    std::env::var("FRAPPE_CDC_BENCH_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_frappe-cdc").to_string())
 }
 
 /// Samples a process's peak RSS (VmHWM, KiB) every 50 ms until it exits or `stop`.

@@ -138,6 +138,18 @@ pub struct Envelope {
 }
 
 impl Envelope {
+    /// Parses a message value. The bytes are checked as UTF-8 once, as a whole, and then parsed
+    /// as text: parsing bytes checked every string on its own, ~4 % of apply's CPU.
+    pub fn parse(payload: &[u8]) -> Result<Envelope, serde_json::Error> {
+        let text = std::str::from_utf8(payload).map_err(|e| {
+            <serde_json::Error as serde::de::Error>::custom(format!(
+                "not UTF-8 at byte {}",
+                e.valid_up_to()
+            ))
+        })?;
+        serde_json::from_str(text)
+    }
+
     /// Checks what serde cannot: a doctype, and images that fit `op` (their shapes are
     /// checked while parsing, see [`Image`]).
     pub fn validate(&self) -> Result<(), String> {
@@ -210,7 +222,14 @@ mod tests {
             source: &src,
         };
         let bytes = out.to_vec();
-        let back: Envelope = serde_json::from_slice(&bytes).unwrap();
+        let back = Envelope::parse(&bytes).unwrap();
+        // Not UTF-8: an error naming where, not a panic; the same bytes as text parse.
+        let mut bad = bytes.clone();
+        let at = bad.windows(3).position(|w| w == b"S/1").unwrap();
+        bad[at] = 0xff;
+        let err = Envelope::parse(&bad).unwrap_err().to_string();
+        assert!(err.contains(&format!("not UTF-8 at byte {at}")), "{err}");
+        assert!(Envelope::parse(b"{").is_err());
         assert_eq!(back.op, Op::Create);
         assert_eq!(back.old_name, None);
         assert_eq!(back.before, None);

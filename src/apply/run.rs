@@ -284,7 +284,7 @@ impl Applier {
                     .store_only(partition, next)
                     .await
                     .map(|_| Outcome::Tombstone),
-                Some(p) => match serde_json::from_slice::<Envelope>(p) {
+                Some(p) => match Envelope::parse(p) {
                     Err(err) => Ok(Outcome::DeadLetter(format!(
                         "not a frappe-cdc envelope: {err}"
                     ))),

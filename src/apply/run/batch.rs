@@ -35,7 +35,7 @@ pub(super) fn bulkable(
             doctype: None,
         });
     };
-    let e: Envelope = serde_json::from_slice(payload).ok()?;
+    let e = Envelope::parse(payload).ok()?;
     if e.version != ENVELOPE_VERSION || e.validate().is_err() {
         return None;
     }

@@ -836,14 +836,20 @@ async fn backlog(r: &mut Report, docs: u64, big_rows: u64, apply_window: Duratio
 /// Columns of the item rows the write-path section inserts (the bench documents' children).
 const ITEM_COLS: &str = "name,creation,modified,modified_by,owner,docstatus,idx,item_code,item_name,description,qty,rate,amount,sales_order,so_detail,parent,parentfield,parenttype";
 
-/// Item row `i` (document `i / 11`), as the primary writes them.
-fn item_row(i: u64) -> Vec<Option<String>> {
+/// Item row `i` (document `i / 11`), as the primary writes them; `saved` rows are the same
+/// rows after a later save (new `modified`, qty and amount).
+fn item_row(i: u64, saved: bool) -> Vec<Option<String>> {
     let (d, k) = (i / 11, i % 11);
     let s = |v: &str| Some(v.to_string());
+    let (modified, qty, amount) = if saved {
+        ("2026-11-23 06:00:00.654321", "2.000000000", "200.000000000")
+    } else {
+        ("2026-11-23 05:00:00.123456", "1.000000000", "100.000000000")
+    };
     vec![
         Some(format!("WP-{d}-{k}")),
         s("2026-11-23 05:00:00.123456"),
-        s("2026-11-23 05:00:00.123456"),
+        s(modified),
         s("Administrator"),
         s("Administrator"),
         s("0"),
@@ -851,9 +857,9 @@ fn item_row(i: u64) -> Vec<Option<String>> {
         Some(format!("ITEM-{k}")),
         s("Item"),
         s("A line of an invoice"),
-        s("1.000000000"),
+        s(qty),
         s("100.000000000"),
-        s("100.000000000"),
+        s(amount),
         None,
         None,
         Some(format!("WP-{d}")),
@@ -862,8 +868,11 @@ fn item_row(i: u64) -> Vec<Option<String>> {
     ]
 }
 
-/// Inserts `rows` item rows through one SQL path, `per` rows a statement, committing every
-/// ~2,750 rows (a 250-document part); returns (seconds, mariadbd CPU seconds).
+/// Writes `rows` item rows through one SQL path, `per` rows a statement, committing every
+/// ~2,750 rows (a 250-document part); returns (seconds, mariadbd CPU seconds). Paths ending in
+/// `-upsert` first store the rows (untimed, `LOAD DATA`) and then time
+/// `INSERT … ON DUPLICATE KEY UPDATE` of the saved rows, as apply writes documents the replica
+/// has.
 async fn write_path(
     m: &Mariadb,
     c: &mut mysql_async::Conn,
@@ -875,15 +884,30 @@ async fn write_path(
     c.query_drop(format!("TRUNCATE {table}"))
         .await
         .expect("truncate");
+    let upsert = path.ends_with("-upsert");
+    if upsert {
+        Box::pin(write_path(m, c, "load", rows, 2750)).await;
+    }
+    let tail = if upsert {
+        let set: Vec<String> = ITEM_COLS
+            .split(',')
+            .filter(|n| *n != "name")
+            .map(|n| format!("{n} = VALUES({n})"))
+            .collect();
+        format!(" ON DUPLICATE KEY UPDATE {}", set.join(", "))
+    } else {
+        String::new()
+    };
     let ncols = ITEM_COLS.split(',').count();
     let t = Instant::now();
     let cpu0 = cpu_secs(m.pid);
     let mut since_commit = 0;
     c.query_drop("START TRANSACTION").await.expect("begin");
     for start in (0..rows).step_by(per as usize) {
-        let chunk: Vec<Vec<Option<String>>> =
-            (start..(start + per).min(rows)).map(item_row).collect();
-        match path {
+        let chunk: Vec<Vec<Option<String>>> = (start..(start + per).min(rows))
+            .map(|i| item_row(i, upsert))
+            .collect();
+        match path.trim_end_matches("-upsert") {
             "load" => {
                 let mut body = Vec::new();
                 for r in &chunk {
@@ -903,7 +927,7 @@ async fn write_path(
             "prepared" => {
                 let one = format!("({})", vec!["?"; ncols].join(","));
                 let sql = format!(
-                    "INSERT INTO {table} ({ITEM_COLS}) VALUES {}",
+                    "INSERT INTO {table} ({ITEM_COLS}) VALUES {}{tail}",
                     vec![one.as_str(); chunk.len()].join(",")
                 );
                 let params: Vec<mysql_async::Value> = chunk
@@ -925,7 +949,7 @@ async fn write_path(
                     })
                     .collect();
                 c.query_drop(format!(
-                    "INSERT INTO {table} ({ITEM_COLS}) VALUES {}",
+                    "INSERT INTO {table} ({ITEM_COLS}) VALUES {}{tail}",
                     tuples.join(",")
                 ))
                 .await
@@ -944,13 +968,24 @@ async fn write_path(
     let cpu = cpu_secs(m.pid) - cpu0;
     let n: u64 = q1(c, &format!("SELECT COUNT(*) FROM {table}")).await;
     assert_eq!(n, rows, "{path}: every row stored");
+    if upsert {
+        let saved: u64 = q1(
+            c,
+            &format!(
+                "SELECT COUNT(*) FROM {table} WHERE qty = 2 AND modified > '2026-11-23 06:00'"
+            ),
+        )
+        .await;
+        assert_eq!(saved, rows, "{path}: every row updated");
+    }
     (secs, cpu)
 }
 
 /// Section 6: what one replica spends per row on each SQL path apply could write with
 /// (`LOAD DATA LOCAL INFILE`, as apply does for new rows; a prepared multi-row `INSERT` in
-/// the binary protocol; a text multi-row `INSERT`, as apply does for other rows). Each path
-/// runs twice, interleaved; the figures are the means.
+/// the binary protocol; a text multi-row `INSERT`, as apply does for other rows), and for rows
+/// the replica already has, `INSERT … ON DUPLICATE KEY UPDATE` as text (what apply sends) and
+/// prepared. Each path runs twice, interleaved; the figures are the means.
 async fn writes(r: &mut Report, rows: u64) {
     eprintln!("== write paths: {rows} item rows into one replica, per SQL path");
     let m = Mariadb::start(&[]);
@@ -968,6 +1003,16 @@ async fn writes(r: &mut Report, rows: u64) {
             "prepared INSERT (binary protocol), 100 rows a statement",
         ),
         ("text", 500, "text INSERT, 500 rows a statement"),
+        (
+            "text-upsert",
+            500,
+            "existing rows: text INSERT … ON DUPLICATE KEY UPDATE, 500 rows a statement",
+        ),
+        (
+            "prepared-upsert",
+            100,
+            "existing rows: prepared INSERT … ON DUPLICATE KEY UPDATE, 100 rows a statement",
+        ),
     ];
     let mut sums = vec![(0.0, 0.0); paths.len()];
     for _ in 0..2 {

@@ -98,20 +98,21 @@ async fn split_batches_are_atomic_exactly_once_and_conflict_checked() {
     // Started after the capture, apply finds the 200 documents fetched together.
     let port = free_port();
     let apply = rig.spawn_apply(&rurl, port, &["--writers", "2"]);
-    // Not `wait_until`: on a timeout this says what apply did instead (a CI run once timed out
-    // here and the bare message could not tell a batch too small to split from a silent apply).
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let rolled_back = metric(
-            port,
-            "frappe_cdc_apply_split_batches_total{outcome=\"rolled_back\"}",
-        )
-        .await;
-        let retries = metric(port, "frappe_cdc_apply_retries_total").await;
-        if rolled_back >= 1.0 && retries >= 2.0 {
-            break;
-        }
-        if std::time::Instant::now() > deadline {
+    // On a timeout, say what apply did instead (a CI run once timed out here and the bare
+    // message could not tell a batch too small to split from a silent apply).
+    common::wait_until_explained(
+        Duration::from_secs(60),
+        "a split batch rolled back and retried",
+        || async {
+            metric(
+                port,
+                "frappe_cdc_apply_split_batches_total{outcome=\"rolled_back\"}",
+            )
+            .await
+                >= 1.0
+                && metric(port, "frappe_cdc_apply_retries_total").await >= 2.0
+        },
+        || async {
             let text = try_scrape(port).await.unwrap_or_default();
             let state: Vec<&str> = text
                 .lines()
@@ -126,14 +127,10 @@ async fn split_batches_are_atomic_exactly_once_and_conflict_checked() {
                     .any(|k| l.starts_with(&format!("frappe_cdc_apply_{k}")))
                 })
                 .collect();
-            panic!(
-                "timed out after 60s waiting for a split batch rolled back and retried; \
-                 split rolled back {rolled_back}, retries {retries}; apply metrics:\n{}",
-                state.join("\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            format!("; apply metrics:\n{}", state.join("\n"))
+        },
+    )
+    .await;
     assert_eq!(
         count(
             &mut r,

@@ -31,17 +31,34 @@ pub async fn versions_written_twice(r: &mut mysql_async::Conn) -> Vec<(String, S
 }
 
 /// Polls `f` until it returns true or the deadline passes (then panics with `what`).
-pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut f: F)
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, f: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
+    wait_until_explained(timeout, what, f, || async { String::new() }).await
+}
+
+/// `wait_until`, with the text of `explain` (what the system did instead) in the panic.
+pub async fn wait_until_explained<F, Fut, E, EFut>(
+    timeout: Duration,
+    what: &str,
+    mut f: F,
+    explain: E,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+    E: FnOnce() -> EFut,
+    EFut: std::future::Future<Output = String>,
+{
     let deadline = Instant::now() + timeout;
     while !f().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        if Instant::now() >= deadline {
+            panic!(
+                "timed out after {timeout:?} waiting for {what}{}",
+                explain().await
+            );
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

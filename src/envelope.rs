@@ -67,11 +67,96 @@ pub struct Source {
     pub snapshot: bool,
 }
 
-/// The key of a message.
+/// The key of a message: exactly `{"doctype", "name"}` (`schemas/key.v1.json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Key<'a> {
     pub doctype: std::borrow::Cow<'a, str>,
     pub name: std::borrow::Cow<'a, str>,
+}
+
+/// Longest key accepted, in bytes. Frappe caps doctypes at 140 characters and names at 140
+/// (255 for some); 4 KiB leaves room for escapes and still bounds the parse.
+pub const KEY_MAX_BYTES: usize = 4096;
+
+impl Key<'static> {
+    /// Parses a message key, or says what is wrong with it (a dead-letter reason; it names
+    /// the defect, never the key's text).
+    pub fn parse(key: Option<&[u8]>) -> Result<Key<'static>, String> {
+        let key = match key {
+            None => return Err("key: missing".into()),
+            Some([]) => return Err("key: empty".into()),
+            Some(k) if k.len() > KEY_MAX_BYTES => {
+                return Err(format!(
+                    "key: {} bytes, more than the {KEY_MAX_BYTES} allowed",
+                    k.len()
+                ));
+            }
+            Some(k) => k,
+        };
+        let text = std::str::from_utf8(key)
+            .map_err(|e| format!("key: not UTF-8 at byte {}", e.valid_up_to()))?;
+        let k: Key<'static> = serde_json::from_str(text).map_err(|e| {
+            use serde_json::error::Category;
+            match e.classify() {
+                Category::Syntax | Category::Eof | Category::Io => {
+                    format!("key: not JSON ({})", position(&e))
+                }
+                Category::Data => format!(
+                    "key: not an object of exactly {{\"doctype\", \"name\"}} strings ({})",
+                    shape_error(&e)
+                ),
+            }
+        })?;
+        // serde also reads a struct from an array (`["Customer", "C1"]`): not a key.
+        if !text.trim_start().starts_with('{') {
+            return Err(
+                "key: not an object of exactly {\"doctype\", \"name\"} strings (an array)".into(),
+            );
+        }
+        if k.doctype.is_empty() {
+            return Err("key: empty doctype".into());
+        }
+        Ok(k)
+    }
+
+    /// Checks that the key names the envelope's document (for a rename: its new name).
+    pub fn matches(&self, e: &Envelope) -> Result<(), String> {
+        match (self.doctype == e.doctype, self.name == e.name) {
+            (true, true) => Ok(()),
+            (false, _) => Err("key: names another doctype than the envelope".into()),
+            (true, false) => Err("key: names another document than the envelope".into()),
+        }
+    }
+}
+
+/// Where a JSON error is, without the input's text.
+fn position(e: &serde_json::Error) -> String {
+    format!("line {} column {}", e.line(), e.column())
+}
+
+/// serde's message for a shape error without the input's values: `invalid type: string
+/// "..."` would copy the message's text into a reason that is logged. Field names in
+/// `missing/unknown/duplicate field` messages are kept (cut to 64 characters).
+pub fn shape_error(e: &serde_json::Error) -> String {
+    let full = e.to_string();
+    let msg = full.rsplit_once(" at line ").map_or(full.as_str(), |(m, _)| m);
+    let field = ["missing field", "unknown field", "duplicate field"]
+        .iter()
+        .any(|p| msg.starts_with(p));
+    let cut: String = if field {
+        let m = msg.split(", expected").next().unwrap_or(msg);
+        let mut t: String = m.chars().take(64).collect();
+        if t.len() < m.len() {
+            t.push_str("…`");
+        }
+        t
+    } else {
+        msg[..msg.find(['"', '`']).unwrap_or(msg.len())]
+            .trim_end()
+            .to_string()
+    };
+    format!("{cut} at {}", position(e))
 }
 
 /// An envelope as produced. `before` and `after` are images rendered by the state store from
@@ -150,11 +235,15 @@ impl Envelope {
         serde_json::from_str(text)
     }
 
-    /// Checks what serde cannot: a doctype, and images that fit `op` (their shapes are
-    /// checked while parsing, see [`Image`]).
+    /// Checks what serde cannot: a doctype, images that fit `op` (their shapes are checked
+    /// while parsing, see [`Image`]), and that the `after` image describes this document
+    /// only (see [`Envelope::check_ownership`]).
     pub fn validate(&self) -> Result<(), String> {
         if self.doctype.is_empty() {
             return Err("empty doctype".into());
+        }
+        if self.old_name.as_deref() == Some(self.name.as_str()) {
+            return Err("old_name equals name".into());
         }
         let (b, a) = (self.before.is_some(), self.after.is_some());
         let ok = match self.op {
@@ -168,6 +257,44 @@ impl Envelope {
                 "op {} does not fit the before/after images given",
                 self.op.as_str()
             ));
+        }
+        self.check_ownership()
+    }
+
+    /// The `after` image must be this document's and nothing else: the parent row's `name`
+    /// is the envelope's `name` (a Single, named after its doctype, may leave it out), and
+    /// every child row has a non-empty `name` and names this document as its `parent`, this
+    /// doctype as its `parenttype` and the field it is listed under as its `parentfield`.
+    /// Apply writes child rows by `name`; without this a message for one document could
+    /// write rows into another.
+    fn check_ownership(&self) -> Result<(), String> {
+        let Some(after) = &self.after else {
+            return Ok(());
+        };
+        if let Some(p) = &after.parent {
+            match p.get("name") {
+                Some(serde_json::Value::String(n)) if *n == self.name => {}
+                None if self.name == self.doctype => {}
+                None => return Err("after.parent has no name".into()),
+                Some(_) => return Err("after.parent.name is not the envelope's name".into()),
+            }
+        }
+        for (field, rows) in &after.children {
+            for (i, r) in rows.iter().enumerate() {
+                let at = || format!("after.children.{field}[{i}]");
+                if r.str("name").is_none_or(str::is_empty) {
+                    return Err(format!("{} has no name", at()));
+                }
+                if r.str("parent") != Some(self.name.as_str()) {
+                    return Err(format!("{}.parent is not the envelope's name", at()));
+                }
+                if r.str("parenttype") != Some(self.doctype.as_str()) {
+                    return Err(format!("{}.parenttype is not the envelope's doctype", at()));
+                }
+                if r.str("parentfield") != Some(field.as_str()) {
+                    return Err(format!("{}.parentfield is not {field:?}", at()));
+                }
+            }
         }
         Ok(())
     }

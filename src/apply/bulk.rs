@@ -33,10 +33,11 @@ use serde_json::Value;
 
 use super::control::{self, ConflictRecord, EventKey};
 use super::decision::{Comparator, Decision};
+use super::ownership::{self, ChildOwner};
 use super::replica::{
     CHUNK, ReplicaError, SchemaCache, child_rows, doc_image, marks, q, read_children, read_parents,
 };
-use super::run::Outcome;
+use super::run::{Outcome, reason_kind};
 use super::{infile, literal};
 use crate::envelope::{Envelope, Op};
 use crate::image::{Col, Image, Row};
@@ -68,6 +69,10 @@ pub struct BulkMode {
 pub enum BulkError {
     #[error("batch holds a document the bulk path does not handle")]
     NotBulk,
+    /// The batch's documents must be applied one at a time, in order, to be judged right
+    /// (two of them claim one child row, or one claims a row another of them owns).
+    #[error("batch must be applied in order: {0}")]
+    InOrder(&'static str),
     #[error(transparent)]
     Replica(#[from] ReplicaError),
     #[error(
@@ -370,6 +375,90 @@ async fn delete_in(
     Ok(())
 }
 
+/// The ownership check of a batch (see `ownership.rs`), set-wise: the child rows that the
+/// batch's documents would write and that are not already their own rows on the replica are
+/// read, locked, in one statement per table; a row owned by a document outside the batch
+/// makes the claiming document a conflict (returned by item index). Documents whose rows all
+/// go through `LOAD DATA` (`unread`) are not checked here: `LOAD DATA` cannot overwrite a row
+/// (a duplicate fails the batch, which is re-run with every copy read and then checked).
+/// Two documents claiming one row, or one claiming a row another document of the batch owns,
+/// send the batch to the one-at-a-time path, which judges them in order.
+async fn check_ownership(
+    tx: &mut Transaction<'_>,
+    cache: &mut SchemaCache,
+    items: &[BulkItem],
+    unread: &[bool],
+    applied: &HashMap<DocKey, EventKey>,
+    open: &HashSet<DocKey>,
+    copies: &HashMap<String, Copies>,
+) -> Result<HashMap<usize, Vec<ChildOwner>>, BulkError> {
+    let mut tables: HashMap<&str, std::sync::Arc<BTreeMap<String, String>>> = HashMap::new();
+    for it in items {
+        if !tables.contains_key(it.env.doctype.as_str()) {
+            let t = cache.child_tables(tx, &it.env.doctype).await?;
+            tables.insert(&it.env.doctype, t);
+        }
+    }
+    let mut claims: Vec<(&str, &str)> = Vec::new();
+    let mut ask: BTreeMap<&str, Vec<(&str, usize)>> = BTreeMap::new();
+    for (i, it) in items.iter().enumerate() {
+        let e = &it.env;
+        let Some(after) = &e.after else { continue };
+        let k = (e.doctype.clone(), e.name.clone());
+        if applied.get(&k).is_some_and(|l| it.key.covered_by(l)) || open.contains(&k) {
+            continue;
+        }
+        let own: HashSet<(&str, &str)> = copies
+            .get(&e.doctype)
+            .and_then(|c| c.child_names.get(&e.name))
+            .map(|v| v.iter().map(|(t, n)| (t.as_str(), n.as_str())).collect())
+            .unwrap_or_default();
+        for (table, r) in child_rows(&e.doctype, after, &tables[e.doctype.as_str()])? {
+            let Some(n) = r.str("name") else { continue };
+            claims.push((table, n));
+            if !unread[i] && !own.contains(&(table, n)) {
+                ask.entry(table).or_default().push((n, i));
+            }
+        }
+    }
+    if ownership::claimed_twice(claims) {
+        return Err(BulkError::InOrder("two documents claim one child row"));
+    }
+    let in_batch: HashSet<(&str, &str)> = items
+        .iter()
+        .map(|it| (it.env.doctype.as_str(), it.env.name.as_str()))
+        .collect();
+    let mut collided: HashMap<usize, Vec<ChildOwner>> = HashMap::new();
+    for (table, asked) in ask {
+        let names: Vec<&str> = asked.iter().map(|(n, _)| *n).collect();
+        let by_name: HashMap<&str, usize> = asked.iter().copied().collect();
+        for o in ownership::owners(tx, cache, table, &names).await? {
+            // A row found under a name that differs in bytes (the collation matched it)
+            // cannot be told apart from another claim set-wise.
+            let Some(&i) = by_name.get(o.name.as_str()) else {
+                return Err(BulkError::InOrder(
+                    "a child row name matches only by collation",
+                ));
+            };
+            let e = &items[i].env;
+            if o.owned_by(&e.doctype, &e.name) {
+                continue;
+            }
+            let owner = (
+                o.parenttype.as_deref().unwrap_or(""),
+                o.parent.as_deref().unwrap_or(""),
+            );
+            if in_batch.contains(&owner) {
+                return Err(BulkError::InOrder(
+                    "a document claims a row another one owns",
+                ));
+            }
+            collided.entry(i).or_default().push(o);
+        }
+    }
+    Ok(collided)
+}
+
 /// Applies `items` (no document twice, no renames) and stores `offsets` in `tx`.
 pub async fn apply_bulk(
     tx: &mut Transaction<'_>,
@@ -444,23 +533,27 @@ pub async fn apply_bulk(
     }
     // Copies to read: all but those of new documents bound for LOAD DATA (module docs).
     let mut to_read: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let mut unread = Vec::with_capacity(items.len());
     for it in items {
         let e = &it.env;
         let k = (e.doctype.clone(), e.name.clone());
-        let unread = !mode.read_new
+        let skip = !mode.read_new
             && mode.load_data
             && e.op == Op::Create
             && !applied.contains_key(&k)
             && !open.contains(&k)
             && it.loadable;
         let names = to_read.entry(&e.doctype).or_default();
-        if !unread {
+        if !skip {
             names.push(&e.name);
         }
+        unread.push(skip);
     }
     for (dt, names) in &to_read {
         copies.insert((*dt).to_string(), read_copies(tx, cache, dt, names).await?);
     }
+
+    let mut collided = check_ownership(tx, cache, items, &unread, &applied, &open, &copies).await?;
 
     let t_read = t0.elapsed();
     // 2. decide, 3. collect writes
@@ -470,7 +563,7 @@ pub async fn apply_bulk(
     let mut deleted_docs: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     let mut gone_children: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut marks_rows: Vec<(&str, &str, EventKey)> = Vec::new();
-    for it in items {
+    for (i, it) in items.iter().enumerate() {
         let e = &it.env;
         let k = (e.doctype.clone(), e.name.clone());
         if applied.get(&k).is_some_and(|l| it.key.covered_by(l)) {
@@ -483,6 +576,10 @@ pub async fn apply_bulk(
             Decision::Conflict("an earlier conflict of this document is still open".into())
         } else {
             cmp.decide(e.op, e.before.as_ref(), e.after.as_ref(), copy, None)
+        };
+        let decision = match (decision, collided.remove(&i)) {
+            (Decision::Apply, Some(found)) => Decision::Conflict(ownership::reason(&found)),
+            (d, _) => d,
         };
         match decision {
             Decision::Apply => {
@@ -542,7 +639,7 @@ pub async fn apply_bulk(
                     },
                 )
                 .await?;
-                tracing::warn!(doctype = %e.doctype, reason = %reason, "conflict recorded; document skipped");
+                tracing::warn!(doctype = %e.doctype, reason = %reason_kind(&reason), "conflict recorded; document skipped");
                 outcomes.push(Outcome::Conflict);
             }
         }

@@ -1,6 +1,7 @@
 //! `frappe-cdc apply`: Kafka → replica MariaDB, one replica transaction per document, with
 //! conflict checks against the envelope's `before` image.
 
+pub mod admit;
 pub mod bulk;
 pub mod config;
 pub mod conflicts;
@@ -9,6 +10,7 @@ pub mod decision;
 mod infile;
 pub mod lag;
 mod literal;
+pub mod ownership;
 pub mod replica;
 pub mod run;
 pub mod verify;

@@ -4,7 +4,7 @@
 //! envelope's JSON forms, via the same decoder as the snapshot). Writing makes the replica's
 //! rows equal to an image: the parent is upserted, each child table is made equal to the
 //! image's set of rows (rows not in it are deleted, the rest upserted by name), a Single's
-//! `tabSingles` rows are rewritten, a delete removes the parent and its children. Only columns
+//! `tabSingles` rows are changed field by field (only fields that differ), a delete removes the parent and its children. Only columns
 //! the replica's table has are written; the others are reported so the caller can count them.
 //! Which child table holds a `parentfield` comes from the replica's own `tabDocField` and
 //! `tabCustom Field` rows (as in Frappe), cached per doctype.
@@ -31,6 +31,8 @@ pub enum ReplicaError {
         "doctype {doctype} has no table field {field} on the replica (tabDocField / tabCustom Field)"
     )]
     UnknownTableField { doctype: String, field: String },
+    #[error("the row for {table} does not name the envelope's document")]
+    NotOwnRow { table: String },
     #[error("cannot decode replica column {column} of {table}")]
     Decode { table: String, column: String },
 }
@@ -467,6 +469,102 @@ pub(crate) fn child_rows<'a>(
     Ok(out)
 }
 
+/// The text a Single's value is stored as in `tabSingles.value` (every value is a string
+/// there; NULL stays NULL).
+fn single_text(v: &Value) -> Option<Vec<u8>> {
+    match to_param(v) {
+        MyValue::NULL => None,
+        MyValue::Bytes(b) => Some(b),
+        MyValue::Int(i) => Some(i.to_string().into_bytes()),
+        MyValue::UInt(u) => Some(u.to_string().into_bytes()),
+        MyValue::Double(d) => Some(d.to_string().into_bytes()),
+        other => Some(other.as_sql(true).into_bytes()),
+    }
+}
+
+/// What to change in `tabSingles` to turn `stored` (field, value rows) into `fields`: fields
+/// to update, to insert and to delete. A field stored more than once (the table has no key)
+/// is deleted and inserted once.
+pub(crate) fn single_changes(
+    stored: &[(Vec<u8>, Option<Vec<u8>>)],
+    fields: &[(&str, Option<Vec<u8>>)],
+) -> SingleChanges {
+    let mut by_field: HashMap<&[u8], Vec<&Option<Vec<u8>>>> = HashMap::new();
+    for (f, v) in stored {
+        by_field.entry(f.as_slice()).or_default().push(v);
+    }
+    let mut out = SingleChanges::default();
+    for (f, v) in fields {
+        match by_field.remove(f.as_bytes()).as_deref() {
+            Some([old]) if *old == v => {}
+            Some([_]) => out.update.push((f.to_string(), v.clone())),
+            Some(_) => {
+                out.delete.push(f.as_bytes().to_vec());
+                out.insert.push((f.to_string(), v.clone()));
+            }
+            None => out.insert.push((f.to_string(), v.clone())),
+        }
+    }
+    let mut gone: Vec<Vec<u8>> = by_field.into_keys().map(<[u8]>::to_vec).collect();
+    gone.sort();
+    out.delete.extend(gone);
+    out
+}
+
+/// Field-wise changes of a Single (see [`single_changes`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct SingleChanges {
+    pub update: Vec<(String, Option<Vec<u8>>)>,
+    pub insert: Vec<(String, Option<Vec<u8>>)>,
+    pub delete: Vec<Vec<u8>>,
+}
+
+/// Makes `tabSingles` hold exactly the fields of `parent` for `doctype`, touching only the
+/// fields that differ, so the replica's binlog shows one row event per changed field (as the
+/// primary's does for `set_single_value`), not a delete and re-insert of every field.
+async fn write_single(
+    tx: &mut Transaction<'_>,
+    doctype: &str,
+    parent: &ImageRow,
+) -> Result<(), ReplicaError> {
+    type Bytes = Option<Vec<u8>>;
+    let stored: Vec<(Bytes, Bytes)> = tx
+        .exec(
+            "SELECT field, value FROM `tabSingles` WHERE doctype = ? FOR UPDATE",
+            (doctype,),
+        )
+        .await?;
+    let stored: Vec<(Vec<u8>, Option<Vec<u8>>)> = stored
+        .into_iter()
+        .map(|(f, v)| (f.unwrap_or_default(), v))
+        .collect();
+    let fields: Vec<(&str, Option<Vec<u8>>)> =
+        parent.iter().map(|(f, v)| (f, single_text(v))).collect();
+    let c = single_changes(&stored, &fields);
+    for f in &c.delete {
+        tx.exec_drop(
+            "DELETE FROM `tabSingles` WHERE doctype = ? AND field = ?",
+            (doctype, f.as_slice()),
+        )
+        .await?;
+    }
+    for (f, v) in &c.update {
+        tx.exec_drop(
+            "UPDATE `tabSingles` SET value = ? WHERE doctype = ? AND field = ?",
+            (v.as_deref(), doctype, f),
+        )
+        .await?;
+    }
+    for (f, v) in &c.insert {
+        tx.exec_drop(
+            "INSERT INTO `tabSingles` (doctype, field, value) VALUES (?, ?, ?)",
+            (doctype, f, v.as_deref()),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// Makes the replica's rows of document `(doctype, name)` equal to `image` (`None` deletes it).
 /// For a rename, `old_name` is removed and its children move to `name`.
 pub async fn write_doc(
@@ -507,18 +605,15 @@ pub async fn write_doc(
         return Ok(report);
     };
     match &image.parent {
-        Some(p) if single => {
-            tx.exec_drop("DELETE FROM `tabSingles` WHERE doctype = ?", (doctype,))
-                .await?;
-            for (field, v) in p {
-                tx.exec_drop(
-                    "INSERT INTO `tabSingles` (doctype, field, value) VALUES (?, ?, ?)",
-                    (doctype, field, to_param(v)),
-                )
-                .await?;
+        Some(p) if single => write_single(tx, doctype, p).await?,
+        Some(p) => {
+            if p.str("name") != Some(name) {
+                return Err(ReplicaError::NotOwnRow {
+                    table: parent_table,
+                });
             }
+            upsert(tx, cache, &parent_table, p, &mut report).await?
         }
-        Some(p) => upsert(tx, cache, &parent_table, p, &mut report).await?,
         None => {}
     }
     let mut keep: BTreeMap<&str, Vec<String>> = child_tables
@@ -566,5 +661,39 @@ mod tests {
             MyValue::Bytes(vec![0xde, 0xad, 0xbe, 0xef])
         );
         assert_eq!(q("a`b"), "`a``b`");
+    }
+
+    #[test]
+    fn singles_change_field_by_field() {
+        let b = |s: &str| Some(s.as_bytes().to_vec());
+        let stored = vec![
+            (b"a".to_vec(), b("1")),
+            (b"b".to_vec(), b("2")),
+            (b"gone".to_vec(), b("x")),
+            (b"twice".to_vec(), b("t")),
+            (b"twice".to_vec(), b("t")),
+            (b"nul".to_vec(), None),
+        ];
+        let fields = vec![
+            ("a", b("1")),
+            ("b", b("3")),
+            ("new", None),
+            ("twice", b("t")),
+            ("nul", None),
+        ];
+        let c = single_changes(&stored, &fields);
+        assert_eq!(c.update, vec![("b".to_string(), b("3"))]);
+        assert_eq!(
+            c.insert,
+            vec![("new".to_string(), None), ("twice".to_string(), b("t"))]
+        );
+        assert_eq!(c.delete, vec![b"twice".to_vec(), b"gone".to_vec()]);
+        assert_eq!(
+            single_changes(&stored[..2], &fields[..1]).delete,
+            vec![b"b".to_vec()]
+        );
+        assert_eq!(single_text(&json!(5)), b("5"));
+        assert_eq!(single_text(&json!(null)), None);
+        assert_eq!(single_text(&json!("x")), b("x"));
     }
 }

@@ -28,14 +28,16 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
+use super::admit::{Admitted, admit};
 use super::bulk::{BulkError, BulkItem, BulkMode, BulkResult, apply_bulk};
 pub use super::config::{ApplyConfig, RowFilter};
 use super::control::{self, ConflictRecord, EventKey};
 use super::decision::{Comparator, Decision};
 use super::infile;
 use super::lag::ConsumerLag;
+use super::ownership;
 use super::replica::{ReplicaError, SchemaCache, read_doc, write_doc};
-use crate::envelope::{ENVELOPE_VERSION, Envelope, Op};
+use crate::envelope::{Envelope, Op};
 use crate::frappe::catalog::{Filter, IGNORED_COLUMNS};
 use crate::kafka::producer::ensure_topic;
 use crate::metrics::{ApplyMetrics, BoundedLabels};
@@ -78,6 +80,12 @@ impl Outcome {
             Outcome::DeadLetter(_) => "dead_letter",
         }
     }
+}
+
+/// The kind of a conflict reason, for logs: the text before its first colon (the rest may
+/// name documents and rows, which stay in the conflicts table).
+pub(crate) fn reason_kind(reason: &str) -> &str {
+    reason.split(':').next().unwrap_or(reason)
 }
 
 /// Lock wait timeout, deadlock.
@@ -170,14 +178,10 @@ impl Applier {
     async fn apply_envelope(
         &mut self,
         e: &Envelope,
+        key: EventKey,
         partition: i32,
         next: i64,
     ) -> Result<Outcome, ReplicaError> {
-        let Some(key) = EventKey::of(&e.source) else {
-            return Ok(Outcome::DeadLetter(
-                "source position is not a GTID position".into(),
-            ));
-        };
         let mut conn = self.pool.get_conn().await?;
         let started = std::time::Instant::now();
         let mut tx = conn.start_transaction(TxOpts::default()).await?;
@@ -210,7 +214,7 @@ impl Applier {
             None
         };
         let open = control::open_conflict(tx, &e.doctype, lookup).await?;
-        let decision = if open.is_some() {
+        let mut decision = if open.is_some() {
             Decision::Conflict("an earlier conflict of this document is still open".into())
         } else {
             self.cmp.decide(
@@ -221,6 +225,22 @@ impl Applier {
                 copy_new.as_ref(),
             )
         };
+        if decision == Decision::Apply
+            && let Some(after) = &e.after
+        {
+            let found = ownership::collisions(
+                tx,
+                &mut self.cache,
+                &e.doctype,
+                &e.name,
+                e.old_name.as_deref(),
+                after,
+            )
+            .await?;
+            if !found.is_empty() {
+                decision = Decision::Conflict(ownership::reason(&found));
+            }
+        }
         match decision {
             Decision::Apply => {
                 let report = write_doc(
@@ -262,7 +282,7 @@ impl Applier {
                     },
                 )
                 .await?;
-                tracing::warn!(doctype = %e.doctype, reason = %reason, "conflict recorded; document skipped");
+                tracing::warn!(doctype = %e.doctype, reason = %reason_kind(&reason), "conflict recorded; document skipped");
                 Ok(Outcome::Conflict)
             }
         }
@@ -276,52 +296,44 @@ impl Applier {
     ) -> Result<Option<(Outcome, Option<String>)>, ApplyError> {
         let next = m.offset() + 1;
         let partition = m.partition();
+        let admitted = match admit(m.key(), m.payload()) {
+            Ok(a) => a,
+            Err(reason) => return Ok(Some((Outcome::DeadLetter(reason), None))),
+        };
+        let doctype = match &admitted {
+            Admitted::Doc(e, _) => Some(e.doctype.clone()),
+            Admitted::Tombstone(_) => None,
+        };
         let mut backoff = Backoff::new(Duration::from_millis(100), self.cfg.max_backoff);
         loop {
-            let mut doctype = None;
-            let r = match m.payload() {
-                None => self
+            let r = match &admitted {
+                Admitted::Tombstone(_) => self
                     .store_only(partition, next)
                     .await
                     .map(|_| Outcome::Tombstone),
-                Some(p) => match Envelope::parse(p) {
-                    Err(err) => Ok(Outcome::DeadLetter(format!(
-                        "not a frappe-cdc envelope: {err}"
-                    ))),
-                    Ok(e) if e.version != ENVELOPE_VERSION => Ok(Outcome::DeadLetter(format!(
-                        "unknown envelope version {}",
-                        e.version
-                    ))),
-                    Ok(e) if e.validate().is_err() => Ok(Outcome::DeadLetter(format!(
-                        "invalid envelope: {}",
-                        e.validate().err().unwrap_or_default()
-                    ))),
-                    Ok(e)
-                        if !self.cfg.filter.tracks(&e.doctype)
-                            || !RowFilter::admits(&self.cfg.row_filters, &e) =>
+                Admitted::Doc(e, _)
+                    if !self.cfg.filter.tracks(&e.doctype)
+                        || !RowFilter::admits(&self.cfg.row_filters, e) =>
+                {
+                    self.store_only(partition, next)
+                        .await
+                        .map(|_| Outcome::Filtered)
+                }
+                Admitted::Doc(e, key) => {
+                    let r = self.apply_envelope(e, *key, partition, next).await;
+                    if let Ok(Outcome::Applied) = &r
+                        && e.source.commit_ts > 0
                     {
-                        doctype = Some(e.doctype.clone());
-                        self.store_only(partition, next)
-                            .await
-                            .map(|_| Outcome::Filtered)
+                        let now = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map(|d| d.as_secs_f64())
+                            .unwrap_or(0.0);
+                        self.metrics
+                            .lag
+                            .observe((now - e.source.commit_ts as f64).max(0.0));
                     }
-                    Ok(e) => {
-                        doctype = Some(e.doctype.clone());
-                        let r = self.apply_envelope(&e, partition, next).await;
-                        if let Ok(o) = &r {
-                            if e.source.commit_ts > 0 && matches!(o, Outcome::Applied) {
-                                let now = std::time::SystemTime::now()
-                                    .duration_since(std::time::UNIX_EPOCH)
-                                    .map(|d| d.as_secs_f64())
-                                    .unwrap_or(0.0);
-                                self.metrics
-                                    .lag
-                                    .observe((now - e.source.commit_ts as f64).max(0.0));
-                            }
-                        }
-                        r
-                    }
-                },
+                    r
+                }
             };
             match r {
                 Ok(o) => return Ok(Some((o, doctype))),

@@ -27,18 +27,18 @@ pub(super) fn bulkable(
     m: &OwnedMessage,
 ) -> Option<Pending> {
     let (partition, next) = (m.partition(), m.offset() + 1);
-    let Some(payload) = m.payload() else {
-        return Some(Pending::Skip {
-            partition,
-            next,
-            outcome: Outcome::Tombstone,
-            doctype: None,
-        });
+    // A message admit() rejects takes the one-message path, which dead-letters it.
+    let (e, key) = match admit(m.key(), m.payload()).ok()? {
+        Admitted::Tombstone(_) => {
+            return Some(Pending::Skip {
+                partition,
+                next,
+                outcome: Outcome::Tombstone,
+                doctype: None,
+            });
+        }
+        Admitted::Doc(e, key) => (*e, key),
     };
-    let e = Envelope::parse(payload).ok()?;
-    if e.version != ENVELOPE_VERSION || e.validate().is_err() {
-        return None;
-    }
     if !filter.tracks(&e.doctype) || !RowFilter::admits(row_filters, &e) {
         return Some(Pending::Skip {
             partition,
@@ -54,7 +54,6 @@ pub(super) fn bulkable(
     if e.op == Op::Rename || e.old_name.is_some() || e.name == e.doctype {
         return None;
     }
-    let key = EventKey::of(&e.source)?;
     let loadable = e.after.as_ref().is_some_and(infile::loadable);
     Some(Pending::Doc(Box::new(BulkItem {
         env: e,

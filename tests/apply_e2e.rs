@@ -21,6 +21,9 @@ fn spawn_apply(rig: &Rig, replica: &Mariadb, port: u16) -> KillOnDrop {
     rig.spawn_apply(&replica.replica_url(&rig.db), port, &[])
 }
 
+/// A message as sent: key and value, each possibly absent.
+type Raw = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 fn hostile_messages(bootstrap: &str, topic: &str) -> usize {
     let p: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -64,31 +67,98 @@ fn hostile_messages(bootstrap: &str, topic: &str) -> usize {
     let mut v = valid.clone();
     v["after"]["children"] = serde_json::json!({"no_such_table_field": [{"name": "c1"}]});
     bad.push(serde_json::to_vec(&v).expect("json"));
-    // 1,000 messages: the variants above, each made unique.
+    // Child rows that do not name their document, a parent row of another name, a value
+    // nested 10,000 deep.
+    let row = |parent: &str, pt: &str| serde_json::json!({"name": "HOSTILE-st0", "parent": parent, "parenttype": pt, "parentfield": "sales_team"});
+    for r in [
+        row("C1", "Customer"),
+        row("X", "Supplier"),
+        serde_json::json!({"name": "HOSTILE-st0"}),
+    ] {
+        let mut v = valid.clone();
+        v["after"]["children"] = serde_json::json!({ "sales_team": [r] });
+        bad.push(serde_json::to_vec(&v).expect("json"));
+    }
+    let mut v = valid.clone();
+    v["after"]["parent"]["name"] = "C1".into();
+    bad.push(serde_json::to_vec(&v).expect("json"));
+    let deep = format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000));
+    let mut v = valid.clone();
+    v["after"]["parent"]["customer_name"] = "DEEP".into();
+    bad.push(
+        serde_json::to_string(&v)
+            .expect("json")
+            .replace("\"DEEP\"", &deep)
+            .into_bytes(),
+    );
+    // 1,000 messages: the variants above, each made unique and keyed by the document they
+    // name (so the value's own defect is what apply finds), plus the key defects below.
     let variants = bad;
-    let bad: Vec<Vec<u8>> = (0..1000)
+    let mut msgs: Vec<Raw> = (0..1000)
         .map(|i| {
             let v = &variants[i % variants.len()];
             match serde_json::from_slice::<serde_json::Value>(v) {
                 Ok(mut j) if j.is_object() => {
-                    j["name"] = format!("hostile-{i}' OR '1'='1").into();
-                    serde_json::to_vec(&j).expect("json")
+                    let name = format!("hostile-{i}' OR '1'='1");
+                    let orig = j["name"].clone();
+                    j["name"] = name.clone().into();
+                    if j["after"]["parent"]["name"] == orig {
+                        j["after"]["parent"]["name"] = name.clone().into();
+                    }
+                    if j["after"]["children"]["sales_team"][0]["parent"] == orig {
+                        j["after"]["children"]["sales_team"][0]["parent"] = name.clone().into();
+                    }
+                    let key = serde_json::json!({"doctype": j["doctype"], "name": name});
+                    (
+                        Some(serde_json::to_vec(&key).expect("key")),
+                        Some(serde_json::to_vec(&j).expect("json")),
+                    )
                 }
-                _ => [v.as_slice(), format!(" #{i}").as_bytes()].concat(),
+                _ => (
+                    Some(b"{\"doctype\":\"Customer\",\"name\":\"X\"}".to_vec()),
+                    Some([v.as_slice(), format!(" #{i}").as_bytes()].concat()),
+                ),
             }
         })
         .collect();
-    for b in &bad {
-        p.send(
-            BaseRecord::<[u8], [u8]>::to(topic)
-                .key(b"{\"doctype\":\"Customer\",\"name\":\"X\"}")
-                .payload(b),
-        )
-        .map_err(|(e, _)| e)
-        .expect("send");
+    // A valid new Customer under bad keys (with the value and as a tombstone), and under the
+    // key of another document.
+    let good = serde_json::to_vec(&valid).expect("json");
+    for k in [
+        None,
+        Some(b"".to_vec()),
+        Some(b"X".to_vec()),
+        Some(vec![0xc3, 0x28]),
+        Some(b"[\"Customer\",\"X\"]".to_vec()),
+        Some(b"{\"doctype\":\"Customer\",\"name\":\"X\",\"n\":1}".to_vec()),
+        Some(
+            format!(
+                "{{\"doctype\":{}\"Customer\"{}}}",
+                "[".repeat(3000),
+                "]".repeat(3000)
+            )
+            .into_bytes(),
+        ),
+    ] {
+        msgs.push((k.clone(), Some(good.clone())));
+        msgs.push((k, None));
+    }
+    msgs.push((
+        Some(b"{\"doctype\":\"Customer\",\"name\":\"C1\"}".to_vec()),
+        Some(good),
+    ));
+    for (k, v) in &msgs {
+        let mut rec = BaseRecord::<[u8], [u8]>::to(topic);
+        if let Some(k) = k {
+            rec = rec.key(k);
+        }
+        if let Some(v) = v {
+            rec = rec.payload(v);
+        }
+        p.send(rec).map_err(|(e, _)| e).expect("send");
     }
     p.flush(Duration::from_secs(30)).expect("flush");
-    bad.len()
+    msgs.len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,6 +197,9 @@ async fn capture_to_apply_keeps_the_replica_equal() {
             .get("doctype")
             .and_then(|d| d.as_str())
             .is_some_and(|d| d != "Customer" || m.key["name"] != "X")
+            && !m.key["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("hostile-"))
     });
     let mut p = rig.primary().conn(&rig.db).await;
     let mut r = replica.conn(&rig.db).await;
@@ -156,6 +229,16 @@ async fn capture_to_apply_keeps_the_replica_equal() {
         hostile as u64,
         "exactly the hostile messages are dead-lettered"
     );
+    let reasons = common::topic::dead_letter_reasons(&rig.bootstrap(), &dlq);
+    let by_key = reasons.iter().filter(|r| r.starts_with("key: ")).count();
+    assert_eq!(
+        by_key, 15,
+        "7 bad keys with and without a value, 1 key of another document"
+    );
+    assert!(
+        reasons.iter().all(|r| !r.is_empty()),
+        "every dead letter says why"
+    );
     let conflicts: Vec<(String, String)> = r
         .query("SELECT doctype, name FROM `_frappe_cdc_conflicts`")
         .await
@@ -168,7 +251,7 @@ async fn capture_to_apply_keeps_the_replica_equal() {
     assert_eq!(
         customers,
         vec!["C1-renamed"],
-        "no hostile document and no stale name on the replica"
+        "no hostile document, no stale name on the replica, and C1 kept its name"
     );
     // Some of that went through the bulk path: at least one transaction held several
     // documents (the rest of this test proves the result equals the primary).

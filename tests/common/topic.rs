@@ -140,3 +140,23 @@ pub fn count_all(bootstrap: &str, topic: &str) -> u64 {
     scan(bootstrap, topic, |_, _| n += 1);
     n
 }
+
+/// The `frappe-cdc-reason` header of every non-sentinel message of `topic` (a dead-letter
+/// topic), in partition then offset order; "" where a message has none.
+pub fn dead_letter_reasons(bootstrap: &str, topic: &str) -> Vec<String> {
+    use rdkafka::message::Headers;
+    let mut out = Vec::new();
+    scan(bootstrap, topic, |_, m| {
+        let reason = m
+            .headers()
+            .and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == "frappe-cdc-reason")
+                    .and_then(|h| h.value)
+            })
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default();
+        out.push(reason);
+    });
+    out
+}

@@ -371,6 +371,36 @@ async fn a_document_never_takes_another_documents_rows() {
         ) >= 1.0,
         "the batch was split over two writers"
     );
+    // The operator cannot accept EVIL's primary version (it would take C2's row); keeping
+    // the local state resolves it.
+    let id: u64 = r
+        .query_first("SELECT id FROM `_frappe_cdc_conflicts` WHERE name = 'EVIL'")
+        .await
+        .expect("id")
+        .expect("EVIL conflict");
+    let resolve = |how: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_frappe-cdc"))
+            .args([
+                "conflicts",
+                "--replica",
+                &rurl,
+                "resolve",
+                &id.to_string(),
+                how,
+            ])
+            .env("FRAPPE_CDC_REPLICA_PASSWORD", "adminpass")
+            .env("RUST_LOG", "error")
+            .output()
+            .expect("run frappe-cdc conflicts")
+    };
+    let out = resolve("--accept-primary");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success() && err.contains("cannot be accepted") && err.contains("C2-st0"),
+        "{err}"
+    );
+    assert_eq!(rows_text(&mut r, "C2", "C2-st0").await, c2_before);
+    assert!(resolve("--keep-local").status.success());
     // verify sees exactly the two conflicts' documents as different.
     let out = rig.verify(&rurl, &[]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();

@@ -202,4 +202,25 @@ mod tests {
         let k = br#"{"doctype":"Selling Settings","name":"Selling Settings"}"#;
         assert!(admit(Some(k), Some(&serde_json::to_vec(&v).unwrap())).is_ok());
     }
+
+    #[test]
+    fn the_schema_examples_are_admitted() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/examples");
+        let mut n = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.file_name().is_some_and(|f| f == "key.json") {
+                continue;
+            }
+            let v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            let k =
+                serde_json::to_vec(&json!({"doctype": v["doctype"], "name": v["name"]})).unwrap();
+            let bytes = serde_json::to_vec(&v).unwrap();
+            let r = admit(Some(&k), Some(&bytes));
+            assert!(r.is_ok(), "{}: {:?}", path.display(), r.err());
+            n += 1;
+        }
+        assert!(n >= 5);
+    }
 }

@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use super::control::{self, EventKey};
 use super::decision::Comparator;
+use super::ownership;
 use super::replica::{ReplicaError, SchemaCache, read_doc_plain, write_doc};
 use crate::image::Image;
 
@@ -43,6 +44,11 @@ pub enum ConflictError {
     NotFound(u64),
     #[error("conflict {0} is already resolved")]
     Resolved(u64),
+    #[error(
+        "conflict {id}: the primary's version cannot be accepted, it would take rows of another \
+         document ({reason}); fix that document first or resolve with --keep-local"
+    )]
+    OwnedElsewhere { id: u64, reason: String },
 }
 
 impl From<mysql_async::Error> for ConflictError {
@@ -136,6 +142,16 @@ pub async fn resolve(conn: &mut Conn, id: u64, how: Resolution) -> Result<(), Co
         .to_string();
     if how == Resolution::AcceptPrimary {
         let old = (target != c.name).then_some(c.name.as_str());
+        if let Some(after) = &c.after {
+            let found =
+                ownership::collisions(&mut tx, &mut cache, &c.doctype, &target, old, after).await?;
+            if !found.is_empty() {
+                return Err(ConflictError::OwnedElsewhere {
+                    id,
+                    reason: ownership::reason(&found),
+                });
+            }
+        }
         write_doc(
             &mut tx,
             &mut cache,

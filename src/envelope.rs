@@ -140,7 +140,9 @@ fn position(e: &serde_json::Error) -> String {
 /// `missing/unknown/duplicate field` messages are kept (cut to 64 characters).
 pub fn shape_error(e: &serde_json::Error) -> String {
     let full = e.to_string();
-    let msg = full.rsplit_once(" at line ").map_or(full.as_str(), |(m, _)| m);
+    let msg = full
+        .rsplit_once(" at line ")
+        .map_or(full.as_str(), |(m, _)| m);
     let field = ["missing field", "unknown field", "duplicate field"]
         .iter()
         .any(|p| msg.starts_with(p));

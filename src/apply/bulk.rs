@@ -10,8 +10,10 @@
 //!    DATA` stores fewer rows than sent and the batch fails, and the caller re-runs it with
 //!    every copy read ([`BulkMode::read_new`]), which records the conflict. This spares
 //!    about a quarter of the replica's work in a backlog of new documents;
+//!    Then the ownership check, set-wise (`check_ownership`, see `ownership.rs`);
 //! 2. decide each document exactly as one at a time (no document occurs twice in a batch, so
-//!    the decisions are independent);
+//!    the decisions are independent; a batch where two documents touch one child row goes
+//!    one at a time instead, [`BulkError::InOrder`]);
 //! 3. write: deleted documents, child rows that left their document, then the rows of
 //!    documents the replica does not have through `LOAD DATA LOCAL INFILE` (`infile.rs`; every
 //!    row must be stored without a warning, else the batch fails), multi-row upserts of the

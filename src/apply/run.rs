@@ -6,9 +6,11 @@
 //! offsets, so after a crash anywhere the first message not committed on the replica is read
 //! again and nothing is applied twice or skipped. Kafka's own group offsets are committed too,
 //! for lag tools only. Transient failures (replica unreachable, deadlock, lock wait) retry
-//! the same message with capped backoff; a message that can never apply (not an envelope, an
-//! unknown version, a table or value the replica rejects) goes to the dead-letter topic with
-//! the reason and its coordinates in headers, and the partition moves on.
+//! the same message with capped backoff; a message that can never apply (a key or value
+//! `admit.rs` rejects, a table or value the replica rejects) goes to the dead-letter topic with
+//! the reason and its coordinates in headers, and the partition moves on; nothing of it is
+//! written. A document whose child rows belong to another document on the replica is a
+//! conflict (`ownership.rs`), checked in the same locked transaction as the write.
 //!
 //! Pipelining: the envelopes of the next polled batch are parsed on a blocking thread while
 //! the current batch's replica transaction runs; batches are still applied strictly in

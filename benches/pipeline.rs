@@ -1,6 +1,6 @@
 //! frappe-cdc benchmarks on real servers (run with `scripts/bench.sh`; not part of the tests).
 //!
-//! Starts its own MariaDB primaries and replicas and a tansu broker on loopback, like the tests,
+//! Starts its own MariaDB primaries and replicas and an Apache Kafka node on loopback, like the tests,
 //! and measures, printing a table and writing JSON to `target/bench/`:
 //! 1. capture ceiling: an already-written binlog of Frappe-shaped documents (1 parent + 10
 //!    children, one transaction each) read, decoded, grouped and produced — to the broker and to
@@ -1067,7 +1067,10 @@ fn machine() -> Value {
         "cpu": cpu,
         "memory_gib": (mem_kb as f64 / 1048576.0 * 10.0).round() / 10.0,
         "mariadb": mariadb,
-        "broker": "tansu (memory storage)",
+        "broker": format!(
+            "Apache Kafka {} (one KRaft node)",
+            std::env::var("KAFKA_VERSION").unwrap_or_else(|_| "4.3.1".into())
+        ),
     })
 }
 

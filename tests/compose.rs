@@ -63,7 +63,7 @@ fn compose_file_parses_as_compose() {
     let typed: Result<docker_compose_types::Compose, _> =
         serde_norway::from_str(&read("docker-compose.yml"));
     let typed = typed.expect("docker-compose.yml is not a valid Compose file");
-    assert_eq!(typed.services.0.len(), 8);
+    assert_eq!(typed.services.0.len(), 10);
 }
 
 #[test]
@@ -74,7 +74,9 @@ fn compose_services_line_up_with_the_code() {
     for want in [
         "mariadb-primary",
         "mariadb-replica",
-        "kafka",
+        "kafka-1",
+        "kafka-2",
+        "kafka-3",
         "capture",
         "apply",
         "prometheus",
@@ -183,13 +185,36 @@ fn compose_services_line_up_with_the_code() {
         env_of(app, "FRAPPE_CDC_REPLICA_PASSWORD")
     )));
     for s in [cap, app] {
-        assert_eq!(env_of(s, "FRAPPE_CDC_BROKERS"), "kafka:9092");
+        assert_eq!(
+            env_of(s, "FRAPPE_CDC_BROKERS"),
+            "kafka-1:9092,kafka-2:9092,kafka-3:9092"
+        );
     }
-    assert!(
-        c["services"]["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
-            .as_str()
-            .is_some_and(|l| l.contains("kafka:9092"))
-    );
+    // Three brokers of the Apache Kafka version the tests run (scripts/install-kafka.sh),
+    // one quorum, replicated internal topics.
+    let pinned = read("scripts/install-kafka.sh")
+        .lines()
+        .find_map(|l| l.strip_prefix("KAFKA_VERSION=").map(str::to_string))
+        .expect("KAFKA_VERSION in install-kafka.sh");
+    for i in 1..=3 {
+        let k = &c["services"][format!("kafka-{i}")];
+        assert_eq!(
+            k["image"].as_str(),
+            Some(format!("apache/kafka:{pinned}").as_str()),
+            "kafka-{i} runs the tested version"
+        );
+        assert_eq!(env_of(k, "KAFKA_NODE_ID"), i.to_string());
+        assert_eq!(
+            env_of(k, "KAFKA_ADVERTISED_LISTENERS"),
+            format!("PLAINTEXT://kafka-{i}:9092")
+        );
+        assert_eq!(
+            env_of(k, "KAFKA_CONTROLLER_QUORUM_VOTERS"),
+            "1@kafka-1:9093,2@kafka-2:9093,3@kafka-3:9093"
+        );
+        assert_eq!(env_of(k, "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"), "3");
+        assert_eq!(env_of(k, "KAFKA_MIN_INSYNC_REPLICAS"), "2");
+    }
 
     // capture's state lives on a volume at the state dir the Dockerfile sets.
     let state = env_of(cap, "FRAPPE_CDC_STATE_DIR");

@@ -1,6 +1,7 @@
 //! Shared helpers for integration tests (real MariaDB and broker; see servers.rs).
 #![allow(dead_code)]
 
+pub mod kafka;
 pub mod metrics;
 pub mod rig;
 pub mod schema;

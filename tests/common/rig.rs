@@ -23,13 +23,25 @@ pub fn primary_options(extra: &[&'static str]) {
 }
 
 /// One primary and one broker shared by the tests of a test binary.
-pub fn shared() -> &'static (Mariadb, Broker) {
-    static S: OnceLock<(Mariadb, Broker)> = OnceLock::new();
+pub fn shared() -> (&'static Mariadb, &'static Broker) {
+    (shared_primary(), shared_broker())
+}
+
+/// The primary shared by the tests of a test binary (started on first use).
+pub fn shared_primary() -> &'static Mariadb {
+    static S: OnceLock<Mariadb> = OnceLock::new();
     S.get_or_init(|| {
         let mut args: Vec<&str> = super::servers::PRIMARY_ARGS.to_vec();
         args.extend(EXTRA_ARGS.get().cloned().unwrap_or_default());
-        (Mariadb::start(&args), Broker::start())
+        Mariadb::start(&args)
     })
+}
+
+/// The single-node Kafka shared by the tests of a test binary (started on first use; tests
+/// that bring their own cluster never start it).
+pub fn shared_broker() -> &'static Broker {
+    static S: OnceLock<Broker> = OnceLock::new();
+    S.get_or_init(Broker::start)
 }
 
 static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -42,6 +54,8 @@ pub struct Rig {
     pub server_id: u32,
     pub seen: usize,
     pub filter: Filter,
+    /// Bootstrap servers of a test's own brokers; None: the shared single node.
+    pub brokers: Option<String>,
 }
 
 impl Rig {
@@ -54,7 +68,7 @@ impl Rig {
             )
             .with_test_writer()
             .try_init();
-        let (m, _) = shared();
+        let m = shared_primary();
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let db = format!("{tag}_{n}_{}", std::process::id());
         m.create_site(&db).await;
@@ -65,7 +79,15 @@ impl Rig {
             seen: 0,
             db,
             filter: Filter::new(&[], &[]),
+            brokers: None,
         }
+    }
+
+    /// Like `new`, on a broker or cluster of the test's own (`bootstrap`).
+    pub async fn on_brokers(tag: &str, bootstrap: &str) -> Rig {
+        let mut r = Rig::new(tag).await;
+        r.brokers = Some(bootstrap.to_string());
+        r
     }
 
     /// Starts a replica server with this rig's site schema; returns it and the URL apply and
@@ -78,11 +100,13 @@ impl Rig {
     }
 
     pub fn primary(&self) -> &'static Mariadb {
-        &shared().0
+        shared_primary()
     }
 
     pub fn bootstrap(&self) -> String {
-        shared().1.bootstrap()
+        self.brokers
+            .clone()
+            .unwrap_or_else(|| shared_broker().bootstrap())
     }
 
     /// The capture configuration of this rig (capture user, password through the target).
@@ -97,6 +121,8 @@ impl Rig {
                 brokers: self.bootstrap(),
                 topic: self.topic.clone(),
                 partitions: 1,
+                replication: -1,
+                topic_configs: vec![],
                 partition_by_doctype: true,
                 max_in_flight: 10_000,
                 options: vec![],

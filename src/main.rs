@@ -14,6 +14,7 @@ use frappe_cdc::cli::{
     VerifyArgs,
 };
 use frappe_cdc::frappe::catalog::Filter;
+use frappe_cdc::kafka;
 use frappe_cdc::kafka::producer::ProducerConfig;
 use frappe_cdc::metrics::{self, ApplyMetrics, CaptureMetrics};
 use frappe_cdc::source::conn::{DbTarget, read_password_file};
@@ -79,9 +80,12 @@ fn capture_config(a: &CaptureArgs) -> Result<CaptureConfig, String> {
             brokers: a.brokers.clone(),
             topic: a.topic.clone(),
             partitions: a.partitions,
+            replication: a.topic_replication,
+            topic_configs: a.topic_config.clone(),
             partition_by_doctype: a.partition_by == PartitionBy::Doctype,
             max_in_flight: a.max_in_flight,
-            options: a.kafka_option.clone(),
+            options: kafka::options::merged(a.kafka_config.as_deref(), &a.kafka_option)
+                .map_err(|e| e.to_string())?,
             null_sink: false,
         },
         filter: Filter::new(&a.include_doctype, &a.exclude_doctype),
@@ -169,6 +173,9 @@ async fn run_capture(a: &CaptureArgs) -> ExitCode {
                     CaptureError::Preflight(_)
                         | CaptureError::WrongState { .. }
                         | CaptureError::State(frappe_cdc::state::StateError::OldFormat { .. })
+                        | CaptureError::Producer(
+                            frappe_cdc::kafka::producer::ProducerError::Auth { .. }
+                        )
                 ) {
                     2
                 } else {
@@ -239,7 +246,24 @@ async fn run_apply(a: &ApplyArgs) -> ExitCode {
         max_backoff: a.max_backoff,
         batch_size: a.batch_size,
         writers: usize::from(a.writers),
+        kafka_options: match kafka::options::merged(a.kafka_config.as_deref(), &a.kafka_option) {
+            Ok(o) => o,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
     };
+    if let Some((k, _)) = cfg
+        .kafka_options
+        .iter()
+        .find(|(k, _)| frappe_cdc::apply::config::FIXED_CONSUMER_OPTIONS.contains(&k.as_str()))
+    {
+        eprintln!(
+            "error: --kafka-option {k} is fixed by apply (use --brokers / --group; offsets live in the replica)"
+        );
+        return ExitCode::from(2);
+    }
     let m = ApplyMetrics::new();
     let ready = Arc::new(AtomicBool::new(true));
     let server = tokio::spawn(metrics::serve(a.metrics_addr, m.registry.clone(), ready));

@@ -37,6 +37,9 @@ pub struct CaptureMetrics {
     pub retention_headroom: Gauge,
     pub binlog_behind: IntGauge,
     pub binlog_expire: Gauge,
+    pub kafka_disconnects: IntCounter,
+    pub kafka_retries: IntCounter,
+    pub kafka_timeouts: IntCounter,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -70,6 +73,9 @@ impl CaptureMetrics {
             retention_headroom: reg(&r, Gauge::new("frappe_cdc_capture_binlog_retention_headroom_seconds", "Seconds until the primary may purge the oldest binlog file capture still needs (lower bound; +Inf without automatic expiry, 0 once purged, NaN while unknown)").unwrap_or_else(|_| unreachable_metric())),
             binlog_behind: reg(&r, IntGauge::new("frappe_cdc_capture_binlog_behind_bytes", "Bytes of binlog on the primary after the checkpoint").unwrap_or_else(|_| unreachable_metric())),
             binlog_expire: reg(&r, Gauge::new("frappe_cdc_capture_binlog_expire_seconds", "The primary's binlog expiry period (0: binlogs are never purged automatically)").unwrap_or_else(|_| unreachable_metric())),
+            kafka_disconnects: reg(&r, IntCounter::new("frappe_cdc_capture_kafka_disconnects_total", "Connections to Kafka brokers lost (librdkafka statistics)").unwrap_or_else(|_| unreachable_metric())),
+            kafka_retries: reg(&r, IntCounter::new("frappe_cdc_capture_kafka_request_retries_total", "Produce and other requests to Kafka sent again (librdkafka statistics)").unwrap_or_else(|_| unreachable_metric())),
+            kafka_timeouts: reg(&r, IntCounter::new("frappe_cdc_capture_kafka_request_timeouts_total", "Requests to Kafka that timed out (librdkafka statistics)").unwrap_or_else(|_| unreachable_metric())),
             registry: r,
         };
         // Unknown until the retention watcher has compared a checkpoint with the server.
@@ -115,6 +121,9 @@ pub struct ApplyMetrics {
     pub bulk_rows: IntCounterVec,
     pub split_batches: IntCounterVec,
     pub load_rereads: IntCounter,
+    pub kafka_disconnects: IntCounter,
+    pub kafka_retries: IntCounter,
+    pub kafka_timeouts: IntCounter,
 }
 
 impl ApplyMetrics {
@@ -135,6 +144,9 @@ impl ApplyMetrics {
             bulk_rows: reg(&r, IntCounterVec::new(Opts::new("frappe_cdc_apply_bulk_rows_total", "Rows written by bulk transactions, by path: load (LOAD DATA LOCAL INFILE, rows of documents new to the replica) or upsert (INSERT ... ON DUPLICATE KEY UPDATE)"), &["path"]).unwrap_or_else(|_| unreachable_metric())),
             split_batches: reg(&r, IntCounterVec::new(Opts::new("frappe_cdc_apply_split_batches_total", "Bulk batches split over several concurrent transactions (--writers), by outcome: committed, or rolled_back (a part failed on a lock; the batch is retried as one transaction)"), &["outcome"]).unwrap_or_else(|_| unreachable_metric())),
             load_rereads: reg(&r, IntCounter::new("frappe_cdc_apply_load_rereads_total", "Bulk batches re-run with every replica copy read, because LOAD DATA found rows of a new document already on the replica (a document created on the replica itself; it becomes a conflict)").unwrap_or_else(|_| unreachable_metric())),
+            kafka_disconnects: reg(&r, IntCounter::new("frappe_cdc_apply_kafka_disconnects_total", "Connections to Kafka brokers lost (librdkafka statistics of the consumer)").unwrap_or_else(|_| unreachable_metric())),
+            kafka_retries: reg(&r, IntCounter::new("frappe_cdc_apply_kafka_request_retries_total", "Requests to Kafka sent again (librdkafka statistics of the consumer)").unwrap_or_else(|_| unreachable_metric())),
+            kafka_timeouts: reg(&r, IntCounter::new("frappe_cdc_apply_kafka_request_timeouts_total", "Requests to Kafka that timed out (librdkafka statistics of the consumer)").unwrap_or_else(|_| unreachable_metric())),
             registry: r,
         }
     }

@@ -47,6 +47,9 @@ const REQUIRED: &[&str] = &[
     "frappe_cdc_apply_transaction_duration_seconds",
     "frappe_cdc_apply_retries_total",
     "frappe_cdc_apply_dead_letters_total",
+    "frappe_cdc_capture_kafka_disconnects_total",
+    "frappe_cdc_capture_kafka_request_retries_total",
+    "frappe_cdc_apply_kafka_disconnects_total",
 ];
 
 fn repo() -> PathBuf {

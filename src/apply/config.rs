@@ -24,7 +24,19 @@ pub struct ApplyConfig {
     pub batch_size: usize,
     /// Replica connections a batch is split over (see `run_bulk`).
     pub writers: usize,
+    /// Extra librdkafka settings (`--kafka-option`): all go to the consumer, the connection
+    /// ones (security, SASL, TLS, client.id) also to the dead-letter producer and admin client.
+    pub kafka_options: Vec<(String, String)>,
 }
+
+/// Consumer settings apply relies on; `--kafka-option` may not set these.
+pub const FIXED_CONSUMER_OPTIONS: &[&str] = &[
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "bootstrap.servers",
+    "auto.offset.reset",
+];
 
 /// `--filter 'DocType:{"column": value, ...}'`.
 #[derive(Debug, Clone, PartialEq)]

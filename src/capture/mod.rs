@@ -18,7 +18,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::frappe::catalog::Filter;
-use crate::kafka::producer::{Producer, ProducerConfig, ProducerError, ensure_topic};
+use crate::kafka::producer::{Producer, ProducerConfig, ProducerError};
+use crate::kafka::topic::{TopicSpec, ensure_topic};
 use crate::metrics::CaptureMetrics;
 use crate::position::PositionError;
 use crate::source::binlog::{BinlogError, ReaderConfig, run_reader};
@@ -71,7 +72,9 @@ impl CaptureError {
             CaptureError::Producer(
                 ProducerError::Delivery(_) | ProducerError::FlushTimeout { .. },
             ) => true,
-            CaptureError::Producer(ProducerError::Topic { .. }) => true,
+            CaptureError::Producer(
+                ProducerError::Topic { .. } | ProducerError::Unreachable { .. },
+            ) => true,
             CaptureError::Snapshot(SnapshotError::Sql(_)) => true,
             _ => false,
         }
@@ -135,10 +138,15 @@ pub async fn run(
         ensure_topic(
             &cfg.producer.brokers,
             &cfg.producer.topic,
-            cfg.producer.partitions,
+            &TopicSpec {
+                partitions: cfg.producer.partitions,
+                replication: cfg.producer.replication,
+                configs: cfg.producer.topic_configs.clone(),
+            },
             &cfg.producer.options,
         )
         .await?
+        .partitions
     };
     let mut pcfg = cfg.producer.clone();
     pcfg.partitions = partitions;

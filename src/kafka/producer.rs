@@ -11,13 +11,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::{ClientContext, DefaultClientContext};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::client::ClientContext;
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{
     BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer,
 };
 use rdkafka::types::RDKafkaErrorCode as Code;
+
+use super::stats::{KafkaHealth, STATS_INTERVAL_MS};
 
 /// Errors of the producer.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +37,14 @@ pub enum ProducerError {
         timeout: Duration,
         brokers: String,
     },
+    #[error(
+        "Kafka at {brokers} refused this client: {reason}\n  fix: check security.protocol, sasl.mechanisms, sasl.username/sasl.password and ssl.ca.location in --kafka-config, and the ACLs of this user"
+    )]
+    Auth { brokers: String, reason: String },
+    #[error(
+        "Kafka at {brokers} did not answer within 30 s: {reason}\n  fix: check --brokers, that the brokers run, and the listener's security.protocol"
+    )]
+    Unreachable { brokers: String, reason: String },
     #[error("cannot create or inspect topic {topic}: {reason}")]
     Topic { topic: String, reason: String },
     #[error(
@@ -49,9 +58,14 @@ pub enum ProducerError {
 pub struct AckContext {
     acked: AtomicU64,
     failed: Mutex<Option<String>>,
+    health: KafkaHealth,
 }
 
-impl ClientContext for AckContext {}
+impl ClientContext for AckContext {
+    fn stats(&self, statistics: rdkafka::statistics::Statistics) {
+        self.health.observe(&statistics);
+    }
+}
 
 impl ProducerContext for AckContext {
     type DeliveryOpaque = ();
@@ -73,6 +87,10 @@ pub struct ProducerConfig {
     pub brokers: String,
     pub topic: String,
     pub partitions: i32,
+    /// Replicas of each partition when capture creates the topic (-1: the brokers' default).
+    pub replication: i32,
+    /// Topic configs when capture creates the topic.
+    pub topic_configs: Vec<(String, String)>,
     /// Partition by doctype (all documents of a doctype in one partition, so renames and
     /// cross-document order within a doctype hold) instead of by key.
     pub partition_by_doctype: bool,
@@ -104,6 +122,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("queue.buffering.max.kbytes", "65536"),
     ("queue.buffering.max.messages", "100000"),
     ("socket.keepalive.enable", "true"),
+    ("statistics.interval.ms", STATS_INTERVAL_MS),
 ];
 
 fn client_config(
@@ -135,62 +154,6 @@ pub fn doctype_partition(doctype: &str, partitions: i32) -> i32 {
         h = h.wrapping_mul(0x0100_0193);
     }
     (h % partitions.max(1) as u32) as i32
-}
-
-/// Creates `topic` if missing and returns its partition count.
-pub async fn ensure_topic(
-    brokers: &str,
-    topic: &str,
-    partitions: i32,
-    options: &[(String, String)],
-) -> Result<i32, ProducerError> {
-    let terr = |reason: String| ProducerError::Topic {
-        topic: topic.to_string(),
-        reason,
-    };
-    let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", brokers);
-    for (k, v) in options {
-        if k.starts_with("security.") || k.starts_with("sasl.") || k.starts_with("ssl.") {
-            cfg.set(k, v);
-        }
-    }
-    let admin: AdminClient<DefaultClientContext> = cfg.create().map_err(ProducerError::Setup)?;
-    let new = NewTopic::new(topic, partitions.max(1), TopicReplication::Fixed(1))
-        .set("max.message.bytes", "16777216");
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(15)));
-    let res = admin
-        .create_topics([&new], &opts)
-        .await
-        .map_err(|e| terr(e.to_string()))?;
-    for r in res {
-        match r {
-            Ok(_) => {}
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((_, code)) => return Err(terr(code.to_string())),
-        }
-    }
-    let meta_consumer: rdkafka::consumer::BaseConsumer =
-        cfg.create().map_err(ProducerError::Setup)?;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let md = rdkafka::consumer::Consumer::fetch_metadata(
-            &meta_consumer,
-            Some(topic),
-            Duration::from_secs(5),
-        );
-        if let Ok(md) = md
-            && let Some(t) = md.topics().iter().find(|t| t.name() == topic)
-            && t.error().is_none()
-            && !t.partitions().is_empty()
-        {
-            return Ok(t.partitions().len() as i32);
-        }
-        if Instant::now() > deadline {
-            return Err(terr("no metadata for the topic".into()));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 impl Producer {
@@ -229,6 +192,11 @@ impl Producer {
             Some(e) => Err(ProducerError::Delivery(e.clone())),
             None => Ok(()),
         }
+    }
+
+    /// Connection health from the client's statistics (None for the null sink).
+    pub fn health(&self) -> Option<&KafkaHealth> {
+        self.inner.as_ref().map(|i| &i.context().health)
     }
 
     /// Messages sent and not yet acknowledged.

@@ -37,6 +37,13 @@ fn conflict(why: &str, d: Vec<String>) -> Decision {
 #[derive(Debug, Clone, Default)]
 pub struct Comparator {
     ignored: BTreeSet<String>,
+    /// A fresh replica reading a topic whose early history may be gone (compacted, or
+    /// deleted by retention): a document missing on the replica is not a local delete but
+    /// one whose earlier versions the topic no longer holds, so an `update` or `rename` of
+    /// it writes its `after` image instead of recording a conflict. Set by apply only while
+    /// it reads offsets below the high watermarks it saw when it started without stored
+    /// offsets.
+    pub missing_is_new: bool,
 }
 
 impl Comparator {
@@ -44,6 +51,7 @@ impl Comparator {
     pub fn new(ignored: impl IntoIterator<Item = String>) -> Self {
         Comparator {
             ignored: ignored.into_iter().collect(),
+            missing_is_new: false,
         }
     }
 
@@ -130,6 +138,7 @@ impl Comparator {
                     self.diff(after, replica),
                 ),
             },
+            Op::Update if replica.is_none() && self.missing_is_new => Decision::Apply,
             Op::Update => {
                 if !self.same(replica, before) && self.same(replica, after) {
                     Decision::AlreadyApplied
@@ -148,6 +157,9 @@ impl Comparator {
                         self.diff(before, replica),
                     )
                 }
+            }
+            Op::Rename if self.missing_is_new && replica.is_none() && replica_new.is_none() => {
+                Decision::Apply
             }
             Op::Rename => {
                 if replica.is_none() && self.same(replica_new, after) {
@@ -303,5 +315,55 @@ mod tests {
             Conflict(why) => assert!(why.contains("items[0].qty"), "{why}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_fresh_replica_writes_documents_whose_history_was_compacted_away() {
+        use Decision::*;
+        let is_conflict = |d: Decision| matches!(d, Conflict(_));
+        let (b, a) = (img("Draft", "1"), img("Paid", "1"));
+        let strict = cmp();
+        assert!(is_conflict(strict.decide(
+            Op::Update,
+            Some(&b),
+            Some(&a),
+            None,
+            None
+        )));
+        assert!(is_conflict(strict.decide(
+            Op::Rename,
+            Some(&b),
+            Some(&a),
+            None,
+            None
+        )));
+        let fresh = Comparator {
+            missing_is_new: true,
+            ..cmp()
+        };
+        assert_eq!(
+            fresh.decide(Op::Update, Some(&b), Some(&a), None, None),
+            Apply
+        );
+        assert_eq!(
+            fresh.decide(Op::Rename, Some(&b), Some(&a), None, None),
+            Apply
+        );
+        // A copy that is there is still checked against the before image.
+        let local = img("Draft", "9");
+        assert!(is_conflict(fresh.decide(
+            Op::Update,
+            Some(&b),
+            Some(&a),
+            Some(&local),
+            None
+        )));
+        assert!(is_conflict(fresh.decide(
+            Op::Rename,
+            Some(&b),
+            Some(&a),
+            None,
+            Some(&local)
+        )));
     }
 }

@@ -1,68 +1,107 @@
-//! Consumer lag per partition: the partition's high watermark minus the next offset apply will
-//! read. Refreshed at most once per interval from the broker's watermarks; a failed fetch
-//! leaves the gauge at its last value. Purely observational: nothing here affects offsets.
+//! Consumer lag per partition, as Kafka sees it: the partition's high watermark minus the
+//! offset the apply group has committed to Kafka (what `kafka-consumer-groups --describe`
+//! prints as LAG). A thread of its own refreshes the gauge every few seconds with its own
+//! client, so the lag keeps growing on the dashboard while apply is stuck (replica down, a
+//! lock held), which is when it matters. Apply commits to Kafka the offsets it stored in the
+//! replica at start and after every replica commit, so the two views agree; the replica's
+//! copy stays the one apply resumes from. Purely observational: nothing here moves offsets.
 //!
-//! (tansu 0.6 reports the high watermark as the last batch's base offset + 1, so on tansu the
-//! gauge can read low; it is clamped at zero.)
+//! A failed metadata, watermark or offset fetch leaves the gauge at its last value.
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use prometheus::IntGaugeVec;
+use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 
-/// Tracks the next offset of every assigned partition.
-pub struct ConsumerLag {
-    topic: String,
-    next: BTreeMap<i32, Option<i64>>,
-    every: Duration,
-    last: Option<Instant>,
+/// The lag-watching thread; stopped and joined when dropped.
+pub struct LagWatcher {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
 }
 
-impl ConsumerLag {
-    /// Starts from the assignment (stored offsets; `Beginning` counts from the low watermark).
-    pub fn new(topic: &str, assigned: &TopicPartitionList, every: Duration) -> Self {
-        let next = assigned
-            .elements_for_topic(topic)
-            .iter()
-            .map(|e| {
-                let o = match e.offset() {
-                    Offset::Offset(o) => Some(o),
-                    _ => None,
-                };
-                (e.partition(), o)
+impl LagWatcher {
+    /// Starts watching `group` on `topic`. `client` holds the bootstrap servers and the
+    /// connection settings; the group id is set here (the client never joins the group).
+    pub fn start(
+        mut client: ClientConfig,
+        group: &str,
+        topic: &str,
+        gauge: IntGaugeVec,
+        every: Duration,
+    ) -> Result<LagWatcher, KafkaError> {
+        let consumer: BaseConsumer = client
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let topic = topic.to_string();
+        let handle = std::thread::Builder::new()
+            .name("consumer-lag".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Acquire) {
+                    refresh(&consumer, &topic, &gauge);
+                    let until = Instant::now() + every;
+                    while Instant::now() < until && !flag.load(Ordering::Acquire) {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
             })
-            .collect();
-        ConsumerLag {
-            topic: topic.to_string(),
-            next,
-            every,
-            last: None,
+            .map_err(|_| {
+                KafkaError::ClientCreation("cannot start the consumer-lag thread".into())
+            })?;
+        Ok(LagWatcher {
+            stop,
+            handle: Some(handle),
+        })
+    }
+}
+
+impl Drop for LagWatcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
         }
     }
+}
 
-    /// Records that everything before `next` on `partition` is handled.
-    pub fn applied(&mut self, partition: i32, next: i64) {
-        self.next.insert(partition, Some(next));
+/// One refresh: partitions, the group's committed offsets, watermarks.
+fn refresh(consumer: &BaseConsumer, topic: &str, gauge: &IntGaugeVec) {
+    let timeout = Duration::from_secs(5);
+    let Ok(md) = consumer.fetch_metadata(Some(topic), timeout) else {
+        return;
+    };
+    let parts: Vec<i32> = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+        .unwrap_or_default();
+    let mut tpl = TopicPartitionList::new();
+    for p in &parts {
+        let _ = tpl.add_partition_offset(topic, *p, Offset::Invalid);
     }
-
-    /// Sets the gauges when the interval has passed (blocking broker calls, 2 s timeout each).
-    pub fn refresh(&mut self, consumer: &BaseConsumer, gauge: &IntGaugeVec) {
-        if self.last.is_some_and(|l| l.elapsed() < self.every) {
-            return;
-        }
-        self.last = Some(Instant::now());
-        for (p, next) in &self.next {
-            let Ok((low, high)) =
-                consumer.fetch_watermarks(&self.topic, *p, Duration::from_secs(2))
-            else {
-                continue;
-            };
-            gauge
-                .with_label_values(&[&p.to_string()])
-                .set(lag(low, high, *next));
-        }
+    let Ok(committed) = consumer.committed_offsets(tpl, timeout) else {
+        return;
+    };
+    for e in committed.elements_for_topic(topic) {
+        let next = match e.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        };
+        let Ok((low, high)) = consumer.fetch_watermarks(topic, e.partition(), timeout) else {
+            continue;
+        };
+        gauge
+            .with_label_values(&[&e.partition().to_string()])
+            .set(lag(low, high, next));
     }
 }
 
@@ -81,7 +120,7 @@ mod tests {
         assert_eq!(
             lag(0, 100, None),
             100,
-            "nothing stored: from the low watermark"
+            "nothing committed: from the low watermark"
         );
         assert_eq!(lag(50, 100, Some(10)), 50, "compacted or deleted below low");
         assert_eq!(

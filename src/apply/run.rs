@@ -25,6 +25,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Pool, TxOpts};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
@@ -36,12 +37,13 @@ pub use super::config::{ApplyConfig, RowFilter};
 use super::control::{self, ConflictRecord, EventKey};
 use super::decision::{Comparator, Decision};
 use super::infile;
-use super::lag::ConsumerLag;
+use super::lag::LagWatcher;
 use super::ownership;
 use super::replica::{ReplicaError, SchemaCache, read_doc, write_doc};
 use crate::envelope::{Envelope, Op};
 use crate::frappe::catalog::{Filter, IGNORED_COLUMNS};
-use crate::kafka::producer::ensure_topic;
+use crate::kafka::stats::{HealthContext, HealthCounters, STATS_INTERVAL_MS};
+use crate::kafka::topic::{TopicSpec, connection_options, ensure_topic, topic_info};
 use crate::metrics::{ApplyMetrics, BoundedLabels};
 
 mod batch;
@@ -53,6 +55,10 @@ use batch::{Pending, bulkable};
 pub enum ApplyError {
     #[error("kafka: {0}")]
     Kafka(String),
+    #[error(
+        "topic {topic} no longer holds the next offset this replica needs ({detail}): retention deleted messages apply never read, so the replica has missed documents\n  fix: rebuild the replica (see README, \"Kafka in production\"), and give the topic a retention longer than apply's worst outage"
+    )]
+    OffsetGone { topic: String, detail: String },
     #[error(transparent)]
     Replica(#[from] ReplicaError),
     #[error("internal error: {0}")]
@@ -166,6 +172,10 @@ struct Applier {
     /// The last batch found rows of a new document already on the replica: its retry reads
     /// every copy (see bulk.rs).
     read_new: bool,
+    /// Started without stored offsets (a fresh replica): per partition, the high watermark
+    /// seen at start. Below it, a document missing on the replica is written from its
+    /// message (`Comparator::missing_is_new`): its earlier versions may be compacted away.
+    bootstrap_until: BTreeMap<i32, i64>,
 }
 
 impl Applier {
@@ -412,10 +422,11 @@ pub async fn run(
         .map_err(ReplicaError::from)?;
     metrics.open_conflicts.set(open.unwrap_or(0) as i64);
     drop(conn);
-    ensure_topic(&cfg.brokers, &cfg.dead_letter_topic, 1, &[])
-        .await
-        .map_err(|e| ApplyError::Kafka(e.to_string()))?;
-    let consumer: BaseConsumer = ClientConfig::new()
+    let mut consumer_cfg = ClientConfig::new();
+    for (k, v) in &cfg.kafka_options {
+        consumer_cfg.set(k, v);
+    }
+    let consumer: BaseConsumer<HealthContext> = consumer_cfg
         .set("bootstrap.servers", &cfg.brokers)
         .set("group.id", &cfg.group)
         .set("enable.auto.commit", "false")
@@ -429,29 +440,71 @@ pub async fn run(
         .set("fetch.max.bytes", "4194304")
         .set("queued.max.messages.kbytes", "4096")
         .set("max.partition.fetch.bytes", "1048576")
-        .create()
+        .set("statistics.interval.ms", STATS_INTERVAL_MS)
+        // Offsets come from the replica; one the topic no longer holds must stop apply, not
+        // jump to the end (librdkafka's default) and skip documents.
+        .set("auto.offset.reset", "error")
+        .create_with_context(HealthContext::default())
         .map_err(|e| ApplyError::Kafka(e.to_string()))?;
-    let dlq: FutureProducer = ClientConfig::new()
+    let mut dlq_cfg = ClientConfig::new();
+    for (k, v) in connection_options(&cfg.kafka_options) {
+        dlq_cfg.set(k, v);
+    }
+    let dlq: FutureProducer = dlq_cfg
         .set("bootstrap.servers", &cfg.brokers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("message.max.bytes", "16777216")
         .create()
         .map_err(|e| ApplyError::Kafka(e.to_string()))?;
-    let md = consumer
-        .fetch_metadata(Some(&cfg.topic), Duration::from_secs(30))
-        .map_err(|e| ApplyError::Kafka(e.to_string()))?;
-    let parts: Vec<i32> = md
-        .topics()
-        .iter()
-        .find(|t| t.name() == cfg.topic)
-        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-        .unwrap_or_default();
-    if parts.is_empty() {
-        return Err(ApplyError::Kafka(format!(
-            "topic {} does not exist yet: start capture first",
-            cfg.topic
-        )));
+    // Capture creates the topic; apply started first waits for it (as Kafka consumers do).
+    let mut waited = Duration::ZERO;
+    let parts: Vec<i32> = loop {
+        // Kafka numbers a topic's partitions 0..n.
+        if let Some(info) = tokio::task::block_in_place(|| topic_info(&consumer, &cfg.topic)) {
+            break (0..info.partitions).collect();
+        }
+        if waited.as_secs() % 30 == 0 {
+            tracing::warn!(topic = %cfg.topic, waited_s = waited.as_secs(), "topic does not exist yet: waiting for capture to create it");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.cancelled() => return Ok(()),
+        }
+        waited += Duration::from_secs(1);
+    };
+    // The dead-letter topic gets the envelope topic's replication: it holds messages that
+    // exist nowhere else once the envelope topic's retention passes.
+    let replication = topic_info(&consumer, &cfg.topic).map_or(-1, |t| t.replication);
+    let dlq_spec = TopicSpec {
+        replication,
+        ..TopicSpec::single()
+    };
+    ensure_topic(
+        &cfg.brokers,
+        &cfg.dead_letter_topic,
+        &dlq_spec,
+        &cfg.kafka_options,
+    )
+    .await
+    .map_err(|e| ApplyError::Kafka(e.to_string()))?;
+    let bootstrap_until: BTreeMap<i32, i64> = if stored.is_empty() {
+        parts
+            .iter()
+            .filter_map(|p| {
+                consumer
+                    .fetch_watermarks(&cfg.topic, *p, Duration::from_secs(10))
+                    .ok()
+                    .map(|(_, high)| (*p, high))
+            })
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
+    if !bootstrap_until.is_empty() {
+        tracing::info!(
+            "no offsets stored in the replica: building a fresh replica; up to the current end of the topic, documents missing on it are written from their latest message (earlier versions may have been compacted away)"
+        );
     }
     let mut tpl = TopicPartitionList::new();
     for p in &parts {
@@ -465,6 +518,30 @@ pub async fn run(
     consumer
         .assign(&tpl)
         .map_err(|e| ApplyError::Kafka(e.to_string()))?;
+    // Kafka's view of the group starts where the replica's offsets are, so lag tools agree
+    // with the gauge from the first second (best effort: the replica's copy is the truth).
+    let mut start = TopicPartitionList::new();
+    for (p, o) in &stored {
+        let _ = start.add_partition_offset(&cfg.topic, *p, Offset::Offset(*o));
+    }
+    if start.count() > 0
+        && let Err(e) = consumer.commit(&start, rdkafka::consumer::CommitMode::Sync)
+    {
+        tracing::warn!(error = %e, "could not commit the replica's offsets to Kafka");
+    }
+    let mut lag_client = ClientConfig::new();
+    lag_client.set("bootstrap.servers", &cfg.brokers);
+    for (k, v) in connection_options(&cfg.kafka_options) {
+        lag_client.set(k, v);
+    }
+    let _lag = LagWatcher::start(
+        lag_client,
+        &cfg.group,
+        &cfg.topic,
+        metrics.consumer_lag.clone(),
+        Duration::from_secs(2),
+    )
+    .map_err(|e| ApplyError::Kafka(e.to_string()))?;
     tracing::info!(topic = %cfg.topic, group = %cfg.group, partitions = parts.len(), "apply started");
     let mut applier = Applier {
         cmp: Comparator::new(
@@ -481,19 +558,23 @@ pub async fn run(
         load_data: true,
         serial_retry: false,
         read_new: false,
+        bootstrap_until,
     };
     let mut io = LoopIo {
         consumer: &consumer,
         dlq: &dlq,
         labels: BoundedLabels::new(500, "_other"),
-        lag: ConsumerLag::new(&applier.cfg.topic, &tpl, Duration::from_secs(5)),
         shutdown: &shutdown,
     };
     // Envelope parsing of batch N+1 runs on a blocking thread while batch N is applied.
     let rules = Arc::new((applier.cfg.filter.clone(), applier.cfg.row_filters.clone()));
     let mut ready: Option<(Vec<OwnedMessage>, Vec<Option<Pending>>)> = None;
     while !shutdown.is_cancelled() {
-        tokio::task::block_in_place(|| io.lag.refresh(&consumer, &applier.metrics.consumer_lag));
+        consumer.context().health.export(&HealthCounters {
+            disconnects: &applier.metrics.kafka_disconnects,
+            retries: &applier.metrics.kafka_retries,
+            timeouts: &applier.metrics.kafka_timeouts,
+        });
         // While a parsed batch waits, only take what is already fetched: the waiting batch
         // is applied right away, and the new one is parsed meanwhile.
         let wait = if ready.is_some() {
@@ -503,7 +584,11 @@ pub async fn run(
         };
         let msgs = tokio::task::block_in_place(|| {
             poll_batch(&consumer, wait, applier.cfg.batch_size.max(1))
-        });
+        })
+        .map_err(|e| ApplyError::OffsetGone {
+            topic: applier.cfg.topic.clone(),
+            detail: e.to_string(),
+        })?;
         let parsing = (!msgs.is_empty()).then(|| {
             let rules = Arc::clone(&rules);
             tokio::task::spawn_blocking(move || {
@@ -530,12 +615,25 @@ pub async fn run(
 }
 
 /// Up to `max` messages: the first waits up to `wait`, the rest only if already fetched.
-fn poll_batch(consumer: &BaseConsumer, wait: Duration, max: usize) -> Vec<OwnedMessage> {
+/// Polls up to `max` messages. Transient consumer errors are logged and end the batch; an
+/// offset the topic no longer holds (`auto.offset.reset=error`) is returned: skipping to
+/// another offset would silently lose documents.
+fn poll_batch(
+    consumer: &BaseConsumer<HealthContext>,
+    wait: Duration,
+    max: usize,
+) -> Result<Vec<OwnedMessage>, KafkaError> {
     let mut msgs = Vec::new();
     let mut timeout = wait;
     while msgs.len() < max {
         match consumer.poll(timeout) {
             Some(Ok(m)) => msgs.push(m.detach()),
+            Some(Err(e))
+                if e.rdkafka_error_code() == Some(RDKafkaErrorCode::AutoOffsetReset)
+                    || e.rdkafka_error_code() == Some(RDKafkaErrorCode::OffsetOutOfRange) =>
+            {
+                return Err(e);
+            }
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "kafka consume error");
                 break;
@@ -544,15 +642,14 @@ fn poll_batch(consumer: &BaseConsumer, wait: Duration, max: usize) -> Vec<OwnedM
         }
         timeout = Duration::ZERO;
     }
-    msgs
+    Ok(msgs)
 }
 
 /// What the apply loop hands to the per-batch and per-message paths.
 struct LoopIo<'a> {
-    consumer: &'a BaseConsumer,
+    consumer: &'a BaseConsumer<HealthContext>,
     dlq: &'a FutureProducer,
     labels: BoundedLabels,
-    lag: ConsumerLag,
     shutdown: &'a CancellationToken,
 }
 
@@ -583,7 +680,6 @@ impl Applier {
             .documents
             .with_label_values(&[label, outcome.label()])
             .inc();
-        io.lag.applied(m.partition(), m.offset() + 1);
         if let Outcome::DeadLetter(reason) = &outcome {
             self.metrics.dead_letters.inc();
             tracing::warn!(partition = m.partition(), offset = m.offset(), reason = %reason, "message sent to the dead-letter topic");

@@ -92,6 +92,11 @@ impl Applier {
         msgs: Vec<OwnedMessage>,
         parsed: Vec<Option<Pending>>,
     ) -> Result<bool, ApplyError> {
+        self.cmp.missing_is_new = msgs.iter().any(|m| {
+            self.bootstrap_until
+                .get(&m.partition())
+                .is_some_and(|high| m.offset() < *high)
+        });
         let mut pending: Vec<(usize, Pending)> = Vec::new();
         let mut keys: HashSet<(String, String)> = HashSet::new();
         for (i, p) in parsed.into_iter().enumerate() {
@@ -338,7 +343,6 @@ impl Applier {
                         if *o == Outcome::Conflict {
                             self.metrics.open_conflicts.inc();
                         }
-                        io.lag.applied(it.partition, it.next);
                     }
                     for (t, c) in r.missing_columns {
                         self.metrics.missing_columns.with_label_values(&[&t]).inc();
@@ -348,10 +352,7 @@ impl Applier {
                     }
                     for skip in &skips {
                         if let Pending::Skip {
-                            partition,
-                            next,
-                            outcome,
-                            doctype,
+                            outcome, doctype, ..
                         } = skip
                         {
                             let label = io.labels.get(doctype.as_deref().unwrap_or("_unparsed"));
@@ -359,7 +360,6 @@ impl Applier {
                                 .documents
                                 .with_label_values(&[label, outcome.label()])
                                 .inc();
-                            io.lag.applied(*partition, *next);
                         }
                     }
                     io.commit(&self.cfg.topic, &offsets);

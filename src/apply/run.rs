@@ -520,6 +520,11 @@ pub async fn run(
         .map_err(|e| ApplyError::Kafka(e.to_string()))?;
     // Kafka's view of the group starts where the replica's offsets are, so lag tools agree
     // with the gauge from the first second (best effort: the replica's copy is the truth).
+    consumer.context().health.attach(HealthCounters {
+        disconnects: metrics.kafka_disconnects.clone(),
+        retries: metrics.kafka_retries.clone(),
+        timeouts: metrics.kafka_timeouts.clone(),
+    });
     let mut start = TopicPartitionList::new();
     for (p, o) in &stored {
         let _ = start.add_partition_offset(&cfg.topic, *p, Offset::Offset(*o));
@@ -570,11 +575,6 @@ pub async fn run(
     let rules = Arc::new((applier.cfg.filter.clone(), applier.cfg.row_filters.clone()));
     let mut ready: Option<(Vec<OwnedMessage>, Vec<Option<Pending>>)> = None;
     while !shutdown.is_cancelled() {
-        consumer.context().health.export(&HealthCounters {
-            disconnects: &applier.metrics.kafka_disconnects,
-            retries: &applier.metrics.kafka_retries,
-            timeouts: &applier.metrics.kafka_timeouts,
-        });
         // While a parsed batch waits, only take what is already fetched: the waiting batch
         // is applied right away, and the new one is parsed meanwhile.
         let wait = if ready.is_some() {

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::frappe::catalog::Filter;
 use crate::kafka::producer::{Producer, ProducerConfig, ProducerError};
+use crate::kafka::stats::HealthCounters;
 use crate::kafka::topic::{TopicSpec, ensure_topic};
 use crate::metrics::CaptureMetrics;
 use crate::position::PositionError;
@@ -151,6 +152,13 @@ pub async fn run(
     let mut pcfg = cfg.producer.clone();
     pcfg.partitions = partitions;
     let mut producer = Producer::new(&pcfg)?;
+    if let Some(h) = producer.health() {
+        h.attach(HealthCounters {
+            disconnects: metrics.kafka_disconnects.clone(),
+            retries: metrics.kafka_retries.clone(),
+            timeouts: metrics.kafka_timeouts.clone(),
+        });
+    }
     metrics
         .state_bytes
         .set(Store::file_size(&cfg.state_dir) as i64);

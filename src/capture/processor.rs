@@ -17,7 +17,6 @@ use crate::envelope::{ENVELOPE_VERSION, EnvelopeOut, Op, RowCounts, Source, key_
 use crate::frappe::catalog::{Catalog, Filter};
 use crate::frappe::routing::{Route, only_ignored_changed, route};
 use crate::kafka::producer::Producer;
-use crate::kafka::stats::HealthCounters;
 use crate::metrics::CaptureMetrics;
 use crate::position::{Gtid, GtidPosition};
 use crate::source::binlog::BinlogItem;
@@ -622,13 +621,6 @@ impl Processor {
         self.metrics
             .checkpoint_age
             .set(self.last_checkpoint.elapsed().as_secs_f64());
-        if let Some(h) = self.producer.health() {
-            h.export(&HealthCounters {
-                disconnects: &self.metrics.kafka_disconnects,
-                retries: &self.metrics.kafka_retries,
-                timeouts: &self.metrics.kafka_timeouts,
-            });
-        }
         if self.cur_gtid.is_some() || !self.dirty {
             return Ok(());
         }

@@ -1,9 +1,12 @@
 //! Connection health of a librdkafka client, from its periodic statistics
 //! (`statistics.interval.ms`): disconnects, request retries and request timeouts summed over
-//! every broker the client talks to. librdkafka reports running totals; [`KafkaHealth`] keeps
-//! them in atomics and [`KafkaHealth::export`] moves the growth since the last call into
-//! Prometheus counters, so the counters only ever go up. Observational only.
+//! every broker the client talks to. librdkafka reports running totals per client;
+//! [`KafkaHealth`] keeps them in atomics and adds their growth to the Prometheus counters
+//! attached to it as each report arrives (on librdkafka's polling thread), so the counters
+//! only ever go up, also while the process is blocked on Kafka and across client restarts
+//! (a new client starts from zero and its growth is added). Observational only.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus::IntCounter;
@@ -21,13 +24,15 @@ pub struct KafkaHealth {
     retries: AtomicU64,
     timeouts: AtomicU64,
     exported: [AtomicU64; 3],
+    counters: OnceLock<HealthCounters>,
 }
 
-/// The Prometheus counters [`KafkaHealth::export`] feeds.
-pub struct HealthCounters<'a> {
-    pub disconnects: &'a IntCounter,
-    pub retries: &'a IntCounter,
-    pub timeouts: &'a IntCounter,
+/// The Prometheus counters a [`KafkaHealth`] feeds.
+#[derive(Clone, Debug)]
+pub struct HealthCounters {
+    pub disconnects: IntCounter,
+    pub retries: IntCounter,
+    pub timeouts: IntCounter,
 }
 
 impl KafkaHealth {
@@ -42,6 +47,17 @@ impl KafkaHealth {
         self.disconnects.store(d, Ordering::Relaxed);
         self.retries.store(r, Ordering::Relaxed);
         self.timeouts.store(t, Ordering::Relaxed);
+        if let Some(c) = self.counters.get() {
+            self.export(c);
+        }
+    }
+
+    /// From now on, every report adds its growth to `counters` (the first attach wins).
+    pub fn attach(&self, counters: HealthCounters) {
+        let _ = self.counters.set(counters);
+        if let Some(c) = self.counters.get() {
+            self.export(c);
+        }
     }
 
     /// (disconnects, retries, timeouts) as last reported.
@@ -54,9 +70,9 @@ impl KafkaHealth {
     }
 
     /// Adds the growth since the last export to the counters.
-    pub fn export(&self, c: &HealthCounters<'_>) {
+    fn export(&self, c: &HealthCounters) {
         let (d, r, t) = self.totals();
-        for ((now, counter), done) in [(d, c.disconnects), (r, c.retries), (t, c.timeouts)]
+        for ((now, counter), done) in [(d, &c.disconnects), (r, &c.retries), (t, &c.timeouts)]
             .into_iter()
             .zip(&self.exported)
         {
@@ -101,30 +117,34 @@ mod tests {
 
     #[test]
     fn counters_grow_by_the_difference_and_never_fall() {
-        let h = KafkaHealth::default();
         let (d, r, t) = (
             IntCounter::new("d", "d").expect("c"),
             IntCounter::new("r", "r").expect("c"),
             IntCounter::new("t", "t").expect("c"),
         );
         let c = HealthCounters {
-            disconnects: &d,
-            retries: &r,
-            timeouts: &t,
+            disconnects: d.clone(),
+            retries: r.clone(),
+            timeouts: t.clone(),
         };
+        let h = KafkaHealth::default();
         h.observe(&stats(&[1, 2], &[0, 5]));
-        h.export(&c);
-        assert_eq!((d.get(), r.get(), t.get()), (3, 5, 0));
+        assert_eq!(d.get(), 0, "nothing attached yet");
+        h.attach(c.clone());
+        assert_eq!((d.get(), r.get(), t.get()), (3, 5, 0), "attach exports");
         h.observe(&stats(&[2, 2], &[1, 5]));
-        h.export(&c);
-        h.export(&c);
+        h.observe(&stats(&[2, 2], &[1, 5]));
         assert_eq!((d.get(), r.get()), (4, 6));
-        // A client restart reports smaller totals: nothing is subtracted, growth counts again.
+        // A lower total (the client's counters restarted): nothing is subtracted, and growth
+        // from there counts again.
         h.observe(&stats(&[0, 1], &[0, 0]));
-        h.export(&c);
         assert_eq!((d.get(), r.get()), (4, 6));
         h.observe(&stats(&[0, 3], &[0, 0]));
-        h.export(&c);
         assert_eq!(d.get(), 6);
+        // A new client (capture restarting its producer) adds its own growth.
+        let h2 = KafkaHealth::default();
+        h2.attach(c);
+        h2.observe(&stats(&[1], &[0]));
+        assert_eq!(d.get(), 7);
     }
 }

@@ -322,6 +322,12 @@ impl Kafka {
             })
     }
 
+    /// Whether node `id` accepts connections on its client port.
+    pub fn listening(&mut self, id: u32) -> bool {
+        let port = self.node(id).port;
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }
+
     /// Whether node `id` runs.
     pub fn is_running(&mut self, id: u32) -> bool {
         self.node(id).child.is_some()

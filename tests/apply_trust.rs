@@ -437,8 +437,32 @@ async fn a_one_field_single_change_is_one_row_event_on_the_replica() {
             v.as_deref() == Some(want)
         }
     };
-    common::wait_until(Duration::from_secs(60), "Single applied", || {
-        same("Customer Name")
+    // Everything before the change under test is applied and committed: the replica's Single
+    // equals the primary's and Kafka's view of the group's lag is zero (the fixture may
+    // already hold the saved value, so the value alone proves nothing).
+    let fields_of = |conn: &'static str| {
+        let rig = &rig;
+        let replica = &replica;
+        async move {
+            let mut c = if conn == "replica" {
+                replica.conn(&rig.db).await
+            } else {
+                rig.primary().conn(&rig.db).await
+            };
+            let rows: Vec<(String, Option<String>)> = c
+                .query("SELECT field, value FROM `tabSingles` WHERE doctype = 'Selling Settings' ORDER BY field")
+                .await
+                .expect("singles");
+            rows
+        }
+    };
+    common::wait_until(Duration::from_secs(60), "Single applied", || async {
+        same("Customer Name").await
+            && fields_of("replica").await == fields_of("primary").await
+            && common::metrics::try_scrape(port).await.is_some_and(|m| {
+                m.contains("frappe_cdc_apply_consumer_lag_messages{")
+                    && sample(&m, "frappe_cdc_apply_consumer_lag_messages") == 0.0
+            })
     })
     .await;
 

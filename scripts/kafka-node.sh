@@ -36,7 +36,7 @@ auto.create.topics.enable=false
 message.max.bytes=16777216
 replica.fetch.max.bytes=16777216
 EOF
-  java -Xmx256m -cp "$KAFKA_LIBS/*" kafka.tools.StorageTool format -t "$id" \
+  java -Xmx256m -cp "$KAFKA_LIBS/*" kafka.tools.StorageTool format --cluster-id="$id" \
     -c "$dir/server.properties" >"$dir/format.log" 2>&1 ||
     { cat "$dir/format.log" >&2; echo "kafka-node: storage format failed" >&2; return 1; }
   java -Xms128m -Xmx1g -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \

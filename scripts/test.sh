@@ -20,4 +20,4 @@ if cargo clippy --version >/dev/null 2>&1; then
 else
   echo "test.sh: SKIPPED cargo clippy: clippy is not installed and 'rustup component add clippy' failed" >&2
 fi
-cargo test "$@"
+cargo test --no-fail-fast "$@"

@@ -84,22 +84,37 @@ impl Security {
     }
 }
 
-/// A 22-character base64url cluster id (what `kafka-storage random-uuid` prints).
+/// A cluster id as `kafka-storage random-uuid` prints it: 16 random bytes in base64url
+/// without padding (22 characters; it may start with `-`, so it is passed as
+/// `--cluster-id=ID`).
 fn cluster_id() -> String {
     const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(1)
-        ^ ((std::process::id() as u64) << 32);
-    (0..22)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            A[(seed % 64) as usize] as char
-        })
-        .collect()
+        ^ ((std::process::id() as u64) << 32)
+        | 1;
+    let mut bytes = [0u8; 16];
+    for b in &mut bytes {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        *b = (seed >> 24) as u8;
+    }
+    let mut bits: u32 = 0;
+    let mut n = 0;
+    let mut out = String::new();
+    for b in bytes {
+        bits = (bits << 8) | u32::from(b);
+        n += 8;
+        while n >= 6 {
+            n -= 6;
+            out.push(A[((bits >> n) & 63) as usize] as char);
+        }
+    }
+    out.push(A[((bits << (6 - n)) & 63) as usize] as char);
+    out
 }
 
 fn java(libs: &Path) -> Command {
@@ -146,6 +161,7 @@ impl Kafka {
             .join(",");
         let rf = n.min(3);
         let id = cluster_id();
+        debug_assert_eq!(id.len(), 22);
         let mut formats = Vec::new();
         for node in &nodes {
             std::fs::create_dir_all(&node.dir).expect("kafka node dir");
@@ -205,8 +221,7 @@ impl Kafka {
                     "-Xmx256m",
                     "kafka.tools.StorageTool",
                     "format",
-                    "-t",
-                    &id,
+                    &format!("--cluster-id={id}"),
                     "-c",
                 ])
                 .arg(node.dir.join("server.properties"))

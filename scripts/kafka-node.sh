@@ -7,11 +7,15 @@
 
 kafka_node_start() {
   local dir="$1" port="${2:-}" cport id
-  _kafka_free_port() {
-    python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'
-  }
-  [ -n "$port" ] || port="$(_kafka_free_port)"
-  cport="$(_kafka_free_port)"
+  # Two ports from sockets held together (separate calls can return the same port).
+  local ports
+  ports="$(python3 -c 'import socket
+ss=[socket.socket() for _ in range(2)]
+[s.bind(("127.0.0.1",0)) for s in ss]
+print(" ".join(str(s.getsockname()[1]) for s in ss))')"
+  [ -n "$port" ] || port="${ports%% *}"
+  cport="${ports##* }"
+  [ "$cport" != "$port" ] || cport="${ports%% *}"
   id="$(python3 -c 'import base64,uuid;print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode()[:22])')"
   mkdir -p "$dir"
   cat >"$dir/server.properties" <<EOF

@@ -15,7 +15,17 @@ use std::time::{Duration, Instant};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-use super::servers::{free_port, scratch_dir, watchdog};
+use super::servers::{scratch_dir, watchdog};
+
+/// `n` different free loopback ports.
+fn distinct_free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("no free loopback port"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("addr").port())
+        .collect()
+}
 
 /// The folder of Kafka's jars.
 pub fn kafka_libs() -> PathBuf {
@@ -144,12 +154,16 @@ impl Kafka {
     pub fn cluster_with(n: u32, security: Option<&Security>) -> Kafka {
         let libs = kafka_libs();
         let root = scratch_dir("kafka");
+        // All ports at once, from sockets held together: two separate free_port() calls can
+        // return the same port, and Kafka refuses two listeners on one port.
+        let mut ports = distinct_free_ports(3 * n as usize).into_iter();
+        let mut next = || ports.next().expect("enough ports");
         let mut nodes: Vec<Node> = (1..=n)
             .map(|id| Node {
                 id,
-                port: free_port(),
-                iport: free_port(),
-                cport: free_port(),
+                port: next(),
+                iport: next(),
+                cport: next(),
                 dir: root.join(format!("node{id}")),
                 child: None,
             })

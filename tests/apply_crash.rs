@@ -7,12 +7,12 @@ mod common;
 
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::rig::Rig;
 use common::servers::{KillOnDrop, free_port};
-use common::workload::{Frappe, Invoice};
+use common::workload::invoice_churn;
 use mysql_async::prelude::Queryable;
 
 fn spawn_apply(rig: &Rig, rurl: &str, port: u16) -> KillOnDrop {
@@ -37,40 +37,6 @@ async fn applied(port: u16) -> Option<f64> {
     )
 }
 
-async fn workload(mut f: Frappe, stop: Arc<AtomicBool>) {
-    let mut n = 0u64;
-    let mut live: Vec<Invoice> = Vec::new();
-    while !stop.load(Ordering::Acquire) {
-        n += 1;
-        match n % 4 {
-            0 | 1 => {
-                let inv = Invoice::draft(&format!("K-{n}"), "C1", 2);
-                f.insert_invoice(&inv).await;
-                live.push(inv);
-            }
-            2 if !live.is_empty() => {
-                let i = (n as usize * 7) % live.len();
-                live[i].grand_total = format!("{n}.000000000");
-                let inv = live[i].clone();
-                f.save_invoice(&inv).await;
-            }
-            _ if !live.is_empty() => {
-                let i = (n as usize * 13) % live.len();
-                f.db_set(
-                    "tabSales Invoice",
-                    &live[i].name.clone(),
-                    "remarks",
-                    format!("r{n}").into(),
-                    true,
-                )
-                .await;
-            }
-            _ => {}
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_nine_apply_twenty_times_applies_each_version_once() {
     let rig = Rig::new("applycrash").await;
@@ -83,7 +49,14 @@ async fn kill_nine_apply_twenty_times_applies_each_version_once() {
         &["--heartbeat", "1s", "--checkpoint-interval", "200ms"],
     );
     let stop = Arc::new(AtomicBool::new(false));
-    let wl = tokio::spawn(workload(rig.frappe().await, Arc::clone(&stop)));
+    let wl = tokio::spawn(invoice_churn(
+        rig.frappe().await,
+        "K".into(),
+        2,
+        Duration::from_millis(5),
+        Arc::clone(&stop),
+        Arc::new(AtomicU64::new(0)),
+    ));
     for round in 0..20u64 {
         let port = free_port();
         let apply = spawn_apply(&rig, &rurl, port);

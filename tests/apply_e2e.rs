@@ -11,25 +11,15 @@ use common::doc_image;
 use common::metrics::{sample, scrape};
 use common::rig::Rig;
 use common::servers::{KillOnDrop, Mariadb, free_port};
-use common::topic::{count_all, doc_keys, read_all};
+use common::topic::{Raw, count_all, doc_keys, read_all, send_raw};
 use common::workload::Invoice;
 use mysql_async::prelude::Queryable;
-use rdkafka::ClientConfig;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 fn spawn_apply(rig: &Rig, replica: &Mariadb, port: u16) -> KillOnDrop {
     rig.spawn_apply(&replica.replica_url(&rig.db), port, &[])
 }
 
-/// A message as sent: key and value, each possibly absent.
-type Raw = (Option<Vec<u8>>, Option<Vec<u8>>);
-
 fn hostile_messages(bootstrap: &str, topic: &str) -> usize {
-    let p: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("message.max.bytes", "16777216")
-        .create()
-        .expect("producer");
     let valid = serde_json::json!({"version": 1, "op": "create", "doctype": "Customer", "name": "X", "before": null,
         "after": {"parent": {"name": "X"}, "children": {}}, "changes": {},
         "source": {"server_id": 1, "db": "d", "gtid": "0-1-999999999", "position": "0-1-999999999", "file": "f", "pos": 4, "commit_ts": 0, "doc_index": 0, "doc_count": 1, "snapshot": false}});
@@ -147,17 +137,7 @@ fn hostile_messages(bootstrap: &str, topic: &str) -> usize {
         Some(b"{\"doctype\":\"Customer\",\"name\":\"C1\"}".to_vec()),
         Some(good),
     ));
-    for (k, v) in &msgs {
-        let mut rec = BaseRecord::<[u8], [u8]>::to(topic);
-        if let Some(k) = k {
-            rec = rec.key(k);
-        }
-        if let Some(v) = v {
-            rec = rec.payload(v);
-        }
-        p.send(rec).map_err(|(e, _)| e).expect("send");
-    }
-    p.flush(Duration::from_secs(30)).expect("flush");
+    send_raw(bootstrap, topic, &msgs);
     msgs.len()
 }
 

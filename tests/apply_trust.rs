@@ -19,38 +19,14 @@ use common::doc_image;
 use common::metrics::{sample, scrape};
 use common::rig::Rig;
 use common::servers::{KillOnDrop, Mariadb, free_port};
-use common::topic::{Msg, count_all, dead_letter_reasons, read_all};
+use common::topic::{Msg, Raw, count_all, dead_letter_reasons, read_all, send_raw};
 use common::workload::Frappe;
 use mysql_async::prelude::Queryable;
-use rdkafka::ClientConfig;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::{Value, json};
-
-fn producer(bootstrap: &str) -> BaseProducer {
-    ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("message.max.bytes", "16777216")
-        .create()
-        .expect("producer")
-}
-
-/// A message as sent: key and value, each possibly absent.
-type Raw = (Option<Vec<u8>>, Option<Vec<u8>>);
 
 /// Sends (key, value) pairs in order and waits until the broker has them.
 fn send(bootstrap: &str, topic: &str, msgs: &[Raw]) {
-    let p = producer(bootstrap);
-    for (k, v) in msgs {
-        let mut rec = BaseRecord::<[u8], [u8]>::to(topic);
-        if let Some(k) = k {
-            rec = rec.key(k);
-        }
-        if let Some(v) = v {
-            rec = rec.payload(v);
-        }
-        p.send(rec).map_err(|(e, _)| e).expect("send");
-    }
-    p.flush(Duration::from_secs(30)).expect("flush");
+    send_raw(bootstrap, topic, msgs)
 }
 
 fn key(doctype: &str, name: &str) -> Vec<u8> {

@@ -22,7 +22,7 @@ use common::kafka::Kafka;
 use common::metrics::{sample, try_scrape};
 use common::rig::Rig;
 use common::servers::{KillOnDrop, Mariadb, free_port};
-use common::workload::{Frappe, Invoice};
+use common::workload::invoice_churn;
 use mysql_async::prelude::Queryable;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -54,41 +54,6 @@ struct Pipeline {
     stop: Arc<AtomicBool>,
     ops: Arc<AtomicU64>,
     wl: Option<tokio::task::JoinHandle<()>>,
-}
-
-async fn workload(mut f: Frappe, tag: String, stop: Arc<AtomicBool>, ops: Arc<AtomicU64>) {
-    let mut n = 0u64;
-    let mut live: Vec<Invoice> = Vec::new();
-    while !stop.load(Ordering::Acquire) {
-        n += 1;
-        match n % 4 {
-            0 | 1 => {
-                let inv = Invoice::draft(&format!("{tag}-{n}"), "C1", 3);
-                f.insert_invoice(&inv).await;
-                live.push(inv);
-            }
-            2 if !live.is_empty() => {
-                let i = (n as usize * 7) % live.len();
-                live[i].grand_total = format!("{n}.000000000");
-                let inv = live[i].clone();
-                f.save_invoice(&inv).await;
-            }
-            _ if !live.is_empty() => {
-                let i = (n as usize * 13) % live.len();
-                f.db_set(
-                    "tabSales Invoice",
-                    &live[i].name.clone(),
-                    "remarks",
-                    format!("r{n}").into(),
-                    true,
-                )
-                .await;
-            }
-            _ => {}
-        }
-        ops.fetch_add(1, Ordering::Relaxed);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 impl Pipeline {
@@ -123,9 +88,11 @@ impl Pipeline {
         let apply = rig.spawn_apply(&rurl, aport, &["--writers", "2"]);
         let stop = Arc::new(AtomicBool::new(false));
         let ops = Arc::new(AtomicU64::new(0));
-        let wl = tokio::spawn(workload(
+        let wl = tokio::spawn(invoice_churn(
             rig.frappe().await,
             tag.to_string(),
+            3,
+            Duration::from_millis(10),
             Arc::clone(&stop),
             Arc::clone(&ops),
         ));

@@ -8,7 +8,7 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::kafka::{Kafka, Security};
 use common::rig::Rig;
@@ -201,19 +201,8 @@ async fn the_pipeline_runs_over_sasl_ssl() {
     let _capture = rig.spawn_capture(None, cport, &["--kafka-config", &cconf]);
     let aport = free_port();
     let _apply = rig.spawn_apply(&rurl, aport, &["--kafka-config", &aconf]);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let v = rig.verify(&rurl, &[]);
-        if v.status.success() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "replica never equal over SASL_SSL: {}",
-            String::from_utf8_lossy(&v.stdout)
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    rig.wait_in_sync(&rurl, Duration::from_secs(120), "over SASL_SSL")
+        .await;
     let mut r = replica.conn(&rig.db).await;
     let n: Option<u64> = mysql_async::prelude::Queryable::query_first(
         &mut r,

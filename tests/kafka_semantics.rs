@@ -83,19 +83,7 @@ async fn gauge_lag(port: u16) -> Option<f64> {
 }
 
 async fn wait_verified(rig: &Rig, rurl: &str, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let v = rig.verify(rurl, &[]);
-        if v.status.success() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: replica never equal: {}",
-            String::from_utf8_lossy(&v.stdout)
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    rig.wait_in_sync(rurl, Duration::from_secs(180), what).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -220,6 +220,24 @@ impl Rig {
             .expect("run frappe-cdc verify")
     }
 
+    /// Runs `verify` every 0.5 s until it reports the replica in sync; panics with the last
+    /// report after `timeout`.
+    pub async fn wait_in_sync(&self, replica_url: &str, timeout: Duration, what: &str) {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let v = self.verify(replica_url, &[]);
+            if v.status.success() {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: replica never equal to the primary: {}",
+                String::from_utf8_lossy(&v.stdout)
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
     /// Starts the `frappe-cdc apply` binary for this rig's topic into `replica_url` (admin
     /// password), consumer group `r1`, with `extra` flags; killed when dropped.
     pub fn spawn_apply(

@@ -148,3 +148,28 @@ pub fn dead_letter_reasons(bootstrap: &str, topic: &str) -> Vec<String> {
     });
     out
 }
+
+/// A message as sent: key and value, each possibly absent.
+pub type Raw = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// Sends raw (key, value) pairs to `topic` in order (messages up to 16 MiB) and waits until
+/// the broker acknowledged them.
+pub fn send_raw(bootstrap: &str, topic: &str, msgs: &[Raw]) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("message.max.bytes", "16777216")
+        .create()
+        .expect("producer");
+    for (k, v) in msgs {
+        let mut rec = BaseRecord::<[u8], [u8]>::to(topic);
+        if let Some(k) = k {
+            rec = rec.key(k);
+        }
+        if let Some(v) = v {
+            rec = rec.payload(v);
+        }
+        p.send(rec).map_err(|(e, _)| e).expect("send");
+    }
+    p.flush(Duration::from_secs(30)).expect("flush");
+}

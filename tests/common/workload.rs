@@ -546,3 +546,49 @@ impl Frappe {
         self.commit().await;
     }
 }
+
+/// Invoice churn until `stop` is set: inserts (named `{prefix}-{n}`, `items` item rows), saves
+/// of a changed total and `db_set`s of remarks on earlier ones, `pause` apart; every
+/// operation is one transaction and bumps `modified`, and is counted in `ops`.
+pub async fn invoice_churn(
+    mut f: Frappe,
+    prefix: String,
+    items: usize,
+    pause: std::time::Duration,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ops: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use std::sync::atomic::Ordering;
+    let mut n = 0u64;
+    let mut live: Vec<Invoice> = Vec::new();
+    while !stop.load(Ordering::Acquire) {
+        n += 1;
+        match n % 4 {
+            0 | 1 => {
+                let inv = Invoice::draft(&format!("{prefix}-{n}"), "C1", items);
+                f.insert_invoice(&inv).await;
+                live.push(inv);
+            }
+            2 if !live.is_empty() => {
+                let i = (n as usize * 7) % live.len();
+                live[i].grand_total = format!("{n}.000000000");
+                let inv = live[i].clone();
+                f.save_invoice(&inv).await;
+            }
+            _ if !live.is_empty() => {
+                let i = (n as usize * 13) % live.len();
+                f.db_set(
+                    "tabSales Invoice",
+                    &live[i].name.clone(),
+                    "remarks",
+                    format!("r{n}").into(),
+                    true,
+                )
+                .await;
+            }
+            _ => {}
+        }
+        ops.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(pause).await;
+    }
+}

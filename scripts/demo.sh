@@ -169,8 +169,8 @@ printf '%s\n' "$out"
 say "replica in sync"
 say "Kafka's own view of the consumer group (kafka-consumer-groups --describe):"
 java -Xmx256m -cp "$KAFKA_LIBS/*" org.apache.kafka.tools.consumer.group.ConsumerGroupCommand \
-  --bootstrap-server "127.0.0.1:$BPORT" --describe --group demo-replica 2>/dev/null >&2 ||
-  say "(kafka-consumer-groups failed; the apply metric above is computed from Kafka's watermarks)"
+  --bootstrap-server "127.0.0.1:$BPORT" --describe --group demo-replica >&2 2>/dev/null ||
+  say "(kafka-consumer-groups failed; the consumer lag above is the same figure: high watermark minus the group's committed offset)"
 say "metrics: curl http://127.0.0.1:$CPORT/metrics (capture), http://127.0.0.1:$APORT/metrics (apply)"
 
 if [ -t 0 ] && [ -z "${DEMO_EXIT:-}" ]; then

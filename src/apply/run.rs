@@ -43,7 +43,7 @@ use super::replica::{ReplicaError, SchemaCache, read_doc, write_doc};
 use crate::envelope::{Envelope, Op};
 use crate::frappe::catalog::{Filter, IGNORED_COLUMNS};
 use crate::kafka::stats::{HealthContext, HealthCounters, STATS_INTERVAL_MS};
-use crate::kafka::topic::{TopicSpec, connection_options, ensure_topic, topic_info};
+use crate::kafka::topic::{TopicSpec, client as kafka_client, ensure_topic, topic_info};
 use crate::metrics::{ApplyMetrics, BoundedLabels};
 
 mod batch;
@@ -446,11 +446,7 @@ pub async fn run(
         .set("auto.offset.reset", "error")
         .create_with_context(HealthContext::default())
         .map_err(|e| ApplyError::Kafka(e.to_string()))?;
-    let mut dlq_cfg = ClientConfig::new();
-    for (k, v) in connection_options(&cfg.kafka_options) {
-        dlq_cfg.set(k, v);
-    }
-    let dlq: FutureProducer = dlq_cfg
+    let dlq: FutureProducer = kafka_client(&cfg.brokers, &cfg.kafka_options)
         .set("bootstrap.servers", &cfg.brokers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
@@ -459,10 +455,9 @@ pub async fn run(
         .map_err(|e| ApplyError::Kafka(e.to_string()))?;
     // Capture creates the topic; apply started first waits for it (as Kafka consumers do).
     let mut waited = Duration::ZERO;
-    let parts: Vec<i32> = loop {
-        // Kafka numbers a topic's partitions 0..n.
+    let info = loop {
         if let Some(info) = tokio::task::block_in_place(|| topic_info(&consumer, &cfg.topic)) {
-            break (0..info.partitions).collect();
+            break info;
         }
         if waited.as_secs() % 30 == 0 {
             tracing::warn!(topic = %cfg.topic, waited_s = waited.as_secs(), "topic does not exist yet: waiting for capture to create it");
@@ -475,9 +470,10 @@ pub async fn run(
     };
     // The dead-letter topic gets the envelope topic's replication: it holds messages that
     // exist nowhere else once the envelope topic's retention passes.
-    let replication = topic_info(&consumer, &cfg.topic).map_or(-1, |t| t.replication);
+    // Kafka numbers a topic's partitions 0..n.
+    let parts: Vec<i32> = (0..info.partitions).collect();
     let dlq_spec = TopicSpec {
-        replication,
+        replication: info.replication,
         ..TopicSpec::single()
     };
     ensure_topic(
@@ -518,13 +514,13 @@ pub async fn run(
     consumer
         .assign(&tpl)
         .map_err(|e| ApplyError::Kafka(e.to_string()))?;
-    // Kafka's view of the group starts where the replica's offsets are, so lag tools agree
-    // with the gauge from the first second (best effort: the replica's copy is the truth).
     consumer.context().health.attach(HealthCounters {
         disconnects: metrics.kafka_disconnects.clone(),
         retries: metrics.kafka_retries.clone(),
         timeouts: metrics.kafka_timeouts.clone(),
     });
+    // Kafka's view of the group starts where the replica's offsets are, so lag tools agree
+    // with the gauge from the first second (best effort: the replica's copy is the truth).
     let mut start = TopicPartitionList::new();
     for (p, o) in &stored {
         let _ = start.add_partition_offset(&cfg.topic, *p, Offset::Offset(*o));
@@ -534,13 +530,8 @@ pub async fn run(
     {
         tracing::warn!(error = %e, "could not commit the replica's offsets to Kafka");
     }
-    let mut lag_client = ClientConfig::new();
-    lag_client.set("bootstrap.servers", &cfg.brokers);
-    for (k, v) in connection_options(&cfg.kafka_options) {
-        lag_client.set(k, v);
-    }
     let _lag = LagWatcher::start(
-        lag_client,
+        kafka_client(&cfg.brokers, &cfg.kafka_options),
         &cfg.group,
         &cfg.topic,
         metrics.consumer_lag.clone(),

@@ -112,7 +112,8 @@ pub fn probe(brokers: &str, options: &[(String, String)]) -> Result<(), Producer
     }
 }
 
-fn client(brokers: &str, options: &[(String, String)]) -> ClientConfig {
+/// A client config with the bootstrap servers and the connection settings of `options`.
+pub fn client(brokers: &str, options: &[(String, String)]) -> ClientConfig {
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", brokers);
     for (k, v) in connection_options(options) {

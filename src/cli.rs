@@ -44,6 +44,9 @@ pub struct ConflictsArgs {
     /// Replica: mysql://user@host:port/site_db (password via FRAPPE_CDC_REPLICA_PASSWORD).
     #[arg(long, env = "FRAPPE_CDC_REPLICA")]
     pub replica: String,
+    /// File holding the replica password.
+    #[arg(long, env = "FRAPPE_CDC_REPLICA_PASSWORD_FILE")]
+    pub replica_password_file: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub action: ConflictAction,
@@ -84,9 +87,15 @@ pub struct VerifyArgs {
     /// Source (primary): mysql://user@host:port/site_db (password via FRAPPE_CDC_SOURCE_PASSWORD).
     #[arg(long, env = "FRAPPE_CDC_SOURCE")]
     pub source: String,
+    /// File holding the source password.
+    #[arg(long, env = "FRAPPE_CDC_SOURCE_PASSWORD_FILE")]
+    pub source_password_file: Option<PathBuf>,
     /// Replica: mysql://user@host:port/site_db (password via FRAPPE_CDC_REPLICA_PASSWORD).
     #[arg(long, env = "FRAPPE_CDC_REPLICA")]
     pub replica: String,
+    /// File holding the replica password.
+    #[arg(long, env = "FRAPPE_CDC_REPLICA_PASSWORD_FILE")]
+    pub replica_password_file: Option<PathBuf>,
     /// Only this doctype.
     #[arg(long)]
     pub doctype: Option<String>,
@@ -271,7 +280,7 @@ pub struct ApplyArgs {
     /// Address of the /metrics, /healthz and /readyz endpoint.
     #[arg(
         long,
-        env = "FRAPPE_CDC_APPLY_METRICS_ADDR",
+        env = "FRAPPE_CDC_METRICS_ADDR",
         default_value = "127.0.0.1:9465"
     )]
     pub metrics_addr: SocketAddr,
@@ -426,6 +435,35 @@ mod tests {
 
     fn argv(a: &[&str]) -> Vec<OsString> {
         a.iter().map(OsString::from).collect()
+    }
+
+    /// Every flag reads the environment variable FRAPPE_CDC_<FLAG> and no other (operators
+    /// derive one from the other; a stray name is silently ignored).
+    #[test]
+    fn every_env_variable_is_named_after_its_flag() {
+        use clap::CommandFactory;
+        let cmd = Cli::command();
+        let mut seen = 0;
+        for sub in cmd.get_subcommands() {
+            let mut subs = vec![sub];
+            subs.extend(sub.get_subcommands());
+            for c in subs {
+                for a in c.get_arguments() {
+                    let (Some(long), Some(env)) = (a.get_long(), a.get_env()) else {
+                        continue;
+                    };
+                    let want = format!("FRAPPE_CDC_{}", long.to_uppercase().replace('-', "_"));
+                    assert_eq!(
+                        env.to_str(),
+                        Some(want.as_str()),
+                        "{} --{long}",
+                        c.get_name()
+                    );
+                    seen += 1;
+                }
+            }
+        }
+        assert!(seen > 50, "{seen}");
     }
 
     #[test]

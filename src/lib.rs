@@ -8,6 +8,7 @@ pub mod apply;
 pub mod capture;
 pub mod cli;
 pub mod envelope;
+pub mod failure;
 pub mod frappe;
 pub mod image;
 pub mod kafka;

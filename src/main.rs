@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use frappe_cdc::apply::conflicts::{self, Resolution};
 use frappe_cdc::apply::run::{ApplyConfig, RowFilter, run as run_apply_loop};
-use frappe_cdc::capture::{self, CaptureConfig, CaptureError};
+use frappe_cdc::capture::{self, CaptureConfig};
 use frappe_cdc::cli::{
     ApplyArgs, CaptureArgs, Command, ConflictAction, ConflictsArgs, LogFormat, PartitionBy,
     VerifyArgs,
 };
+use frappe_cdc::failure::Class;
 use frappe_cdc::frappe::catalog::Filter;
 use frappe_cdc::kafka;
 use frappe_cdc::kafka::producer::ProducerConfig;
@@ -144,10 +145,17 @@ async fn run_capture(a: &CaptureArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let listener = match metrics::bind(a.metrics_addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let m = CaptureMetrics::new();
     let ready = Arc::new(AtomicBool::new(false));
     let server = tokio::spawn(metrics::serve(
-        a.metrics_addr,
+        listener,
         m.registry.clone(),
         Arc::clone(&ready),
     ));
@@ -168,19 +176,7 @@ async fn run_capture(a: &CaptureArgs) -> ExitCode {
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
             Err(e) => {
-                let code = if matches!(
-                    e,
-                    CaptureError::Preflight(_)
-                        | CaptureError::WrongState { .. }
-                        | CaptureError::State(frappe_cdc::state::StateError::OldFormat { .. })
-                        | CaptureError::Producer(
-                            frappe_cdc::kafka::producer::ProducerError::Auth { .. }
-                        )
-                ) {
-                    2
-                } else {
-                    1
-                };
+                let code = if e.is_internal() { 1 } else { 2 };
                 eprintln!("error: {e}");
                 break ExitCode::from(code);
             }
@@ -188,6 +184,11 @@ async fn run_capture(a: &CaptureArgs) -> ExitCode {
     };
     server.abort();
     code
+}
+
+/// Exit codes of the error policy: 2 when an operator must fix something, 1 otherwise.
+fn exit_code(class: Class) -> u8 {
+    if class == Class::Halt { 2 } else { 1 }
 }
 
 fn shutdown_token() -> CancellationToken {
@@ -264,14 +265,24 @@ async fn run_apply(a: &ApplyArgs) -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    let listener = match metrics::bind(a.metrics_addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let m = ApplyMetrics::new();
-    let ready = Arc::new(AtomicBool::new(true));
-    let server = tokio::spawn(metrics::serve(a.metrics_addr, m.registry.clone(), ready));
+    let server = tokio::spawn(metrics::serve(
+        listener,
+        m.registry.clone(),
+        Arc::clone(&m.ready),
+    ));
     let code = match run_apply_loop(cfg, m, shutdown_token()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::from(1)
+            ExitCode::from(exit_code(e.class()))
         }
     };
     server.abort();
@@ -279,10 +290,19 @@ async fn run_apply(a: &ApplyArgs) -> ExitCode {
 }
 
 async fn run_verify(a: &VerifyArgs) -> ExitCode {
-    let target = |url: &str, env: &str| db_target(url, None, "", env);
     let (source, replica) = match (
-        target(&a.source, "FRAPPE_CDC_SOURCE_PASSWORD"),
-        target(&a.replica, "FRAPPE_CDC_REPLICA_PASSWORD"),
+        db_target(
+            &a.source,
+            a.source_password_file.as_deref(),
+            "--source-password-file",
+            "FRAPPE_CDC_SOURCE_PASSWORD",
+        ),
+        db_target(
+            &a.replica,
+            a.replica_password_file.as_deref(),
+            "--replica-password-file",
+            "FRAPPE_CDC_REPLICA_PASSWORD",
+        ),
     ) {
         (Ok(s), Ok(r)) => (s, r),
         (Err(e), _) | (_, Err(e)) => {
@@ -344,7 +364,12 @@ async fn run_verify(a: &VerifyArgs) -> ExitCode {
 }
 
 async fn run_conflicts(a: &ConflictsArgs) -> ExitCode {
-    let target = match db_target(&a.replica, None, "", "FRAPPE_CDC_REPLICA_PASSWORD") {
+    let target = match db_target(
+        &a.replica,
+        a.replica_password_file.as_deref(),
+        "--replica-password-file",
+        "FRAPPE_CDC_REPLICA_PASSWORD",
+    ) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: {e}");

@@ -124,6 +124,9 @@ pub struct ApplyMetrics {
     pub kafka_disconnects: IntCounter,
     pub kafka_retries: IntCounter,
     pub kafka_timeouts: IntCounter,
+    /// `/readyz`: true once apply consumes and while its last replica work succeeded; false
+    /// while it waits for the replica, the topic, or retries a transient failure.
+    pub ready: Arc<AtomicBool>,
 }
 
 impl ApplyMetrics {
@@ -147,6 +150,7 @@ impl ApplyMetrics {
             kafka_disconnects: reg(&r, IntCounter::new("frappe_cdc_apply_kafka_disconnects_total", "Connections to Kafka brokers lost (librdkafka statistics of the consumer)").unwrap_or_else(|_| unreachable_metric())),
             kafka_retries: reg(&r, IntCounter::new("frappe_cdc_apply_kafka_request_retries_total", "Requests to Kafka sent again (librdkafka statistics of the consumer)").unwrap_or_else(|_| unreachable_metric())),
             kafka_timeouts: reg(&r, IntCounter::new("frappe_cdc_apply_kafka_request_timeouts_total", "Requests to Kafka that timed out (librdkafka statistics of the consumer)").unwrap_or_else(|_| unreachable_metric())),
+            ready: Arc::new(AtomicBool::new(false)),
             registry: r,
         }
     }
@@ -159,13 +163,24 @@ impl Default for ApplyMetrics {
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` until the task is dropped.
+/// Binds the metrics endpoint's address: a port another process holds is a configuration
+/// error the caller reports (exit 2), not something to run without.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        format!(
+            "cannot listen on {addr} for /metrics: {e}\n  fix: another process (a second capture or apply?) holds port {}; stop it or pass --metrics-addr (FRAPPE_CDC_METRICS_ADDR) with a free port",
+            addr.port()
+        )
+    })
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` (200 while `ready`, else 503) on `listener`.
 pub async fn serve(
-    addr: SocketAddr,
+    listener: TcpListener,
     registry: Registry,
     ready: Arc<AtomicBool>,
 ) -> std::io::Result<()> {
-    let listener = TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "metrics endpoint listening");
+    tracing::info!(addr = %listener.local_addr()?, "metrics endpoint listening");
     loop {
         let (mut sock, _) = listener.accept().await?;
         let registry = registry.clone();

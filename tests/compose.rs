@@ -119,7 +119,7 @@ fn compose_services_line_up_with_the_code() {
         (
             "apply",
             "apply",
-            "FRAPPE_CDC_APPLY_METRICS_ADDR",
+            "FRAPPE_CDC_METRICS_ADDR",
             "frappe-cdc-apply",
         ),
     ] {

@@ -205,9 +205,11 @@ async fn an_offset_deleted_by_retention_stops_apply_instead_of_skipping() {
         .output()
         .expect("run apply");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "apply must stop: {err}");
+    assert_eq!(out.status.code(), Some(2), "apply must halt: {err}");
     assert!(
-        err.contains("no longer holds") && err.contains("rebuild"),
+        err.contains("no longer holds")
+            && err.contains("re-snapshot")
+            && err.contains("reset the group"),
         "the error says what happened and what to do: {err}"
     );
     let after: Option<u64> = r

@@ -229,7 +229,7 @@ impl Upserts {
             None => match self.plans.iter().position(|p| p.fits(table, row)) {
                 Some(i) => i,
                 None => {
-                    let cols = cache.columns(tx, table).await?;
+                    let cols = cache.columns_for(tx, table, row.keys()).await?;
                     let keep: Vec<bool> = row.keys().map(|k| cols.contains(k)).collect();
                     for (k, _) in row.keys().zip(&keep).filter(|(_, kept)| !**kept) {
                         missing.insert((table.to_string(), k.to_string()));
@@ -282,7 +282,8 @@ impl Upserts {
             let quoted: Vec<String> = g.columns.iter().map(|n| q(n)).collect();
             let file = infile::Registered::new(g.body);
             let sql = format!(
-                "LOAD DATA LOCAL INFILE '{}' INTO TABLE {} CHARACTER SET utf8mb4 ({})",
+                "LOAD DATA LOCAL INFILE '{}' INTO TABLE {} CHARACTER SET utf8mb4 \
+                 FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' ({})",
                 file.name(),
                 q(&g.table),
                 quoted.join(", ")

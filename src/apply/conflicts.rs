@@ -128,12 +128,22 @@ pub enum Resolution {
 
 /// Resolves an open conflict.
 pub async fn resolve(conn: &mut Conn, id: u64, how: Resolution) -> Result<(), ConflictError> {
-    let c = get(conn, id).await?;
+    control::ensure_conflicts_table(conn).await?;
+    let mut cache = SchemaCache::default();
+    let mut tx = conn.start_transaction(TxOpts::default()).await?;
+    // Locked: apply folds a newer primary version into an open conflict under the same row
+    // lock, so the version written or kept here is the latest one, never one read before a
+    // fold that then lands on a closed record.
+    let row: Option<Row> = tx
+        .exec_first(
+            format!("SELECT {COLS} FROM `_frappe_cdc_conflicts` WHERE id = ? FOR UPDATE"),
+            (id,),
+        )
+        .await?;
+    let c = row.and_then(parse).ok_or(ConflictError::NotFound(id))?;
     if c.status != "open" {
         return Err(ConflictError::Resolved(id));
     }
-    let mut cache = SchemaCache::default();
-    let mut tx = conn.start_transaction(TxOpts::default()).await?;
     let target = c
         .after
         .as_ref()

@@ -210,6 +210,40 @@ pub async fn record_conflict(
     Ok(tx.last_insert_id().unwrap_or(0))
 }
 
+/// Keeps `gauge` equal to the number of open conflicts in the replica's table (resolving one
+/// with `conflicts resolve`, from another process, brings it down), read every `every`. The
+/// task ends when the returned guard is dropped.
+pub fn watch_open_conflicts(
+    pool: mysql_async::Pool,
+    gauge: prometheus::IntGauge,
+    every: std::time::Duration,
+) -> tokio_util::sync::DropGuard {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let done = stop.clone();
+    tokio::spawn(async move {
+        loop {
+            let open: Result<Option<u64>, mysql_async::Error> = async {
+                pool.get_conn()
+                    .await?
+                    .query_first(
+                        "SELECT COUNT(*) FROM `_frappe_cdc_conflicts` WHERE status = 'open'",
+                    )
+                    .await
+            }
+            .await;
+            match open {
+                Ok(n) => gauge.set(n.unwrap_or(0) as i64),
+                Err(e) => tracing::debug!(error = %e, "cannot count open conflicts"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = done.cancelled() => return,
+            }
+        }
+    });
+    stop.drop_guard()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

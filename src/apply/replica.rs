@@ -11,11 +11,13 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::Instant;
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Row, Transaction, Value as MyValue};
 use serde_json::Value;
 
+use crate::failure::{self, Class};
 use crate::image::{Image, Row as ImageRow};
 
 use crate::source::decode::{CellKind, binary_from_json, cell_json};
@@ -35,6 +37,28 @@ pub enum ReplicaError {
     NotOwnRow { table: String },
     #[error("cannot decode replica column {column} of {table}")]
     Decode { table: String, column: String },
+}
+
+impl ReplicaError {
+    /// The error policy's class (`failure.rs`): a table, row or value of this document the
+    /// replica cannot take is the message's fault; SQL errors go by their code.
+    pub fn class(&self) -> Class {
+        match self {
+            ReplicaError::Sql(e) => failure::mysql(e),
+            _ => Class::DeadLetter,
+        }
+    }
+
+    /// The server's error code, when the replica answered with an error.
+    pub fn server_code(&self) -> Option<u16> {
+        match self {
+            ReplicaError::Sql(e) => match e.as_ref() {
+                mysql_async::Error::Server(se) => Some(se.code),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
 }
 
 impl From<mysql_async::Error> for ReplicaError {
@@ -73,7 +97,8 @@ pub fn to_param(v: &Value) -> MyValue {
 /// Cached facts about the replica's schema (cheap to clone: the entries are shared).
 #[derive(Default, Clone)]
 pub struct SchemaCache {
-    columns: HashMap<String, Arc<BTreeSet<String>>>,
+    /// Columns per table, and when they were read.
+    columns: HashMap<String, (Arc<BTreeSet<String>>, Instant)>,
     child_tables: HashMap<String, Arc<BTreeMap<String, String>>>,
     single: HashMap<String, bool>,
     /// (table, column) → an index whose first column it is.
@@ -87,6 +112,11 @@ pub struct WriteReport {
     pub missing_columns: BTreeSet<(String, String)>,
 }
 
+/// How old a table's cached columns must be before a write carrying a column they lack reads
+/// them again (a replica without that column costs one `information_schema` read per table
+/// this often, not one per write).
+pub const COLUMNS_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl SchemaCache {
     /// Forgets everything (after DDL on the replica, or an unknown-column error).
     pub fn clear(&mut self) {
@@ -98,9 +128,37 @@ impl SchemaCache {
         tx: &mut Transaction<'_>,
         table: &str,
     ) -> Result<Arc<BTreeSet<String>>, ReplicaError> {
-        if let Some(c) = self.columns.get(table) {
+        if let Some((c, _)) = self.columns.get(table) {
             return Ok(Arc::clone(c));
         }
+        self.read_columns(tx, table).await
+    }
+
+    /// The columns of `table`, read again when one of `wanted` is not among the cached ones
+    /// and they were read more than [`COLUMNS_RECHECK`] ago: a column added on the replica
+    /// while apply runs is written from the next document that carries it.
+    pub(crate) async fn columns_for<'a>(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        table: &str,
+        mut wanted: impl Iterator<Item = &'a str>,
+    ) -> Result<Arc<BTreeSet<String>>, ReplicaError> {
+        let cols = self.columns(tx, table).await?;
+        let stale = self
+            .columns
+            .get(table)
+            .is_some_and(|(_, at)| at.elapsed() >= COLUMNS_RECHECK);
+        if stale && wanted.any(|k| !cols.contains(k)) {
+            return self.read_columns(tx, table).await;
+        }
+        Ok(cols)
+    }
+
+    async fn read_columns(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        table: &str,
+    ) -> Result<Arc<BTreeSet<String>>, ReplicaError> {
         let cols: Vec<String> = tx
             .exec("SELECT column_name FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = ?", (table,))
             .await?;
@@ -110,7 +168,8 @@ impl SchemaCache {
             });
         }
         let set = Arc::new(cols.into_iter().collect::<BTreeSet<_>>());
-        self.columns.insert(table.to_string(), Arc::clone(&set));
+        self.columns
+            .insert(table.to_string(), (Arc::clone(&set), Instant::now()));
         Ok(set)
     }
 
@@ -398,7 +457,7 @@ async fn upsert(
     row: &ImageRow,
     report: &mut WriteReport,
 ) -> Result<(), ReplicaError> {
-    let cols = cache.columns(tx, table).await?;
+    let cols = cache.columns_for(tx, table, row.keys()).await?;
     let mut names = Vec::new();
     let mut params = Vec::new();
     for (k, v) in row {
@@ -426,6 +485,11 @@ async fn upsert(
     Ok(())
 }
 
+/// Child rows of a document whose names are bound as parameters; more go as literals
+/// (the binary protocol allows 65,535 parameters a statement, and a document may keep more
+/// child rows than that in one table).
+const KEEP_AS_PARAMS: usize = 1_000;
+
 async fn delete_children(
     tx: &mut Transaction<'_>,
     table: &str,
@@ -438,7 +502,16 @@ async fn delete_children(
         "DELETE FROM {} WHERE parent = ? AND parenttype = ?",
         q(table)
     );
-    if !keep.is_empty() {
+    if keep.len() > KEEP_AS_PARAMS {
+        sql.push_str(" AND name NOT IN (");
+        for (i, k) in keep.iter().enumerate() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            super::literal::push_str(&mut sql, k);
+        }
+        sql.push(')');
+    } else if !keep.is_empty() {
         sql.push_str(&format!(" AND name NOT IN ({})", marks(keep.len())));
         params.extend(keep.iter().map(|k| MyValue::from(k.as_str())));
     }

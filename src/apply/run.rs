@@ -19,13 +19,14 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Pool, TxOpts};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
@@ -41,9 +42,13 @@ use super::lag::LagWatcher;
 use super::ownership;
 use super::replica::{ReplicaError, SchemaCache, read_doc, write_doc};
 use crate::envelope::{Envelope, Op};
+use crate::failure::{self, Class};
 use crate::frappe::catalog::{Filter, IGNORED_COLUMNS};
+use crate::kafka::producer::ProducerError;
 use crate::kafka::stats::{HealthContext, HealthCounters, STATS_INTERVAL_MS};
-use crate::kafka::topic::{TopicSpec, client as kafka_client, ensure_topic, topic_info};
+use crate::kafka::topic::{
+    TopicSpec, client as kafka_client, ensure_topic, is_auth_failure, probe, topic_info,
+};
 use crate::metrics::{ApplyMetrics, BoundedLabels};
 
 mod batch;
@@ -56,13 +61,47 @@ pub enum ApplyError {
     #[error("kafka: {0}")]
     Kafka(String),
     #[error(
-        "topic {topic} no longer holds the next offset this replica needs ({detail}): retention deleted messages apply never read, so the replica has missed documents\n  fix: rebuild the replica (see README, \"Kafka in production\"), and give the topic a retention longer than apply's worst outage"
+        "topic {topic} no longer holds the next offset this replica needs ({detail}): retention deleted messages apply never read, so the replica has missed documents\n  fix: re-snapshot: rebuild the replica (README, \"Kafka in production\"), and give the topic a retention longer than apply's worst outage; or reset the group to accept the gap: DELETE FROM _frappe_cdc_offsets WHERE consumer_group = '<group>' AND topic = '{topic}' on the replica, then start apply (it reads from the oldest message held and writes documents it lacks from their latest message), and run verify"
     )]
     OffsetGone { topic: String, detail: String },
     #[error(transparent)]
     Replica(#[from] ReplicaError),
+    #[error("the replica refused apply's work: {error}\n  fix: {fix}")]
+    Halt {
+        error: ReplicaError,
+        fix: &'static str,
+    },
+    #[error("cannot connect to the replica {target}: {error}\n  fix: {fix}")]
+    Connect {
+        target: String,
+        error: Box<mysql_async::Error>,
+        fix: &'static str,
+    },
+    #[error(
+        "kafka refused apply ({brokers}): {reason}\n  fix: check --kafka-option / --kafka-config security settings (SASL user and password, TLS CA) and the ACLs of the group and topics"
+    )]
+    KafkaAuth { brokers: String, reason: String },
     #[error("internal error: {0}")]
     Internal(&'static str),
+}
+
+impl ApplyError {
+    /// `Halt` errors exit 2 (an operator must fix something); others exit 1.
+    pub fn class(&self) -> Class {
+        match self {
+            ApplyError::OffsetGone { .. }
+            | ApplyError::Halt { .. }
+            | ApplyError::Connect { .. }
+            | ApplyError::KafkaAuth { .. } => Class::Halt,
+            ApplyError::Replica(e) => e.class(),
+            ApplyError::Kafka(_) | ApplyError::Internal(_) => Class::Retry,
+        }
+    }
+
+    fn halt(error: ReplicaError) -> ApplyError {
+        let fix = failure::server_fix(error.server_code().unwrap_or(0));
+        ApplyError::Halt { error, fix }
+    }
 }
 
 /// What happened to one message.
@@ -99,33 +138,14 @@ pub(crate) fn reason_kind(reason: &str) -> &str {
 /// Lock wait timeout, deadlock.
 const LOCK_ERRORS: [u16; 2] = [1205, 1213];
 
-/// The server's error code, when the replica answered with an error.
-fn server_code(e: &ReplicaError) -> Option<u16> {
-    match e {
-        ReplicaError::Sql(e) => match e.as_ref() {
-            mysql_async::Error::Server(se) => Some(se.code),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
-/// True for failures a retry can cure: lock failures, a replica going away or too busy, a
-/// broken connection.
+/// True for failures a retry can cure (the error policy's `Retry`, `failure.rs`).
 fn transient(e: &ReplicaError) -> bool {
-    match server_code(e) {
-        Some(code) => {
-            LOCK_ERRORS.contains(&code) || matches!(code, 1040 | 1053 | 2006 | 2013 | 1927)
-        }
-        None => {
-            matches!(e, ReplicaError::Sql(e) if matches!(e.as_ref(), mysql_async::Error::Io(_) | mysql_async::Error::Driver(_)))
-        }
-    }
+    e.class() == Class::Retry
 }
 
 /// A lock wait timeout or a deadlock.
 fn lock_failure(e: &ReplicaError) -> bool {
-    server_code(e).is_some_and(|c| LOCK_ERRORS.contains(&c))
+    e.server_code().is_some_and(|c| LOCK_ERRORS.contains(&c))
 }
 
 /// Capped exponential backoff for retries that must not move past the current message.
@@ -142,12 +162,13 @@ impl Backoff {
     /// Counts and logs a retry of `what`, then waits; false when shutdown came first.
     async fn wait(
         &mut self,
-        retries: &prometheus::IntCounter,
+        metrics: &ApplyMetrics,
         what: &str,
         error: &dyn std::fmt::Display,
         shutdown: &CancellationToken,
     ) -> bool {
-        retries.inc();
+        metrics.retries.inc();
+        metrics.ready.store(false, Ordering::Release);
         tracing::warn!(error = %error, retry_in = ?self.next, "{what}");
         let go_on = tokio::select! {
             _ = tokio::time::sleep(self.next) => true,
@@ -317,6 +338,7 @@ impl Applier {
             Admitted::Tombstone(_) => None,
         };
         let mut backoff = Backoff::new(Duration::from_millis(100), self.cfg.max_backoff);
+        let mut refreshed = false;
         loop {
             let r = match &admitted {
                 Admitted::Tombstone(_) => self
@@ -333,8 +355,11 @@ impl Applier {
                 }
                 Admitted::Doc(e, key) => {
                     let r = self.apply_envelope(e, *key, partition, next).await;
+                    // Snapshot envelopes carry the snapshot's time, not a commit's: an initial
+                    // load is not lag.
                     if let Ok(Outcome::Applied) = &r
                         && e.source.commit_ts > 0
+                        && !e.source.snapshot
                     {
                         let now = std::time::SystemTime::now()
                             .duration_since(std::time::UNIX_EPOCH)
@@ -347,12 +372,12 @@ impl Applier {
                     r
                 }
             };
-            match r {
+            match r.map_err(|e| (e.class(), e)) {
                 Ok(o) => return Ok(Some((o, doctype))),
-                Err(e) if transient(&e) => {
+                Err((Class::Retry, e)) => {
                     if !backoff
                         .wait(
-                            &self.metrics.retries,
+                            &self.metrics,
                             "replica unavailable; retrying the same message",
                             &e,
                             shutdown,
@@ -363,7 +388,16 @@ impl Applier {
                     }
                     self.cache.clear();
                 }
-                Err(e) => return Ok(Some((Outcome::DeadLetter(e.to_string()), doctype))),
+                // The replica's tables may have changed since they were cached (a table or
+                // column added or dropped): judge the message on fresh ones before giving up.
+                Err((Class::DeadLetter, _)) if !refreshed => {
+                    refreshed = true;
+                    self.cache.clear();
+                }
+                Err((Class::DeadLetter, e)) => {
+                    return Ok(Some((Outcome::DeadLetter(e.to_string()), doctype)));
+                }
+                Err((Class::Halt, e)) => return Err(ApplyError::halt(e)),
             }
         }
     }
@@ -404,6 +438,14 @@ pub async fn run(
     let mut conn = loop {
         match pool.get_conn().await {
             Ok(c) => break c,
+            Err(e) if failure::mysql(&e) != Class::Retry => {
+                let fix = failure::mysql_fix(&e);
+                return Err(ApplyError::Connect {
+                    target: cfg.replica.to_string(),
+                    error: Box::new(e),
+                    fix,
+                });
+            }
             Err(e) => {
                 tracing::warn!(replica = %cfg.replica, error = %e, "cannot reach the replica; retrying");
                 tokio::select! {
@@ -416,11 +458,6 @@ pub async fn run(
     control::ensure_tables(&mut conn).await?;
     control::ensure_conflicts_table(&mut conn).await?;
     let stored = control::stored_offsets(&mut conn, &cfg.group, &cfg.topic).await?;
-    let open: Option<u64> = conn
-        .query_first("SELECT COUNT(*) FROM `_frappe_cdc_conflicts` WHERE status = 'open'")
-        .await
-        .map_err(ReplicaError::from)?;
-    metrics.open_conflicts.set(open.unwrap_or(0) as i64);
     drop(conn);
     let mut consumer_cfg = ClientConfig::new();
     for (k, v) in &cfg.kafka_options {
@@ -453,6 +490,14 @@ pub async fn run(
         .set("message.max.bytes", "16777216")
         .create()
         .map_err(|e| ApplyError::Kafka(e.to_string()))?;
+    // Wrong credentials or TLS trust end apply now; an unreachable cluster is waited for.
+    match tokio::task::block_in_place(|| probe(&cfg.brokers, &cfg.kafka_options)) {
+        Err(ProducerError::Auth { brokers, reason }) => {
+            return Err(ApplyError::KafkaAuth { brokers, reason });
+        }
+        Err(e) => tracing::warn!(error = %e, "kafka not reachable yet; waiting for it"),
+        Ok(()) => {}
+    }
     // Capture creates the topic; apply started first waits for it (as Kafka consumers do).
     let mut waited = Duration::ZERO;
     let info = loop {
@@ -539,6 +584,12 @@ pub async fn run(
     )
     .map_err(|e| ApplyError::Kafka(e.to_string()))?;
     tracing::info!(topic = %cfg.topic, group = %cfg.group, partitions = parts.len(), "apply started");
+    metrics.ready.store(true, Ordering::Release);
+    let _conflicts_gauge = control::watch_open_conflicts(
+        pool.clone(),
+        metrics.open_conflicts.clone(),
+        Duration::from_secs(5),
+    );
     let mut applier = Applier {
         cmp: Comparator::new(
             IGNORED_COLUMNS
@@ -576,9 +627,18 @@ pub async fn run(
         let msgs = tokio::task::block_in_place(|| {
             poll_batch(&consumer, wait, applier.cfg.batch_size.max(1))
         })
-        .map_err(|e| ApplyError::OffsetGone {
-            topic: applier.cfg.topic.clone(),
-            detail: e.to_string(),
+        .map_err(|e| {
+            if e.rdkafka_error_code().is_some_and(is_auth_failure) {
+                ApplyError::KafkaAuth {
+                    brokers: applier.cfg.brokers.clone(),
+                    reason: e.to_string(),
+                }
+            } else {
+                ApplyError::OffsetGone {
+                    topic: applier.cfg.topic.clone(),
+                    detail: e.to_string(),
+                }
+            }
         })?;
         let parsing = (!msgs.is_empty()).then(|| {
             let rules = Arc::clone(&rules);
@@ -590,10 +650,11 @@ pub async fn run(
                 (msgs, parsed)
             })
         });
-        if let Some((msgs, parsed)) = ready.take()
-            && !applier.apply_batch(&mut io, msgs, parsed).await?
-        {
-            return Ok(());
+        if let Some((msgs, parsed)) = ready.take() {
+            if !applier.apply_batch(&mut io, msgs, parsed).await? {
+                return Ok(());
+            }
+            applier.metrics.ready.store(true, Ordering::Release);
         }
         if let Some(p) = parsing {
             ready = Some(
@@ -606,9 +667,9 @@ pub async fn run(
 }
 
 /// Up to `max` messages: the first waits up to `wait`, the rest only if already fetched.
-/// Polls up to `max` messages. Transient consumer errors are logged and end the batch; an
-/// offset the topic no longer holds (`auto.offset.reset=error`) is returned: skipping to
-/// another offset would silently lose documents.
+/// Transient consumer errors are logged and end the batch; halting ones are returned: an
+/// offset the topic no longer holds (`auto.offset.reset=error`; skipping to another offset
+/// would silently lose documents), and authentication or authorization failures.
 fn poll_batch(
     consumer: &BaseConsumer<HealthContext>,
     wait: Duration,
@@ -619,12 +680,7 @@ fn poll_batch(
     while msgs.len() < max {
         match consumer.poll(timeout) {
             Some(Ok(m)) => msgs.push(m.detach()),
-            Some(Err(e))
-                if e.rdkafka_error_code() == Some(RDKafkaErrorCode::AutoOffsetReset)
-                    || e.rdkafka_error_code() == Some(RDKafkaErrorCode::OffsetOutOfRange) =>
-            {
-                return Err(e);
-            }
+            Some(Err(e)) if failure::kafka(&e) == Class::Halt => return Err(e),
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "kafka consume error");
                 break;
@@ -691,7 +747,7 @@ impl Applier {
                     Err((e, _)) => {
                         if !backoff
                             .wait(
-                                &self.metrics.retries,
+                                &self.metrics,
                                 "cannot write to the dead-letter topic; retrying",
                                 &e,
                                 io.shutdown,
@@ -710,7 +766,7 @@ impl Applier {
                     Err(e) if transient(&e) => {
                         if !backoff
                             .wait(
-                                &self.metrics.retries,
+                                &self.metrics,
                                 "replica unavailable; retrying the offset store",
                                 &e,
                                 io.shutdown,
@@ -720,7 +776,7 @@ impl Applier {
                             return Ok(false);
                         }
                     }
-                    Err(e) => return Err(e.into()),
+                    Err(e) => return Err(ApplyError::halt(e)),
                 }
             }
         }

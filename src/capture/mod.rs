@@ -9,6 +9,7 @@
 pub mod processor;
 pub mod retention;
 pub mod snapshot;
+mod statement;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::failure::{self, Class};
 use crate::frappe::catalog::Filter;
 use crate::kafka::producer::{Producer, ProducerConfig, ProducerError};
 use crate::kafka::stats::HealthCounters;
@@ -35,7 +37,10 @@ use processor::{Processor, ProcessorConfig};
 pub enum CaptureError {
     #[error("preflight failed:\n{}", .0.iter().map(|f| format!("  - {f}")).collect::<Vec<_>>().join("\n"))]
     Preflight(Vec<Failure>),
-    #[error("cannot reach the source database {target}: {source}")]
+    #[error(
+        "cannot reach the source database {target}: {source}\n  fix: {}",
+        failure::mysql_fix(source)
+    )]
     Connect {
         target: String,
         source: Box<mysql_async::Error>,
@@ -58,6 +63,27 @@ pub enum CaptureError {
         found: String,
         expected: String,
     },
+    #[error(
+        "state in {dir} was built with doctype filter {was}, and capture now runs with {now}: documents of a newly included doctype would go out as partial changes, and those of a newly excluded one would go stale on replicas\n  fix: start capture with the old --include-doctype/--exclude-doctype; or, to change the filter, re-snapshot: stop capture, move {dir} away, start capture with the new filter (replicas receive every document again as a snapshot)"
+    )]
+    FilterChanged {
+        dir: String,
+        was: String,
+        now: String,
+    },
+    #[error(
+        "state in {dir} was written by a capture emitting envelope version {was}; this build emits {now}\n  fix: re-snapshot: stop capture, move {dir} away and start again, after upgrading every apply"
+    )]
+    EnvelopeVersion { dir: String, was: u32, now: u32 },
+    #[error(
+        "a {verb} on tracked table {table} after {file}:{pos} was logged as a statement, without row events (TRUNCATE always is; other statements when a session sets binlog_format=STATEMENT or MIXED): capture cannot tell what the documents became, so it stopped before publishing anything after it\n  fix: make every session write ROW events (binlog_format=ROW globally, no SET SESSION binlog_format in apps or scripts), then re-snapshot: stop capture, move the --state-dir away and start it again"
+    )]
+    StatementChange {
+        verb: &'static str,
+        table: String,
+        file: String,
+        pos: u64,
+    },
     #[error("cannot encode envelope: {0}")]
     Encode(String),
     #[error("internal error: {0}")]
@@ -65,20 +91,38 @@ pub enum CaptureError {
 }
 
 impl CaptureError {
+    /// The error policy's class (`failure.rs`). Capture has no dead letters: an event it
+    /// cannot read halts it, since skipping one would lose a document's change.
+    pub fn class(&self) -> Class {
+        use ProducerError as P;
+        match self {
+            CaptureError::Connect { source, .. } => failure::mysql(source).or_halt(),
+            CaptureError::Binlog(e) => match e {
+                BinlogError::Connect(e) | BinlogError::Stream(e) => failure::mysql(e).or_halt(),
+                BinlogError::Timeout(_) | BinlogError::EndedByServer => Class::Retry,
+                _ => Class::Halt,
+            },
+            CaptureError::Producer(
+                P::Delivery(_) | P::FlushTimeout { .. } | P::Topic { .. } | P::Unreachable { .. },
+            ) => Class::Retry,
+            CaptureError::Snapshot(SnapshotError::Sql(e)) => failure::mysql(e).or_halt(),
+            _ => Class::Halt,
+        }
+    }
+
     /// Errors a retry may cure: lost connections, unreachable broker, delivery failures.
     pub fn is_transient(&self) -> bool {
-        match self {
-            CaptureError::Connect { .. } => true,
-            CaptureError::Binlog(e) => e.is_transient(),
-            CaptureError::Producer(
-                ProducerError::Delivery(_) | ProducerError::FlushTimeout { .. },
-            ) => true,
-            CaptureError::Producer(
-                ProducerError::Topic { .. } | ProducerError::Unreachable { .. },
-            ) => true,
-            CaptureError::Snapshot(SnapshotError::Sql(_)) => true,
-            _ => false,
-        }
+        self.class() == Class::Retry
+    }
+
+    /// A fault of this program rather than of its settings or environment (exit 1, not 2).
+    pub fn is_internal(&self) -> bool {
+        matches!(
+            self,
+            CaptureError::Internal(_)
+                | CaptureError::Encode(_)
+                | CaptureError::Binlog(BinlogError::Closed)
+        )
     }
 }
 
@@ -116,6 +160,27 @@ pub async fn run(
             expected: cfg.source.database.clone(),
         });
     }
+    if let Some(c) = &cp {
+        let dir = cfg.state_dir.display().to_string();
+        let now = cfg.filter.describe();
+        if let Some(was) = c.filter.as_ref().filter(|was| **was != now) {
+            return Err(CaptureError::FilterChanged {
+                dir,
+                was: was.clone(),
+                now,
+            });
+        }
+        if let Some(was) = c
+            .envelope_version
+            .filter(|v| *v != crate::envelope::ENVELOPE_VERSION)
+        {
+            return Err(CaptureError::EnvelopeVersion {
+                dir,
+                was,
+                now: crate::envelope::ENVELOPE_VERSION,
+            });
+        }
+    }
     let resume = cp
         .as_ref()
         .filter(|c| matches!(c.snapshot, SnapshotState::Done { .. }))
@@ -149,6 +214,14 @@ pub async fn run(
         .await?
         .partitions
     };
+    if partitions != cfg.producer.partitions {
+        tracing::warn!(
+            topic = %cfg.producer.topic,
+            topic_partitions = partitions,
+            flag_partitions = cfg.producer.partitions,
+            "the topic exists with another partition count: --partitions only applies when capture creates the topic; documents are spread over the topic's partitions (add partitions with kafka-topics --alter only between snapshots: it moves documents to other partitions)"
+        );
+    }
     let mut pcfg = cfg.producer.clone();
     pcfg.partitions = partitions;
     let mut producer = Producer::new(&pcfg)?;

@@ -32,6 +32,7 @@ pub(crate) const DOC_CACHE_BYTES: usize = 32 << 20;
 
 use super::CaptureError;
 use super::retention::{CheckpointAt, CheckpointView};
+use super::statement::{self, Statement};
 
 /// Static settings of the processor.
 #[derive(Debug, Clone)]
@@ -253,16 +254,22 @@ impl Processor {
             BinlogItem::Rows(rb) => self.on_rows(rb)?,
             BinlogItem::Query { query, .. } => {
                 self.metrics.ddl.inc();
-                let words: Vec<String> = query
-                    .split_whitespace()
-                    .take(2)
-                    .map(|w| w.to_ascii_uppercase())
-                    .collect();
-                if matches!(
-                    words.first().map(String::as_str),
-                    Some("TRUNCATE" | "RENAME" | "DROP")
-                ) {
-                    tracing::warn!(statement = %words.join(" "), "DDL that rewrites tables without row events; documents of a truncated or renamed tracked table are not re-emitted");
+                match statement::classify(&query, &self.filter) {
+                    Statement::Ignore => {}
+                    Statement::Rewrites { verb } => {
+                        tracing::warn!(
+                            statement = verb,
+                            "DDL that renames or drops a table without row events; documents of a renamed or dropped tracked table are not re-emitted"
+                        );
+                    }
+                    Statement::Halt { verb, table } => {
+                        return Err(CaptureError::StatementChange {
+                            verb,
+                            table,
+                            file: self.file.clone(),
+                            pos: self.pos,
+                        });
+                    }
                 }
             }
             BinlogItem::Commit { ts, file, pos } => self.on_commit(ts, file, pos)?,
@@ -654,6 +661,8 @@ impl Processor {
             schema: self.cfg.schema.clone(),
             written_at: now_secs(),
             commit_ts: self.last_commit_ts,
+            filter: Some(self.filter.describe()),
+            envelope_version: Some(crate::envelope::ENVELOPE_VERSION),
         };
         b.commit(&cp)?;
         self.dirty = false;

@@ -142,6 +142,8 @@ pub async fn load(
         schema: target.database.clone(),
         written_at: 0,
         commit_ts: 0,
+        filter: Some(filter.describe()),
+        envelope_version: Some(crate::envelope::ENVELOPE_VERSION),
     };
     // The loader commits only after the reader's `End` marker: a failed read drops the
     // uncommitted batch, and the next start takes a new snapshot.

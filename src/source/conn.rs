@@ -46,6 +46,19 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// The session every connection of frappe-cdc runs in, set on connect and again after each
+/// pool reset (`setup`, not `init`: a pooled connection is reset to the server's defaults when
+/// it is returned, which would drop an `init` setting from its second use on):
+/// - `time_zone` UTC: TIMESTAMP values are read and written as the binlog carries them;
+/// - utf8mb4 for everything sent and received;
+/// - a pinned `sql_mode`: strict (a value the column cannot hold is an error, not a silent
+///   truncation), and without `NO_BACKSLASH_ESCAPES`, so backslash escapes in statements and
+///   in `LOAD DATA` mean the same on every replica whatever its global mode.
+pub const SESSION_SETUP: &str = "SET time_zone = '+00:00', \
+     character_set_client = utf8mb4, character_set_connection = utf8mb4, \
+     character_set_results = utf8mb4, collation_connection = utf8mb4_unicode_ci, \
+     sql_mode = 'STRICT_TRANS_TABLES,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION'";
+
 impl DbTarget {
     /// Parses `url`; `password` (from env or file) overrides the URL's.
     pub fn parse(url: &str, password: Option<&str>) -> Result<DbTarget, UrlError> {
@@ -60,7 +73,7 @@ impl DbTarget {
         };
         let mut b = OptsBuilder::from_opts(opts)
             .prefer_socket(false)
-            .init(vec!["SET time_zone='+00:00'", "SET NAMES utf8mb4"])
+            .setup(vec![SESSION_SETUP])
             .wait_timeout(Some(28_800));
         if let Some(p) = password {
             b = b.pass(Some(p.to_string()));

@@ -82,6 +82,13 @@ pub struct Checkpoint {
     /// unknown (right after a snapshot, or a store written before this field existed).
     #[serde(default)]
     pub commit_ts: u64,
+    /// The doctype filter the state was built with (`Filter::describe`); None in stores
+    /// written before it was recorded. Capture refuses to run with another filter.
+    #[serde(default)]
+    pub filter: Option<String>,
+    /// The envelope version capture emitted; None in older stores.
+    #[serde(default)]
+    pub envelope_version: Option<u32>,
 }
 
 /// Progress of the initial snapshot.
@@ -475,6 +482,8 @@ mod tests {
             schema: "db".into(),
             written_at: 0,
             commit_ts: 0,
+            filter: None,
+            envelope_version: None,
         }
     }
 

@@ -335,7 +335,10 @@ impl Applier {
                             .documents
                             .with_label_values(&[label, o.label()])
                             .inc();
-                        if *o == Outcome::Applied && it.env.source.commit_ts > 0 {
+                        if *o == Outcome::Applied
+                            && it.env.source.commit_ts > 0
+                            && !it.env.source.snapshot
+                        {
                             self.metrics
                                 .lag
                                 .observe((now - it.env.source.commit_ts as f64).max(0.0));
@@ -369,7 +372,7 @@ impl Applier {
                 Err(BulkError::Replica(e)) if transient(&e) => {
                     if !backoff
                         .wait(
-                            &self.metrics.retries,
+                            &self.metrics,
                             "replica unavailable; retrying the batch",
                             &e,
                             io.shutdown,
@@ -379,6 +382,9 @@ impl Applier {
                         return Ok(false);
                     }
                     self.cache.clear();
+                }
+                Err(BulkError::Replica(e)) if e.class() == Class::Halt => {
+                    return Err(ApplyError::halt(e));
                 }
                 Err(e @ BulkError::LoadMismatch { .. }) if !self.read_new => {
                     tracing::info!(error = %e, "a new document is already on the replica (created there?); re-running the batch with every copy read");

@@ -62,6 +62,8 @@ pub const RETRY_CODES: &[u16] = &[
     2013, // lost connection during query
     1047, // WSREP has not yet prepared node for application use (Galera)
     1021, // disk full (the server waits for space)
+    // LOAD DATA LOCAL refused by the server: apply switches to INSERT and retries.
+    1148, 3948, 4166,
 ];
 
 /// Server error codes that mean the message's own values or target cannot be written.

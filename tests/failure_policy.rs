@@ -603,3 +603,63 @@ async fn resolve_waits_for_a_newer_version_being_folded_in() {
         .expect("remarks");
     assert_eq!(remarks.as_deref(), Some("v2"), "the folded version wins");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_equal_only_by_collation_are_conflicts_not_overwrites() {
+    let rig = Rig::new("collation").await;
+    let (replica, rurl) = rig.replica().await;
+    let mut r = replica.conn(&rig.db).await;
+    // Documents created on the replica alone.
+    r.query_drop(
+        "INSERT INTO `tabCustomer` (name, customer_name, customer_group) VALUES ('ACME', 'local acme', 'Retail'), ('Zeta', 'local zeta', 'Retail')",
+    )
+    .await
+    .expect("local customers");
+    let before = (
+        doc_image(&mut r, "Customer", "ACME").await,
+        doc_image(&mut r, "Customer", "Zeta").await,
+    );
+    let mut f = rig.frappe().await;
+    // Created on the primary in one burst, so they reach apply as one bulk batch.
+    for i in 0..40 {
+        f.insert_customer(&format!("CUST-{i:02}"), "Retail").await;
+    }
+    f.insert_customer("acme", "Retail").await;
+    f.insert_customer("Zeta ", "Retail").await;
+    let _capture = rig.spawn_capture(None, free_port(), &[]);
+    let _apply = rig.spawn_apply(&rurl, free_port(), &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (applied, conflicts): (Option<u64>, Option<u64>) = r
+            .query_first("SELECT (SELECT COUNT(*) FROM `tabCustomer` WHERE name LIKE 'CUST-%'), (SELECT COUNT(*) FROM `_frappe_cdc_conflicts` WHERE status = 'open')")
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or((None, None));
+        if applied == Some(40) && conflicts == Some(2) {
+            break;
+        }
+        if Instant::now() > deadline {
+            let rows: Vec<(String, Option<String>)> = r
+                .query("SELECT name, customer_name FROM `tabCustomer` WHERE name NOT LIKE 'CUST-%'")
+                .await
+                .expect("rows");
+            panic!("applied {applied:?}, conflicts {conflicts:?}; replica: {rows:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let after = (
+        doc_image(&mut r, "Customer", "ACME").await,
+        doc_image(&mut r, "Customer", "Zeta").await,
+    );
+    assert_eq!(before, after, "the replica's own documents are untouched");
+    let names: Vec<String> = r
+        .query("SELECT name FROM `tabCustomer` WHERE name IN ('acme', 'zeta') ORDER BY name")
+        .await
+        .expect("names");
+    assert_eq!(
+        names,
+        ["ACME", "Zeta"],
+        "stored names keep the replica's bytes"
+    );
+}

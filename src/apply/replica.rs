@@ -159,6 +159,13 @@ impl SchemaCache {
         tx: &mut Transaction<'_>,
         table: &str,
     ) -> Result<Arc<BTreeSet<String>>, ReplicaError> {
+        // MariaDB identifiers are utf8mb3: a name with a character beyond the BMP names no
+        // table, and comparing it with information_schema fails (error 1267) instead.
+        if table.chars().any(|c| u32::from(c) > 0xFFFF) {
+            return Err(ReplicaError::UnknownTable {
+                table: table.to_string(),
+            });
+        }
         let cols: Vec<String> = tx
             .exec("SELECT column_name FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = ?", (table,))
             .await?;
@@ -342,13 +349,36 @@ async fn read_doc_with(
     } else {
         read_parents(tx, cache, doctype, &[name], lock)
             .await?
-            .remove(name)
+            // The replica matched `name` with its collation: the row it found is this
+            // document's copy even when its stored name differs in case, trailing spaces or
+            // accents (the decision then sees the different name).
+            .into_values()
+            .next()
     };
-    let children = read_children(tx, cache, doctype, &[name], lock)
+    let mut found = read_children(tx, cache, doctype, &[name], lock)
         .await?
         .children
-        .remove(name)
-        .unwrap_or_default();
+        .into_values();
+    let mut children = found.next().unwrap_or_default();
+    // Child rows whose `parent` values differ only by collation: one document to the replica.
+    let mut merged = false;
+    for more in found {
+        merged = true;
+        for (field, rows) in more {
+            children.entry(field).or_default().extend(rows);
+        }
+    }
+    if merged {
+        let key = |r: &ImageRow| {
+            (
+                r.get("idx").and_then(Value::as_i64).unwrap_or(0),
+                r.str("name").unwrap_or("").to_string(),
+            )
+        };
+        for rows in children.values_mut() {
+            rows.sort_by_key(key);
+        }
+    }
     Ok(doc_image(parent, children))
 }
 

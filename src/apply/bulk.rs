@@ -121,7 +121,7 @@ async fn read_copies(
     const LOCK: &str = " FOR UPDATE";
     let mut parents = read_parents(tx, cache, doctype, names, LOCK).await?;
     let mut rows = read_children(tx, cache, doctype, names, LOCK).await?;
-    // The replica matched these names with its collation (case, trailing spaces, accents):
+    // I12 (ARCHITECTURE.md). The replica matched these names with its collation (case, trailing spaces, accents):
     // a copy stored under a name that differs in bytes belongs to another document as far
     // as the envelope knows, and cannot be paired set-wise. One message at a time, the
     // replica's own lookup pairs it and the decision sees the different name.

@@ -73,7 +73,7 @@ pub(crate) async fn owners(
     Ok(out)
 }
 
-/// The replica rows that `image`'s child rows would overwrite although they belong to another
+/// I7 (ARCHITECTURE.md). The replica rows that `image`'s child rows would overwrite although they belong to another
 /// document than `(doctype, name)` (or `(doctype, old_name)` for a rename). Empty when the
 /// document may be written.
 pub(crate) async fn collisions(

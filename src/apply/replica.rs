@@ -349,7 +349,7 @@ async fn read_doc_with(
     } else {
         read_parents(tx, cache, doctype, &[name], lock)
             .await?
-            // The replica matched `name` with its collation: the row it found is this
+            // I12 (ARCHITECTURE.md). The replica matched `name` with its collation: the row it found is this
             // document's copy even when its stored name differs in case, trailing spaces or
             // accents (the decision then sees the different name).
             .into_values()

@@ -219,6 +219,7 @@ impl Applier {
         let started = std::time::Instant::now();
         let mut tx = conn.start_transaction(TxOpts::default()).await?;
         let outcome = self.apply_in(&mut tx, e, key).await?;
+        // I4 (ARCHITECTURE.md): the document, its applied position and the offset commit together.
         control::store_offset(&mut tx, &self.cfg.group, &self.cfg.topic, partition, next).await?;
         tx.commit().await?;
         self.metrics
@@ -478,7 +479,7 @@ pub async fn run(
         .set("queued.max.messages.kbytes", "4096")
         .set("max.partition.fetch.bytes", "1048576")
         .set("statistics.interval.ms", STATS_INTERVAL_MS)
-        // Offsets come from the replica; one the topic no longer holds must stop apply, not
+        // I9 (ARCHITECTURE.md). Offsets come from the replica; one the topic no longer holds must stop apply, not
         // jump to the end (librdkafka's default) and skip documents.
         .set("auto.offset.reset", "error")
         .create_with_context(HealthContext::default())
@@ -713,7 +714,8 @@ impl LoopIo<'_> {
 }
 
 impl Applier {
-    /// One message on its own transaction; false when shutdown interrupted it.
+    /// One message on its own transaction; false when shutdown interrupted it. I6
+    /// (ARCHITECTURE.md): the offset moves only once the message is dealt with.
     async fn process_one(
         &mut self,
         io: &mut LoopIo<'_>,

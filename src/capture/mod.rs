@@ -160,6 +160,7 @@ pub async fn run(
             expected: cfg.source.database.clone(),
         });
     }
+    // I10 (ARCHITECTURE.md): the state is only used with the settings it was built with.
     if let Some(c) = &cp {
         let dir = cfg.state_dir.display().to_string();
         let now = cfg.filter.describe();

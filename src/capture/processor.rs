@@ -637,6 +637,7 @@ impl Processor {
         self.checkpoint()
     }
 
+    // I1, I2 (ARCHITECTURE.md): called only once Kafka acknowledged everything before.
     fn checkpoint(&mut self) -> Result<(), CaptureError> {
         let Some(b) = self.batch.take() else {
             return Ok(());

@@ -1,4 +1,4 @@
-//! What a statement-format binlog event means for capture.
+//! What a statement-format binlog event means for capture (I13, ARCHITECTURE.md).
 //!
 //! With `binlog_format=ROW` (checked by preflight) data changes arrive as row events and the
 //! only QUERY events are DDL. A session can still switch itself to `STATEMENT` or `MIXED`, and

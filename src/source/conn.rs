@@ -46,7 +46,7 @@ fn redact(url: &str) -> String {
     }
 }
 
-/// The session every connection of frappe-cdc runs in, set on connect and again after each
+/// I11 (ARCHITECTURE.md). The session every connection of frappe-cdc runs in, set on connect and again after each
 /// pool reset (`setup`, not `init`: a pooled connection is reset to the server's defaults when
 /// it is returned, which would drop an `init` setting from its second use on):
 /// - `time_zone` UTC: TIMESTAMP values are read and written as the binlog carries them;

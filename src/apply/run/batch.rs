@@ -84,7 +84,7 @@ pub(super) enum Pending {
 }
 
 impl Applier {
-    /// Applies one polled batch in order: runs of bulkable messages (no document twice) in
+    /// Applies one polled batch in order (I8, ARCHITECTURE.md): runs of bulkable messages (no document twice) in
     /// bulk transactions, the others one at a time. False when shutdown interrupted it.
     pub(super) async fn apply_batch(
         &mut self,
@@ -212,7 +212,7 @@ impl Applier {
         Ok(r)
     }
 
-    /// `items` in `parts` consecutive slices, each in its own READ COMMITTED transaction on
+    /// I5 (ARCHITECTURE.md). `items` in `parts` consecutive slices, each in its own READ COMMITTED transaction on
     /// its own connection, run concurrently. Nothing commits unless every part succeeded;
     /// then they commit in order and the last one carries the offsets, so a crash (or a failed
     /// commit) between two commits replays the batch and the applied positions written by the

@@ -84,6 +84,34 @@ fn capture_to_end(rig: &Rig, extra: &[&str]) -> Output {
     .0
 }
 
+/// Runs `frappe-cdc apply` for `rig` into `rurl` as `group` with `password` (20 s at most).
+fn apply_within(
+    rig: &Rig,
+    rurl: &str,
+    group: &str,
+    metrics_port: &str,
+    password: &str,
+) -> (Output, Duration) {
+    let (brokers, addr) = (rig.bootstrap(), format!("127.0.0.1:{metrics_port}"));
+    run_within(
+        &[
+            "apply",
+            "--replica",
+            rurl,
+            "--brokers",
+            &brokers,
+            "--topic",
+            &rig.topic,
+            "--group",
+            group,
+            "--metrics-addr",
+            &addr,
+        ],
+        &[("FRAPPE_CDC_REPLICA_PASSWORD", password)],
+        Duration::from_secs(20),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_passwords_halt_within_10_s_naming_user_and_host() {
     let rig = Rig::new("badpw").await;
@@ -117,23 +145,7 @@ async fn wrong_passwords_halt_within_10_s_naming_user_and_host() {
         "capture names user, host and the fix: {t}"
     );
     assert!(!t.contains("wrong"), "no password in the output: {t}");
-    let (out, took) = run_within(
-        &[
-            "apply",
-            "--replica",
-            &rurl,
-            "--brokers",
-            &rig.bootstrap(),
-            "--topic",
-            &rig.topic,
-            "--group",
-            "r1",
-            "--metrics-addr",
-            &format!("127.0.0.1:{port}"),
-        ],
-        &[("FRAPPE_CDC_REPLICA_PASSWORD", "wrong")],
-        Duration::from_secs(20),
-    );
+    let (out, took) = apply_within(&rig, &rurl, "r1", &port, "wrong");
     let t = text(&out);
     assert_eq!(out.status.code(), Some(2), "apply: {t}");
     assert!(took < Duration::from_secs(10), "apply took {took:?}");
@@ -157,23 +169,7 @@ async fn a_second_apply_on_a_taken_metrics_port_exits_2_naming_it() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (out, took) = run_within(
-        &[
-            "apply",
-            "--replica",
-            &rurl,
-            "--brokers",
-            &rig.bootstrap(),
-            "--topic",
-            &rig.topic,
-            "--group",
-            "r2",
-            "--metrics-addr",
-            &format!("127.0.0.1:{port}"),
-        ],
-        &[("FRAPPE_CDC_REPLICA_PASSWORD", "adminpass")],
-        Duration::from_secs(20),
-    );
+    let (out, took) = apply_within(&rig, &rurl, "r2", &port.to_string(), "adminpass");
     let t = text(&out);
     assert_eq!(out.status.code(), Some(2), "{t}");
     assert!(took < Duration::from_secs(10), "{took:?}");

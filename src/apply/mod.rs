@@ -13,4 +13,5 @@ mod literal;
 pub mod ownership;
 pub mod replica;
 pub mod run;
+pub mod schema;
 pub mod verify;

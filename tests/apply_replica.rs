@@ -40,7 +40,7 @@ async fn apply(
         let last = last_applied(&mut tx, &e.doctype, &e.name)
             .await
             .expect("applied");
-        if last.is_some_and(|l| key.covered_by(&l)) {
+        if key.covered_by_any(&last) {
             tx.commit().await.expect("commit");
             out.push((
                 format!("{} {}", e.doctype, e.name),
@@ -83,11 +83,11 @@ async fn apply(
             );
         }
         if !matches!(d, Decision::Conflict(_)) {
-            mark_applied(&mut tx, &e.doctype, &e.name, key)
+            mark_applied(&mut tx, &e.doctype, &e.name, &[key])
                 .await
                 .expect("mark");
             if let Some(old) = &e.old_name {
-                mark_applied(&mut tx, &e.doctype, old, key)
+                mark_applied(&mut tx, &e.doctype, old, &[key])
                     .await
                     .expect("mark old");
             }

@@ -180,7 +180,7 @@ async fn check_ownership(
     cache: &mut SchemaCache,
     items: &[BulkItem],
     unread: &[bool],
-    applied: &HashMap<DocKey, EventKey>,
+    applied: &HashMap<DocKey, Vec<EventKey>>,
     open: &HashSet<DocKey>,
     copies: &HashMap<String, Copies>,
 ) -> Result<HashMap<usize, Vec<ChildOwner>>, BulkError> {
@@ -197,7 +197,7 @@ async fn check_ownership(
         let e = &it.env;
         let Some(after) = &e.after else { continue };
         let k = (e.doctype.clone(), e.name.clone());
-        if applied.get(&k).is_some_and(|l| it.key.covered_by(l)) || open.contains(&k) {
+        if applied.get(&k).is_some_and(|l| it.key.covered_by_any(l)) || open.contains(&k) {
             continue;
         }
         let own: HashSet<(&str, &str)> = copies
@@ -279,7 +279,7 @@ pub async fn apply_bulk(
 
     let t0 = std::time::Instant::now();
     // 1. lock and read
-    let mut applied: HashMap<DocKey, EventKey> = HashMap::new();
+    let mut applied: HashMap<DocKey, Vec<EventKey>> = HashMap::new();
     let mut open: HashSet<DocKey> = HashSet::new();
     let mut copies: HashMap<String, Copies> = HashMap::new();
     for (dt, names) in &by_doctype {
@@ -293,14 +293,14 @@ pub async fn apply_bulk(
                 )
                 .await?;
             for (n, domain, seq, doc_index) in rows {
-                applied.insert(
-                    ((*dt).to_string(), n),
-                    EventKey {
+                applied
+                    .entry(((*dt).to_string(), n))
+                    .or_default()
+                    .push(EventKey {
                         domain,
                         seq,
                         doc_index,
-                    },
-                );
+                    });
             }
             // Open conflicts: found with a plain read, then locked by id (only apply opens
             // conflicts, an operator only resolves them, so the locked re-read of status is
@@ -358,7 +358,7 @@ pub async fn apply_bulk(
     for (i, it) in items.iter().enumerate() {
         let e = &it.env;
         let k = (e.doctype.clone(), e.name.clone());
-        if applied.get(&k).is_some_and(|l| it.key.covered_by(l)) {
+        if applied.get(&k).is_some_and(|l| it.key.covered_by_any(l)) {
             outcomes.push(Outcome::Duplicate);
             continue;
         }
@@ -410,11 +410,19 @@ pub async fn apply_bulk(
                         }
                     }
                 }
-                marks_rows.push((&e.doctype, &e.name, it.key));
+                marks_rows.extend(
+                    EventKey::all_of(&e.source)
+                        .into_iter()
+                        .map(|k| (e.doctype.as_str(), e.name.as_str(), k)),
+                );
                 outcomes.push(Outcome::Applied);
             }
             Decision::AlreadyApplied => {
-                marks_rows.push((&e.doctype, &e.name, it.key));
+                marks_rows.extend(
+                    EventKey::all_of(&e.source)
+                        .into_iter()
+                        .map(|k| (e.doctype.as_str(), e.name.as_str(), k)),
+                );
                 outcomes.push(Outcome::AlreadyApplied);
             }
             Decision::Conflict(reason) => {
@@ -491,7 +499,7 @@ pub async fn apply_bulk(
         tx,
         "INSERT INTO `_frappe_cdc_applied` (doctype, name, domain_id, seq_no, doc_index, applied_at) VALUES ",
         &tuples,
-        " ON DUPLICATE KEY UPDATE domain_id = VALUES(domain_id), seq_no = VALUES(seq_no), doc_index = VALUES(doc_index), applied_at = VALUES(applied_at)",
+        " ON DUPLICATE KEY UPDATE seq_no = VALUES(seq_no), doc_index = VALUES(doc_index), applied_at = VALUES(applied_at)",
     )
     .await?;
     for (p, next) in offsets {

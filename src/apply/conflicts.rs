@@ -177,9 +177,9 @@ pub async fn resolve(conn: &mut Conn, id: u64, how: Resolution) -> Result<(), Co
         &c.source_position,
         c.source_doc_index,
     ) {
-        control::mark_applied(&mut tx, &c.doctype, &c.name, key).await?;
+        control::mark_applied(&mut tx, &c.doctype, &c.name, &[key]).await?;
         if target != c.name {
-            control::mark_applied(&mut tx, &c.doctype, &target, key).await?;
+            control::mark_applied(&mut tx, &c.doctype, &target, &[key]).await?;
         }
     }
     let label = match how {

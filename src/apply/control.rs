@@ -56,6 +56,35 @@ impl EventKey {
     pub fn covered_by(&self, other: &EventKey) -> bool {
         self.domain == other.domain && (self.seq, self.doc_index) <= (other.seq, other.doc_index)
     }
+
+    /// True when one of a document's applied positions (one per GTID domain) covers `self`
+    /// (I14, ARCHITECTURE.md).
+    pub fn covered_by_any(&self, applied: &[EventKey]) -> bool {
+        applied.iter().any(|l| self.covered_by(l))
+    }
+
+    /// The applied positions an envelope leaves behind, one per GTID domain it covers: a
+    /// change, its transaction's domain; a snapshot, every domain of the snapshot position
+    /// (the document then reflects every transaction before it, in all domains, so a replay
+    /// of any of them is a duplicate).
+    pub fn all_of(source: &Source) -> Vec<EventKey> {
+        if source.gtid.is_none()
+            && let Ok(p) = source.position.parse::<GtidPosition>()
+        {
+            let keys: Vec<EventKey> = p
+                .iter()
+                .map(|g| EventKey {
+                    domain: g.domain_id,
+                    seq: g.seq_no,
+                    doc_index: source.doc_index,
+                })
+                .collect();
+            if !keys.is_empty() {
+                return keys;
+            }
+        }
+        EventKey::of(source).into_iter().collect()
+    }
 }
 
 /// Creates the control tables if missing.
@@ -65,10 +94,26 @@ pub async fn ensure_tables(conn: &mut Conn) -> Result<(), ReplicaError> {
            `doctype` varchar(140) NOT NULL, `name` varchar(255) NOT NULL,
            `domain_id` int unsigned NOT NULL, `seq_no` bigint unsigned NOT NULL, `doc_index` bigint unsigned NOT NULL,
            `applied_at` datetime(6) NOT NULL DEFAULT current_timestamp(6),
-           PRIMARY KEY (`doctype`, `name`)
+           PRIMARY KEY (`doctype`, `name`, `domain_id`)
          ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci",
     )
     .await?;
+    // Replicas set up before positions were kept per GTID domain: one row per document.
+    let key_columns: Option<u64> = conn
+        .query_first(
+            "SELECT COUNT(*) FROM information_schema.statistics WHERE table_schema = DATABASE() \
+             AND table_name = '_frappe_cdc_applied' AND index_name = 'PRIMARY'",
+        )
+        .await?;
+    if key_columns == Some(2) {
+        tracing::info!(
+            "upgrading _frappe_cdc_applied to one applied position per document and GTID domain"
+        );
+        conn.query_drop(
+            "ALTER TABLE `_frappe_cdc_applied` DROP PRIMARY KEY, ADD PRIMARY KEY (`doctype`, `name`, `domain_id`)",
+        )
+        .await?;
+    }
     conn.query_drop(
         "CREATE TABLE IF NOT EXISTS `_frappe_cdc_offsets` (
            `consumer_group` varchar(255) NOT NULL, `topic` varchar(255) NOT NULL, `kafka_partition` int NOT NULL,
@@ -80,35 +125,42 @@ pub async fn ensure_tables(conn: &mut Conn) -> Result<(), ReplicaError> {
     Ok(())
 }
 
-/// The last applied position of a document (locked until the transaction ends).
+/// The applied positions of a document, one per GTID domain (locked until the transaction
+/// ends).
 pub async fn last_applied(
     tx: &mut Transaction<'_>,
     doctype: &str,
     name: &str,
-) -> Result<Option<EventKey>, ReplicaError> {
-    let row: Option<(u32, u64, u64)> = tx
-        .exec_first("SELECT domain_id, seq_no, doc_index FROM `_frappe_cdc_applied` WHERE doctype = ? AND name = ? FOR UPDATE", (doctype, name))
+) -> Result<Vec<EventKey>, ReplicaError> {
+    let rows: Vec<(u32, u64, u64)> = tx
+        .exec("SELECT domain_id, seq_no, doc_index FROM `_frappe_cdc_applied` WHERE doctype = ? AND name = ? FOR UPDATE", (doctype, name))
         .await?;
-    Ok(row.map(|(domain, seq, doc_index)| EventKey {
-        domain,
-        seq,
-        doc_index,
-    }))
+    Ok(rows
+        .into_iter()
+        .map(|(domain, seq, doc_index)| EventKey {
+            domain,
+            seq,
+            doc_index,
+        })
+        .collect())
 }
 
-/// Records that the document's envelope at `key` was handled.
+/// Records that the document's envelope at `keys` (one per domain, `EventKey::all_of`) was
+/// handled; positions of other domains stay as they are.
 pub async fn mark_applied(
     tx: &mut Transaction<'_>,
     doctype: &str,
     name: &str,
-    key: EventKey,
+    keys: &[EventKey],
 ) -> Result<(), ReplicaError> {
-    tx.exec_drop(
-        "INSERT INTO `_frappe_cdc_applied` (doctype, name, domain_id, seq_no, doc_index, applied_at) VALUES (?, ?, ?, ?, ?, current_timestamp(6)) \
-         ON DUPLICATE KEY UPDATE domain_id = VALUES(domain_id), seq_no = VALUES(seq_no), doc_index = VALUES(doc_index), applied_at = VALUES(applied_at)",
-        (doctype, name, key.domain, key.seq, key.doc_index),
-    )
-    .await?;
+    for key in keys {
+        tx.exec_drop(
+            "INSERT INTO `_frappe_cdc_applied` (doctype, name, domain_id, seq_no, doc_index, applied_at) VALUES (?, ?, ?, ?, ?, current_timestamp(6)) \
+             ON DUPLICATE KEY UPDATE seq_no = VALUES(seq_no), doc_index = VALUES(doc_index), applied_at = VALUES(applied_at)",
+            (doctype, name, key.domain, key.seq, key.doc_index),
+        )
+        .await?;
+    }
     Ok(())
 }
 
@@ -261,6 +313,32 @@ mod tests {
             doc_count: 1,
             snapshot: gtid.is_none(),
         }
+    }
+
+    #[test]
+    fn positions_per_domain() {
+        let k = |d, s, i| EventKey {
+            domain: d,
+            seq: s,
+            doc_index: i,
+        };
+        // A change leaves its own domain's position; a snapshot one per domain.
+        assert_eq!(
+            EventKey::all_of(&src(Some("1-1-7"), "0-1-9,1-1-7", 2)),
+            [k(1, 7, 2)]
+        );
+        assert_eq!(
+            EventKey::all_of(&src(None, "0-1-9,1-1-7", 3)),
+            [k(0, 9, 3), k(1, 7, 3)]
+        );
+        assert_eq!(EventKey::all_of(&src(None, "", 0)), [k(0, 0, 0)]);
+        // A replay is covered only by its own domain's position.
+        let applied = [k(0, 9, 0), k(1, 3, 0)];
+        assert!(k(0, 5, 0).covered_by_any(&applied));
+        assert!(k(1, 3, 0).covered_by_any(&applied));
+        assert!(!k(1, 4, 0).covered_by_any(&applied));
+        assert!(!k(2, 1, 0).covered_by_any(&applied));
+        assert!(!k(0, 5, 0).covered_by_any(&[]));
     }
 
     #[test]

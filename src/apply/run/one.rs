@@ -41,10 +41,7 @@ impl Applier {
         e: &Envelope,
         key: EventKey,
     ) -> Result<Outcome, ReplicaError> {
-        if control::last_applied(tx, &e.doctype, &e.name)
-            .await?
-            .is_some_and(|l| key.covered_by(&l))
-        {
+        if key.covered_by_any(&control::last_applied(tx, &e.doctype, &e.name).await?) {
             return Ok(Outcome::Duplicate);
         }
         let lookup = e.old_name.as_deref().unwrap_or(&e.name);
@@ -99,14 +96,17 @@ impl Applier {
                         tracing::warn!(table = %t, column = %c, "column missing on the replica; its values are not written (add it with bench migrate)");
                     }
                 }
-                control::mark_applied(tx, &e.doctype, &e.name, key).await?;
+                control::mark_applied(tx, &e.doctype, &e.name, &EventKey::all_of(&e.source))
+                    .await?;
                 if let Some(old) = &e.old_name {
-                    control::mark_applied(tx, &e.doctype, old, key).await?;
+                    control::mark_applied(tx, &e.doctype, old, &EventKey::all_of(&e.source))
+                        .await?;
                 }
                 Ok(Outcome::Applied)
             }
             Decision::AlreadyApplied => {
-                control::mark_applied(tx, &e.doctype, &e.name, key).await?;
+                control::mark_applied(tx, &e.doctype, &e.name, &EventKey::all_of(&e.source))
+                    .await?;
                 Ok(Outcome::AlreadyApplied)
             }
             Decision::Conflict(reason) => {

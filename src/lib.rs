@@ -6,7 +6,9 @@
 
 pub mod apply;
 pub mod capture;
+pub mod cell;
 pub mod cli;
+pub mod db;
 pub mod envelope;
 pub mod failure;
 pub mod frappe;

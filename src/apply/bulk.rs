@@ -35,11 +35,11 @@ use serde_json::Value;
 
 use super::control::{self, ConflictRecord, EventKey};
 use super::decision::{Comparator, Decision};
+use super::outcome::{Outcome, reason_kind};
 use super::ownership::{self, ChildOwner};
 use super::replica::{
     CHUNK, ReplicaError, SchemaCache, child_rows, doc_image, marks, q, read_children, read_parents,
 };
-use super::run::{Outcome, reason_kind};
 use super::{infile, literal};
 use crate::envelope::{Envelope, Op};
 use crate::image::{Col, Image, Row};

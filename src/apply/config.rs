@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
+use crate::db::DbTarget;
 use crate::envelope::Envelope;
 use crate::frappe::catalog::Filter;
-use crate::source::conn::DbTarget;
 
 /// Settings of `apply`.
 #[derive(Clone)]

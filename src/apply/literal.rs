@@ -13,7 +13,7 @@
 
 use serde_json::Value;
 
-use crate::source::decode::binary_from_json;
+use crate::cell::binary_from_json;
 
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
 

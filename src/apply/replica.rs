@@ -16,59 +16,11 @@ use mysql_async::{Row, Transaction, Value as MyValue};
 use serde_json::Value;
 
 pub use super::schema::{COLUMNS_RECHECK, SchemaCache};
-use crate::failure::{self, Class};
+pub use super::sql::ReplicaError;
+pub(crate) use super::sql::{CHUNK, marks, q};
 use crate::image::{Image, Row as ImageRow};
 
-use crate::source::decode::{CellKind, binary_from_json, cell_json};
-
-/// Errors of replica reads and writes.
-#[derive(Debug, thiserror::Error)]
-pub enum ReplicaError {
-    #[error("replica query failed: {0}")]
-    Sql(#[source] Box<mysql_async::Error>),
-    #[error("table {table} does not exist on the replica")]
-    UnknownTable { table: String },
-    #[error(
-        "doctype {doctype} has no table field {field} on the replica (tabDocField / tabCustom Field)"
-    )]
-    UnknownTableField { doctype: String, field: String },
-    #[error("the row for {table} does not name the envelope's document")]
-    NotOwnRow { table: String },
-    #[error("cannot decode replica column {column} of {table}")]
-    Decode { table: String, column: String },
-}
-
-impl ReplicaError {
-    /// The error policy's class (`failure.rs`): a table, row or value of this document the
-    /// replica cannot take is the message's fault; SQL errors go by their code.
-    pub fn class(&self) -> Class {
-        match self {
-            ReplicaError::Sql(e) => failure::mysql(e),
-            _ => Class::DeadLetter,
-        }
-    }
-
-    /// The server's error code, when the replica answered with an error.
-    pub fn server_code(&self) -> Option<u16> {
-        match self {
-            ReplicaError::Sql(e) => match e.as_ref() {
-                mysql_async::Error::Server(se) => Some(se.code),
-                _ => None,
-            },
-            _ => None,
-        }
-    }
-}
-
-impl From<mysql_async::Error> for ReplicaError {
-    fn from(e: mysql_async::Error) -> Self {
-        ReplicaError::Sql(Box::new(e))
-    }
-}
-
-pub(crate) fn q(ident: &str) -> String {
-    format!("`{}`", ident.replace('`', "``"))
-}
+use crate::cell::{CellKind, binary_from_json, cell_json};
 
 /// Converts an envelope value into a SQL parameter.
 pub fn to_param(v: &Value) -> MyValue {
@@ -206,14 +158,6 @@ async fn read_doc_with(
         }
     }
     Ok(doc_image(parent, children))
-}
-
-/// Most values in one `IN (...)` list or multi-row statement.
-pub(crate) const CHUNK: usize = 500;
-
-/// `?, ?, ...` for `n` parameters.
-pub(crate) fn marks(n: usize) -> String {
-    vec!["?"; n].join(", ")
 }
 
 /// A document image from its parent row and children by parentfield; None when both are absent.

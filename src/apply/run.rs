@@ -39,6 +39,8 @@ use super::control::{self, ConflictRecord, EventKey};
 use super::decision::{Comparator, Decision};
 use super::infile;
 use super::lag::LagWatcher;
+pub use super::outcome::Outcome;
+use super::outcome::reason_kind;
 use super::ownership;
 use super::replica::{ReplicaError, SchemaCache, read_doc, write_doc};
 use crate::envelope::{Envelope, Op};
@@ -103,37 +105,6 @@ impl ApplyError {
         let fix = failure::server_fix(error.server_code().unwrap_or(0));
         ApplyError::Halt { error, fix }
     }
-}
-
-/// What happened to one message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Applied,
-    Duplicate,
-    AlreadyApplied,
-    Filtered,
-    Tombstone,
-    Conflict,
-    DeadLetter(String),
-}
-
-impl Outcome {
-    fn label(&self) -> &'static str {
-        match self {
-            Outcome::Applied => "applied",
-            Outcome::Duplicate | Outcome::AlreadyApplied => "skipped",
-            Outcome::Filtered => "filtered",
-            Outcome::Tombstone => "tombstone",
-            Outcome::Conflict => "conflict",
-            Outcome::DeadLetter(_) => "dead_letter",
-        }
-    }
-}
-
-/// The kind of a conflict reason, for logs: the text before its first colon (the rest may
-/// name documents and rows, which stay in the conflicts table).
-pub(crate) fn reason_kind(reason: &str) -> &str {
-    reason.split(':').next().unwrap_or(reason)
 }
 
 /// Lock wait timeout, deadlock.

@@ -11,7 +11,7 @@ use std::time::Instant;
 use mysql_async::Transaction;
 use mysql_async::prelude::Queryable;
 
-use super::replica::{ReplicaError, q};
+use super::sql::{ReplicaError, q};
 
 /// Cached facts about the replica's schema (cheap to clone: the entries are shared).
 #[derive(Default, Clone)]

@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use serde_json::Value;
 
 use super::decode::Cell;
-use super::rows::TableDesc;
+use super::table::TableDesc;
 
 /// One row image, aligned with [`TableDesc::columns`].
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,32 @@
+//! What apply did with one message (`Outcome`), shared by the one-message and bulk paths.
+
+/// What happened to one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Applied,
+    Duplicate,
+    AlreadyApplied,
+    Filtered,
+    Tombstone,
+    Conflict,
+    DeadLetter(String),
+}
+
+impl Outcome {
+    pub(crate) fn label(&self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::Duplicate | Outcome::AlreadyApplied => "skipped",
+            Outcome::Filtered => "filtered",
+            Outcome::Tombstone => "tombstone",
+            Outcome::Conflict => "conflict",
+            Outcome::DeadLetter(_) => "dead_letter",
+        }
+    }
+}
+
+/// The kind of a conflict reason, for logs: the text before its first colon (the rest may
+/// name documents and rows, which stay in the conflicts table).
+pub(crate) fn reason_kind(reason: &str) -> &str {
+    reason.split(':').next().unwrap_or(reason)
+}

@@ -13,6 +13,10 @@
 //!    it; the batch is re-run with every copy read, W-250 becomes a conflict with the local
 //!    document kept, and the other 199 still go through split LOAD DATA.
 //!
+//! 4. A crash between the part commits (a test-only fault point aborts apply right after part
+//!    one committed): the restarted apply replays the batch; part one's documents are skipped
+//!    as applied, the rest written, no version twice, no conflict.
+//!
 //! Throughout, a trigger logs every write of a Sales Invoice row with its `modified`: no
 //! version may be written twice, and at the end the replica equals the primary (`verify`:
 //! 398 equal, the three conflicts reported as known divergences).
@@ -270,5 +274,78 @@ async fn split_batches_are_atomic_exactly_once_and_conflict_checked() {
             && total.contains("398 equal, 0 missing on replica, 0 extra on replica, 0 different")
             && total.contains("3 known divergences"),
         "verify: {out}"
+    );
+}
+
+/// The crash window of the split-batch commit protocol, hit deterministically: apply aborts
+/// (a test-only fault point of debug builds) right after the first part of a split batch
+/// committed, before the last part (which carries the offsets). Part one's documents are on
+/// the replica, the offsets are not: the restarted apply reads the whole batch again, finds
+/// part one's documents already applied, writes the rest, and no version is written twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_part_commits_replays_the_batch_exactly_once() {
+    let rig = Rig::new("partcrash").await;
+    let (replica, rurl) = rig.replica().await;
+    let mut r = replica.conn(&rig.db).await;
+    common::create_apply_log(&mut r).await;
+    let mut f: Frappe = rig.frappe().await;
+    for i in 0..200 {
+        f.insert_invoice(&Invoice::draft(&format!("PC-{i:03}"), "C1", 2))
+            .await;
+    }
+    rig.capture().await;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_frappe-cdc"))
+        .args(["apply", "--replica", &rurl, "--brokers", &rig.bootstrap()])
+        .args(["--topic", &rig.topic, "--group", "r1", "--writers", "2"])
+        .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port())])
+        .env("FRAPPE_CDC_REPLICA_PASSWORD", "adminpass")
+        .env("FRAPPE_CDC_FAULT_AFTER_PART", "1")
+        .env("RUST_LOG", "error")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("apply with the fault point");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = child.wait_with_output().expect("apply output");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("fault point: aborting after part 1"),
+        "apply must reach the fault point: {err}"
+    );
+    let landed = count(
+        &mut r,
+        "SELECT COUNT(*) FROM `tabSales Invoice` WHERE name LIKE 'PC-%'",
+    )
+    .await;
+    let stored = count(
+        &mut r,
+        "SELECT COALESCE(SUM(next_offset), 0) FROM `_frappe_cdc_offsets`",
+    )
+    .await;
+    assert!(landed > 0 && landed < 200, "part one only: {landed}");
+    let port = free_port();
+    let _apply = rig.spawn_apply(&rurl, port, &["--writers", "2"]);
+    rig.wait_in_sync(&rurl, Duration::from_secs(90), "after the crash")
+        .await;
+    assert_each_version_written_once(&mut r).await;
+    let conflicts = count(&mut r, "SELECT COUNT(*) FROM `_frappe_cdc_conflicts`").await;
+    assert_eq!(
+        conflicts, 0,
+        "replayed documents are duplicates, not conflicts"
+    );
+    let skipped = metric(
+        port,
+        "frappe_cdc_apply_documents_total{doctype=\"Sales Invoice\",outcome=\"skipped\"}",
+    )
+    .await;
+    assert!(
+        skipped >= landed as f64,
+        "part one's {landed} documents replayed as skipped ({skipped}); offsets stored before: {stored}"
     );
 }

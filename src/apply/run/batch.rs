@@ -64,6 +64,23 @@ pub(super) fn bulkable(
     })))
 }
 
+/// Test-only fault point (debug builds only): with `FRAPPE_CDC_FAULT_AFTER_PART=k` the
+/// process aborts right after part `k` of a split batch committed and before the next part
+/// commits: the crash window of the commit protocol, hit deterministically by a test.
+#[cfg(debug_assertions)]
+fn fault_after_part(k: usize, parts: usize) {
+    let at = std::env::var("FRAPPE_CDC_FAULT_AFTER_PART")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok());
+    if k < parts && at == Some(k) {
+        eprintln!("fault point: aborting after part {k} of {parts} committed");
+        std::process::abort();
+    }
+}
+
+#[cfg(not(debug_assertions))]
+fn fault_after_part(_: usize, _: usize) {}
+
 /// Frees `v` on a blocking thread: a batch is ~5 MB in many small allocations, and freeing
 /// it on the apply task would hold up the next batch's transaction.
 fn drop_later<T: Send + 'static>(v: T) {
@@ -280,8 +297,15 @@ impl Applier {
             self.cache = c;
         }
         let t_parts = t0.elapsed();
-        for tx in txs {
+        // The commit protocol (I5): parts commit in order and only the last carries the
+        // offsets. Until that last commit, a crash or a failed commit leaves the offsets where
+        // they were: the whole batch is read again, and the applied positions the committed
+        // parts wrote make their documents no-ops.
+        debug_assert!(!offsets.is_empty() || items.is_empty() || parts == txs.len());
+        let n = txs.len();
+        for (k, tx) in txs.into_iter().enumerate() {
             tx.commit().await?;
+            fault_after_part(k + 1, n);
         }
         tracing::debug!(
             setup_ms = t_setup.as_secs_f64() * 1e3,

@@ -1,6 +1,7 @@
 //! The replica layer against real servers: envelopes captured from every write path are
-//! applied to a separate replica MariaDB through `read_doc` → `decide` → `write_doc` (one
-//! replica transaction each); afterwards every document on the replica equals the primary.
+//! applied to a separate replica MariaDB through apply's one-document path (`apply_document`:
+//! duplicate check, `read_doc`, `decide`, ownership, `write_doc`; one replica transaction
+//! each); afterwards every document on the replica equals the primary.
 //! A document edited on the replica is detected as a conflict and left untouched.
 
 mod common;
@@ -10,19 +11,22 @@ use common::rig::Rig;
 use common::servers::Mariadb;
 use common::topic::{Msg, doc_keys};
 use common::workload::{Child, Frappe, Invoice};
-use frappe_cdc::apply::control::{EventKey, ensure_tables, last_applied, mark_applied};
-use frappe_cdc::apply::decision::{Comparator, Decision};
-use frappe_cdc::apply::replica::{SchemaCache, read_doc, write_doc};
-use frappe_cdc::envelope::{Envelope, Op};
+use frappe_cdc::apply::control::{EventKey, ensure_conflicts_table, ensure_tables};
+use frappe_cdc::apply::decision::Comparator;
+use frappe_cdc::apply::document::apply_document;
+use frappe_cdc::apply::outcome::Outcome;
+use frappe_cdc::apply::replica::SchemaCache;
+use frappe_cdc::envelope::Envelope;
 use mysql_async::TxOpts;
+use mysql_async::prelude::Queryable;
 
-/// Applies envelopes in order, skipping duplicates by source position (recorded per document
-/// in the same transaction); returns the decisions taken (duplicates as `AlreadyApplied`).
+/// Applies envelopes in order through apply's own one-document path (`apply_document`), one
+/// replica transaction each; returns what happened to each.
 async fn apply(
     replica: &mut mysql_async::Conn,
     cache: &mut SchemaCache,
     msgs: &[Msg],
-) -> Vec<(String, Decision)> {
+) -> Vec<(String, Outcome)> {
     let cmp = Comparator::new(
         frappe_cdc::frappe::catalog::IGNORED_COLUMNS
             .iter()
@@ -32,68 +36,20 @@ async fn apply(
     for m in msgs {
         let Some(v) = &m.value else { continue };
         let e: Envelope = serde_json::from_value(v.clone()).expect("envelope");
+        let key = EventKey::of(&e.source).expect("source position");
         let mut tx = replica
             .start_transaction(TxOpts::default())
             .await
             .expect("tx");
-        let key = EventKey::of(&e.source).expect("source position");
-        let last = last_applied(&mut tx, &e.doctype, &e.name)
+        let (outcome, report) = apply_document(&mut tx, cache, &cmp, &e, key)
             .await
-            .expect("applied");
-        if key.covered_by_any(&last) {
-            tx.commit().await.expect("commit");
-            out.push((
-                format!("{} {}", e.doctype, e.name),
-                Decision::AlreadyApplied,
-            ));
-            continue;
-        }
-        let lookup = e.old_name.clone().unwrap_or_else(|| e.name.clone());
-        let copy = read_doc(&mut tx, cache, &e.doctype, &lookup)
-            .await
-            .expect("read");
-        let copy_new = if e.op == Op::Rename {
-            read_doc(&mut tx, cache, &e.doctype, &e.name)
-                .await
-                .expect("read new")
-        } else {
-            None
-        };
-        let d = cmp.decide(
-            e.op,
-            e.before.as_ref(),
-            e.after.as_ref(),
-            copy.as_ref(),
-            copy_new.as_ref(),
+            .expect("apply");
+        assert!(
+            report.missing_columns.is_empty(),
+            "replica has the same schema: {report:?}"
         );
-        if d == Decision::Apply {
-            let report = write_doc(
-                &mut tx,
-                cache,
-                &e.doctype,
-                &e.name,
-                e.old_name.as_deref(),
-                e.after.as_ref(),
-            )
-            .await
-            .expect("write");
-            assert!(
-                report.missing_columns.is_empty(),
-                "replica has the same schema: {report:?}"
-            );
-        }
-        if !matches!(d, Decision::Conflict(_)) {
-            mark_applied(&mut tx, &e.doctype, &e.name, &[key])
-                .await
-                .expect("mark");
-            if let Some(old) = &e.old_name {
-                mark_applied(&mut tx, &e.doctype, old, &[key])
-                    .await
-                    .expect("mark old");
-            }
-        }
         tx.commit().await.expect("commit");
-        out.push((format!("{} {}", e.doctype, e.name), d));
+        out.push((format!("{} {}", e.doctype, e.name), outcome));
     }
     out
 }
@@ -119,6 +75,9 @@ async fn captured_envelopes_make_the_replica_equal() {
     r.create_site(&rig.db).await;
     let mut replica = r.conn(&rig.db).await;
     ensure_tables(&mut replica).await.expect("control tables");
+    ensure_conflicts_table(&mut replica)
+        .await
+        .expect("conflicts table");
     let mut primary = rig.primary().conn(&rig.db).await;
     let mut cache = SchemaCache::default();
     // The replica starts from the fixture's rows too: the snapshot finds them already there.
@@ -128,9 +87,7 @@ async fn captured_envelopes_make_the_replica_equal() {
     let mut all = rig.round().await;
     let decisions = apply(&mut replica, &mut cache, &all).await;
     assert!(
-        decisions
-            .iter()
-            .any(|(_, d)| *d == Decision::AlreadyApplied),
+        decisions.iter().any(|(_, d)| *d == Outcome::AlreadyApplied),
         "fixture documents already equal: {decisions:?}"
     );
 
@@ -157,7 +114,7 @@ async fn captured_envelopes_make_the_replica_equal() {
     let ms = rig.round().await;
     let decisions = apply(&mut replica, &mut cache, &ms).await;
     assert!(
-        decisions.iter().all(|(_, d)| *d == Decision::Apply),
+        decisions.iter().all(|(_, d)| *d == Outcome::Applied),
         "every change applies cleanly: {decisions:?}"
     );
     all.extend(ms);
@@ -177,9 +134,7 @@ async fn captured_envelopes_make_the_replica_equal() {
     // Replaying everything (a capture restart) changes nothing and raises no conflict.
     let again = apply(&mut replica, &mut cache, &all).await;
     assert!(
-        again
-            .iter()
-            .all(|(_, d)| !matches!(d, Decision::Conflict(_))),
+        again.iter().all(|(_, d)| *d != Outcome::Conflict),
         "replays must not conflict: {again:?}"
     );
 
@@ -201,16 +156,19 @@ async fn captured_envelopes_make_the_replica_equal() {
         .await;
     let ms = rig.round().await;
     let decisions = apply(&mut replica, &mut cache, &ms).await;
-    match &decisions[0] {
-        (k, Decision::Conflict(why)) => {
-            assert_eq!(k, "Sales Invoice SINV-1");
-            assert!(why.contains("parent.remarks"), "{why}");
-        }
-        other => panic!("expected a conflict, got {other:?}"),
-    }
+    assert_eq!(
+        decisions[0],
+        ("Sales Invoice SINV-1".to_string(), Outcome::Conflict)
+    );
+    let why: Option<String> = replica
+        .query_first("SELECT reason FROM `_frappe_cdc_conflicts` WHERE name = 'SINV-1'")
+        .await
+        .expect("reason");
+    let why = why.unwrap_or_default();
+    assert!(why.contains("parent.remarks"), "{why}");
     assert_eq!(
         decisions[1].1,
-        Decision::Apply,
+        Outcome::Applied,
         "other documents keep flowing"
     );
     assert_eq!(

@@ -7,6 +7,7 @@ pub mod config;
 pub mod conflicts;
 pub mod control;
 pub mod decision;
+pub mod document;
 mod infile;
 pub mod lag;
 mod literal;

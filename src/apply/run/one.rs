@@ -5,6 +5,7 @@
 //! and the offset moves only once the message is dealt with (I6).
 
 use super::*;
+use crate::apply::document::apply_document;
 
 impl Applier {
     async fn store_only(&self, partition: i32, next: i64) -> Result<(), ReplicaError> {
@@ -41,92 +42,14 @@ impl Applier {
         e: &Envelope,
         key: EventKey,
     ) -> Result<Outcome, ReplicaError> {
-        if key.covered_by_any(&control::last_applied(tx, &e.doctype, &e.name).await?) {
-            return Ok(Outcome::Duplicate);
-        }
-        let lookup = e.old_name.as_deref().unwrap_or(&e.name);
-        let copy = read_doc(tx, &mut self.cache, &e.doctype, lookup).await?;
-        let copy_new = if e.op == Op::Rename {
-            read_doc(tx, &mut self.cache, &e.doctype, &e.name).await?
-        } else {
-            None
-        };
-        let open = control::open_conflict(tx, &e.doctype, lookup).await?;
-        let mut decision = if open.is_some() {
-            Decision::Conflict("an earlier conflict of this document is still open".into())
-        } else {
-            self.cmp.decide(
-                e.op,
-                e.before.as_ref(),
-                e.after.as_ref(),
-                copy.as_ref(),
-                copy_new.as_ref(),
-            )
-        };
-        if decision == Decision::Apply
-            && let Some(after) = &e.after
-        {
-            let found = ownership::collisions(
-                tx,
-                &mut self.cache,
-                &e.doctype,
-                &e.name,
-                e.old_name.as_deref(),
-                after,
-            )
-            .await?;
-            if !found.is_empty() {
-                decision = Decision::Conflict(ownership::reason(&found));
+        let (outcome, report) = apply_document(tx, &mut self.cache, &self.cmp, e, key).await?;
+        for (t, c) in report.missing_columns {
+            self.metrics.missing_columns.with_label_values(&[&t]).inc();
+            if self.missing_logged.insert((t.clone(), c.clone())) {
+                tracing::warn!(table = %t, column = %c, "column missing on the replica; its values are not written (add it with bench migrate)");
             }
         }
-        match decision {
-            Decision::Apply => {
-                let report = write_doc(
-                    tx,
-                    &mut self.cache,
-                    &e.doctype,
-                    &e.name,
-                    e.old_name.as_deref(),
-                    e.after.as_ref(),
-                )
-                .await?;
-                for (t, c) in report.missing_columns {
-                    self.metrics.missing_columns.with_label_values(&[&t]).inc();
-                    if self.missing_logged.insert((t.clone(), c.clone())) {
-                        tracing::warn!(table = %t, column = %c, "column missing on the replica; its values are not written (add it with bench migrate)");
-                    }
-                }
-                control::mark_applied(tx, &e.doctype, &e.name, &EventKey::all_of(&e.source))
-                    .await?;
-                if let Some(old) = &e.old_name {
-                    control::mark_applied(tx, &e.doctype, old, &EventKey::all_of(&e.source))
-                        .await?;
-                }
-                Ok(Outcome::Applied)
-            }
-            Decision::AlreadyApplied => {
-                control::mark_applied(tx, &e.doctype, &e.name, &EventKey::all_of(&e.source))
-                    .await?;
-                Ok(Outcome::AlreadyApplied)
-            }
-            Decision::Conflict(reason) => {
-                control::record_conflict(
-                    tx,
-                    &ConflictRecord {
-                        doctype: &e.doctype,
-                        name: lookup,
-                        reason: &reason,
-                        before: e.before.as_ref(),
-                        after: e.after.as_ref(),
-                        replica: copy.as_ref(),
-                        source: &e.source,
-                    },
-                )
-                .await?;
-                tracing::warn!(doctype = %e.doctype, reason = %reason_kind(&reason), "conflict recorded; document skipped");
-                Ok(Outcome::Conflict)
-            }
-        }
+        Ok(outcome)
     }
 
     /// Handles one message, retrying transient failures until shutdown.

@@ -32,6 +32,8 @@ pub(crate) const DOC_CACHE_BYTES: usize = 32 << 20;
 
 use super::CaptureError;
 use super::retention::{CheckpointAt, CheckpointView};
+
+mod emit;
 use super::statement::{self, Statement};
 
 /// Static settings of the processor.
@@ -506,121 +508,6 @@ impl Processor {
         self.cur_gtid = None;
         self.dirty = true;
         self.maybe_checkpoint(false)
-    }
-
-    fn emit_group(&mut self, mut source: Source) -> Result<u64, CaptureError> {
-        let merged: HashSet<usize> = {
-            let b = self.batch.as_ref().ok_or(CaptureError::Internal("batch"))?;
-            let mut m = HashSet::new();
-            for (_, new_key) in &self.renames {
-                if let Some(j) = self.pending.find(b, new_key)? {
-                    m.insert(j);
-                }
-            }
-            m
-        };
-        let doc_count = self
-            .changed_count
-            .saturating_sub(merged.len() as u64)
-            .max(1);
-        source.doc_count = doc_count;
-        let mut index = 0u64;
-        for i in 0..self.pending.len() {
-            if merged.contains(&i) {
-                continue;
-            }
-            let b = self.batch.as_ref().ok_or(CaptureError::Internal("batch"))?;
-            let d = self.pending.get(b, i)?;
-            if !d.changed {
-                continue;
-            }
-            let shape = if d.single {
-                DocShape::Single
-            } else {
-                DocShape::Table
-            };
-            let mut tables = d.tables.clone();
-            let (key, old_name) = match &d.renamed_to {
-                Some(new) => {
-                    let nk = DocKey {
-                        doctype: d.key.doctype.clone(),
-                        name: new.clone(),
-                    };
-                    if let Some(j) = self.pending.find(b, &nk)? {
-                        for (t, c) in self.pending.get(b, j)?.tables {
-                            let e = tables.entry(t).or_insert([0; 3]);
-                            for k in 0..3 {
-                                e[k] = e[k].max(c[k]);
-                            }
-                        }
-                    }
-                    (nk, Some(d.key.name.clone()))
-                }
-                None => (d.key.clone(), None),
-            };
-            let after = self.docs.peek(b, &key, |img| b.render(&key, img, shape))?;
-            let op = match (&old_name, &d.before, &after) {
-                (Some(_), _, _) => Op::Rename,
-                (None, None, Some(_)) => Op::Create,
-                (None, Some(_), None) => Op::Delete,
-                (None, Some(_), Some(_)) => Op::Update,
-                (None, None, None) => continue,
-            };
-            source.doc_index = index;
-            let changes: BTreeMap<String, RowCounts> = tables
-                .into_iter()
-                .map(|(t, c)| {
-                    (
-                        t,
-                        RowCounts {
-                            inserted: c[0],
-                            updated: c[1],
-                            deleted: c[2],
-                        },
-                    )
-                })
-                .collect();
-            let env = EnvelopeOut {
-                version: ENVELOPE_VERSION,
-                op,
-                doctype: &key.doctype,
-                name: &key.name,
-                old_name: old_name.as_deref(),
-                before: d.before.as_deref(),
-                after: after.as_deref(),
-                changes: &changes,
-                source: &source,
-            };
-            let payload = env.to_vec();
-            self.send(&key, Some(&payload))?;
-            self.metrics
-                .documents
-                .with_label_values(&[&key.doctype, op.as_str()])
-                .inc();
-            match op {
-                Op::Delete => self.send(&key, None)?,
-                Op::Rename => {
-                    let old = DocKey {
-                        doctype: key.doctype.clone(),
-                        name: old_name.unwrap_or_default(),
-                    };
-                    self.send(&old, None)?;
-                }
-                _ => {}
-            }
-            index += 1;
-        }
-        Ok(index)
-    }
-
-    fn send(&mut self, key: &DocKey, payload: Option<&[u8]>) -> Result<(), CaptureError> {
-        let k = key_json(&key.doctype, &key.name);
-        let r = self.producer.send(&key.doctype, &k, payload);
-        self.metrics.in_flight.set(self.producer.in_flight() as i64);
-        if r.is_err() {
-            self.metrics.produce_errors.inc();
-        }
-        Ok(r?)
     }
 
     /// Checkpoints when due (or when `force`), only between groups.

@@ -659,3 +659,65 @@ async fn names_equal_only_by_collation_are_conflicts_not_overwrites() {
         "stored names keep the replica's bytes"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_and_conflicts_read_passwords_from_files() {
+    let rig = Rig::new("pwfile").await;
+    let (_replica, rurl) = rig.replica().await;
+    let dir = common::servers::scratch_dir("pwfile");
+    let (spw, rpw) = (dir.join("source.pw"), dir.join("replica.pw"));
+    std::fs::write(&spw, "cdcpass\n").expect("source password file");
+    std::fs::write(&rpw, "adminpass\n").expect("replica password file");
+    let (spw, rpw) = (
+        spw.to_str().unwrap_or_default(),
+        rpw.to_str().unwrap_or_default(),
+    );
+    let surl = rig.primary().cdc_url(&rig.db);
+    let (out, _) = run_within(
+        &[
+            "verify",
+            "--source",
+            &surl,
+            "--replica",
+            &rurl,
+            "--source-password-file",
+            spw,
+            "--replica-password-file",
+            rpw,
+        ],
+        &[],
+        Duration::from_secs(60),
+    );
+    let t = text(&out);
+    assert!(
+        matches!(out.status.code(), Some(0 | 1)) && t.contains("total:"),
+        "verify compared with the passwords from files: {t}"
+    );
+    let (out, _) = run_within(
+        &[
+            "conflicts",
+            "--replica",
+            &rurl,
+            "--replica-password-file",
+            rpw,
+            "list",
+        ],
+        &[],
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("0 conflict(s)"), "{}", text(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_for_an_existing_topic_are_not_silently_ignored() {
+    let rig = Rig::new("parts").await;
+    rig.capture().await; // creates the topic with one partition
+    let out = capture_to_end(&rig, &["--partitions", "3"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert!(
+        t.contains("--partitions only applies when capture creates the topic"),
+        "{t}"
+    );
+}

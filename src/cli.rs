@@ -180,7 +180,7 @@ pub struct CaptureArgs {
     pub partitions: i32,
     /// Replicas of each partition when the topic is created (-1: the brokers'
     /// default.replication.factor). Use 3 on a production cluster.
-    #[arg(long, env = "FRAPPE_CDC_TOPIC_REPLICATION", default_value_t = -1, allow_negative_numbers = true)]
+    #[arg(long, visible_alias = "replication-factor", env = "FRAPPE_CDC_TOPIC_REPLICATION", default_value_t = -1, allow_negative_numbers = true)]
     pub topic_replication: i32,
     /// Topic config key=value when the topic is created (repeatable), e.g.
     /// min.insync.replicas=2, cleanup.policy=compact, retention.ms=604800000.
@@ -464,6 +464,27 @@ mod tests {
             }
         }
         assert!(seen > 50, "{seen}");
+    }
+
+    #[test]
+    fn replication_factor_is_an_alias_of_topic_replication() {
+        for flag in ["--replication-factor", "--topic-replication"] {
+            let cli = parse_from(argv(&[
+                "frappe-cdc",
+                "capture",
+                "--source",
+                "mysql://u@h:1/d",
+                "--server-id",
+                "5",
+                flag,
+                "3",
+            ]))
+            .unwrap();
+            let Command::Capture(a) = cli.command else {
+                panic!("capture expected")
+            };
+            assert_eq!(a.topic_replication, 3, "{flag}");
+        }
     }
 
     #[test]

@@ -60,6 +60,19 @@ fn db_target(
     DbTarget::parse(url, password.as_deref()).map_err(|e| e.to_string())
 }
 
+/// The replica target of `url` with its password from `file` or `FRAPPE_CDC_REPLICA_PASSWORD`;
+/// None after saying what is wrong (exit 2).
+fn replica_target(url: &str, file: Option<&std::path::Path>) -> Option<DbTarget> {
+    db_target(
+        url,
+        file,
+        "--replica-password-file",
+        "FRAPPE_CDC_REPLICA_PASSWORD",
+    )
+    .map_err(|e| eprintln!("error: {e}"))
+    .ok()
+}
+
 fn source_target(a: &CaptureArgs) -> Result<DbTarget, String> {
     db_target(
         &a.source,
@@ -145,12 +158,8 @@ async fn run_capture(a: &CaptureArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let listener = match metrics::bind(a.metrics_addr).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+    let Some(listener) = metrics_listener(a.metrics_addr).await else {
+        return ExitCode::from(2);
     };
     let m = CaptureMetrics::new();
     let ready = Arc::new(AtomicBool::new(false));
@@ -186,6 +195,14 @@ async fn run_capture(a: &CaptureArgs) -> ExitCode {
     code
 }
 
+/// The metrics endpoint's listener, or None after saying why it cannot bind (a Halt: exit 2).
+async fn metrics_listener(addr: std::net::SocketAddr) -> Option<tokio::net::TcpListener> {
+    metrics::bind(addr)
+        .await
+        .map_err(|e| eprintln!("error: {e}"))
+        .ok()
+}
+
 /// Exit codes of the error policy: 2 when an operator must fix something, 1 otherwise.
 fn exit_code(class: Class) -> u8 {
     if class == Class::Halt { 2 } else { 1 }
@@ -208,17 +225,8 @@ fn shutdown_token() -> CancellationToken {
 }
 
 async fn run_apply(a: &ApplyArgs) -> ExitCode {
-    let replica = match db_target(
-        &a.replica,
-        a.replica_password_file.as_deref(),
-        "--replica-password-file",
-        "FRAPPE_CDC_REPLICA_PASSWORD",
-    ) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+    let Some(replica) = replica_target(&a.replica, a.replica_password_file.as_deref()) else {
+        return ExitCode::from(2);
     };
     let row_filters = match a
         .filter
@@ -265,12 +273,8 @@ async fn run_apply(a: &ApplyArgs) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let listener = match metrics::bind(a.metrics_addr).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+    let Some(listener) = metrics_listener(a.metrics_addr).await else {
+        return ExitCode::from(2);
     };
     let m = ApplyMetrics::new();
     let server = tokio::spawn(metrics::serve(
@@ -364,17 +368,8 @@ async fn run_verify(a: &VerifyArgs) -> ExitCode {
 }
 
 async fn run_conflicts(a: &ConflictsArgs) -> ExitCode {
-    let target = match db_target(
-        &a.replica,
-        a.replica_password_file.as_deref(),
-        "--replica-password-file",
-        "FRAPPE_CDC_REPLICA_PASSWORD",
-    ) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+    let Some(target) = replica_target(&a.replica, a.replica_password_file.as_deref()) else {
+        return ExitCode::from(2);
     };
     let mut conn = match mysql_async::Conn::new(target.opts.clone()).await {
         Ok(c) => c,

@@ -141,6 +141,49 @@ pub fn server_fix(code: u16) -> &'static str {
     }
 }
 
+/// A MariaDB error as it may be logged and put in dead-letter headers. The server's own text
+/// is kept for the transient and configuration errors (it names users, hosts, tables and
+/// privileges); for the others it can quote the rejected value (`Duplicate entry 'X'`,
+/// `Incorrect integer value: 'abc'`), so only the code and what it means are given.
+pub fn describe(e: &mysql_async::Error) -> String {
+    match e {
+        mysql_async::Error::Server(se)
+            if !RETRY_CODES.contains(&se.code) && !HALT_CODES.contains(&se.code) =>
+        {
+            format!(
+                "server error {} ({}): {}",
+                se.code,
+                se.state,
+                value_error_meaning(se.code)
+            )
+        }
+        _ => e.to_string(),
+    }
+}
+
+/// What a server error that may quote row values means, without the values.
+fn value_error_meaning(code: u16) -> &'static str {
+    match code {
+        1048 => "a column that cannot be NULL got NULL",
+        1054 => "unknown column",
+        1062 => "duplicate entry on a unique key",
+        1146 => "table does not exist",
+        1264 | 1690 => "value out of the column's range",
+        1265 | 1406 => "value too long for the column (data truncated)",
+        1292 | 1366 | 1367 | 1411 => "a value the column's type does not accept",
+        1300 => "invalid character string for the column's character set",
+        1364 => "a column without a default got no value",
+        1416 => "not a geometry value",
+        1451 | 1452 => "a foreign key check failed",
+        3140 => "invalid JSON text",
+        4025 => "a CHECK constraint failed",
+        4078 => "illegal parameter data type",
+        _ => {
+            "not a code frappe-cdc knows; its text may quote row values, so it is left to the server's error log"
+        }
+    }
+}
+
 /// What an operator does about a MariaDB client error that halts.
 pub fn mysql_fix(e: &mysql_async::Error) -> &'static str {
     match e {
@@ -251,6 +294,26 @@ mod tests {
             (9999, Class::Halt),
         ] {
             assert_eq!(server(c), want, "{c}");
+        }
+    }
+
+    #[test]
+    fn value_errors_are_described_without_their_values() {
+        let e = |code, message: &str| {
+            mysql_async::Error::Server(mysql_async::ServerError {
+                code,
+                message: message.into(),
+                state: "23000".into(),
+            })
+        };
+        let d = describe(&e(1062, "Duplicate entry 'secret-name' for key 'PRIMARY'"));
+        assert!(d.contains("1062") && !d.contains("secret-name"), "{d}");
+        let d = describe(&e(9999, "odd error quoting 'secret'"));
+        assert!(d.contains("9999") && !d.contains("secret"), "{d}");
+        let d = describe(&e(1045, "Access denied for user 'cdc'@'10.0.0.1'"));
+        assert!(d.contains("Access denied for user 'cdc'"), "{d}");
+        for c in DEAD_LETTER_CODES {
+            assert!(!value_error_meaning(*c).starts_with("not a code"), "{c}");
         }
     }
 

@@ -6,7 +6,7 @@ use crate::failure::{self, Class};
 /// Errors of replica reads and writes.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicaError {
-    #[error("replica query failed: {0}")]
+    #[error("replica query failed: {}", failure::describe(.0))]
     Sql(#[source] Box<mysql_async::Error>),
     #[error("table {table} does not exist on the replica")]
     UnknownTable { table: String },

@@ -1,6 +1,6 @@
 //! Bulk apply: many documents in one replica transaction, read and written set-wise.
 //!
-//! Same decisions and the same final rows as the one-document path (`run.rs`), with a few
+//! Same decisions and the same final rows as the one-document path (`document.rs`), with a few
 //! statements per table instead of ~25 round trips per document:
 //! 1. lock and read, per doctype: applied positions, open conflicts, parent rows, child rows
 //!    (`... IN (...) FOR UPDATE`), assembled into the images `read_doc` would return. Not
@@ -11,14 +11,13 @@
 //!    every copy read ([`BulkMode::read_new`]), which records the conflict. This spares
 //!    about a quarter of the replica's work in a backlog of new documents;
 //!    Then the ownership check, set-wise (`check_ownership`, see `ownership.rs`);
-//! 2. decide each document exactly as one at a time (no document occurs twice in a batch, so
-//!    the decisions are independent; a batch where two documents touch one child row goes
-//!    one at a time instead, [`BulkError::InOrder`]);
-//! 3. write: deleted documents, child rows that left their document, then the rows of
-//!    documents the replica does not have through `LOAD DATA LOCAL INFILE` (`infile.rs`; every
-//!    row must be stored without a warning, else the batch fails), multi-row upserts of the
-//!    other rows (`literal.rs`), applied positions, conflicts, and every partition's next
-//!    offset.
+//! 2. decide every document with the batch decision (`plan.rs`), the same function the
+//!    one-document path calls with one item (no document occurs twice in a batch, so the
+//!    decisions are independent; a batch where two documents touch one child row goes one at
+//!    a time instead, [`BulkError::InOrder`]);
+//! 3. carry out the plan with the executor's set-wise writer (`execute.rs`): conflicts,
+//!    deletes, `LOAD DATA` of new documents, multi-row upserts, applied positions; then every
+//!    partition's next offset.
 //!
 //! Consistency: all of it commits in one transaction with the offsets, so a crash replays the
 //! whole batch and the applied positions turn replays into no-ops. Any error aborts the batch;
@@ -31,22 +30,18 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use mysql_async::Transaction;
 use mysql_async::Value as MyValue;
 use mysql_async::prelude::Queryable;
-use serde_json::Value;
 
-use super::control::{self, ConflictRecord, EventKey};
-use super::decision::{Comparator, Decision};
-use super::outcome::{Outcome, reason_kind};
+use super::control::{self, EventKey};
+use super::decision::Comparator;
+use super::execute::{self, Writer};
+use super::outcome::Outcome;
 use super::ownership::{self, ChildOwner};
+use super::plan::{self, Seen};
 use super::replica::{
-    CHUNK, ReplicaError, SchemaCache, child_rows, doc_image, marks, q, read_children, read_parents,
+    CHUNK, ReplicaError, SchemaCache, child_rows, doc_image, marks, read_children, read_parents,
 };
-use super::{infile, literal};
 use crate::envelope::{Envelope, Op};
-use crate::image::{Col, Image, Row};
-
-mod upserts;
-
-use upserts::{Upserts, send_values};
+use crate::image::Image;
 
 /// One envelope of a batch, with where it came from.
 pub struct BulkItem {
@@ -79,18 +74,9 @@ pub enum BulkError {
     /// (two of them claim one child row, or one claims a row another of them owns).
     #[error("batch must be applied in order: {0}")]
     InOrder(&'static str),
+    /// Includes `ReplicaError::LoadMismatch`: the batch is then re-run with every copy read.
     #[error(transparent)]
     Replica(#[from] ReplicaError),
-    #[error(
-        "LOAD DATA into {table} stored {stored} of {sent} new rows with {warnings} warnings \
-         (a row already on the replica, or a value the column rejects)"
-    )]
-    LoadMismatch {
-        table: String,
-        sent: u64,
-        stored: u64,
-        warnings: u16,
-    },
 }
 
 impl From<mysql_async::Error> for BulkError {
@@ -152,21 +138,6 @@ async fn read_copies(
     })
 }
 
-async fn delete_in(
-    tx: &mut Transaction<'_>,
-    sql_head: &str,
-    fixed: &[MyValue],
-    names: &[String],
-) -> Result<(), BulkError> {
-    for chunk in names.chunks(CHUNK) {
-        let sql = format!("{sql_head} ({})", marks(chunk.len()));
-        let mut params = fixed.to_vec();
-        params.extend(chunk.iter().map(|n| MyValue::from(n.as_str())));
-        tx.exec_drop(sql, params).await?;
-    }
-    Ok(())
-}
-
 /// The ownership check of a batch (see `ownership.rs`), set-wise: the child rows that the
 /// batch's documents would write and that are not already their own rows on the replica are
 /// read, locked, in one statement per table; a row owned by a document outside the batch
@@ -197,7 +168,8 @@ async fn check_ownership(
         let e = &it.env;
         let Some(after) = &e.after else { continue };
         let k = (e.doctype.clone(), e.name.clone());
-        if applied.get(&k).is_some_and(|l| it.key.covered_by_any(l)) || open.contains(&k) {
+        let done = applied.get(&k).map_or(&[][..], Vec::as_slice);
+        if !plan::needs_ownership_check(e, it.key, done, open.contains(&k)) {
             continue;
         }
         let own: HashSet<(&str, &str)> = copies
@@ -345,178 +317,60 @@ pub async fn apply_bulk(
         copies.insert((*dt).to_string(), read_copies(tx, cache, dt, names).await?);
     }
 
-    let mut collided = check_ownership(tx, cache, items, &unread, &applied, &open, &copies).await?;
-
+    let collided = check_ownership(tx, cache, items, &unread, &applied, &open, &copies).await?;
     let t_read = t0.elapsed();
-    // 2. decide, 3. collect writes
-    let mut outcomes = Vec::with_capacity(items.len());
-    let mut missing = BTreeSet::new();
-    let mut upserts = Upserts::new(mode.load_data);
-    let mut deleted_docs: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    let mut gone_children: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut marks_rows: Vec<(&str, &str, EventKey)> = Vec::new();
-    for (i, it) in items.iter().enumerate() {
-        let e = &it.env;
-        let k = (e.doctype.clone(), e.name.clone());
-        if applied.get(&k).is_some_and(|l| it.key.covered_by_any(l)) {
-            outcomes.push(Outcome::Duplicate);
-            continue;
-        }
-        let c = copies.get(&e.doctype);
-        let copy = c.and_then(|c| c.images.get(&e.name));
-        let decision = if open.contains(&k) {
-            Decision::Conflict("an earlier conflict of this document is still open".into())
-        } else {
-            cmp.decide(e.op, e.before.as_ref(), e.after.as_ref(), copy, None)
-        };
-        let decision = match (decision, collided.remove(&i)) {
-            (Decision::Apply, Some(found)) => Decision::Conflict(ownership::reason(&found)),
-            (d, _) => d,
-        };
-        match decision {
-            Decision::Apply => {
-                let child_tables = cache.child_tables(tx, &e.doctype).await?;
-                let existing = c
-                    .and_then(|c| c.child_names.get(&e.name))
-                    .cloned()
-                    .unwrap_or_default();
-                // Nothing of this document is on the replica: its rows are all inserts.
-                let fresh = copy.is_none() && existing.is_empty();
-                match e.after.as_ref() {
-                    None => deleted_docs
-                        .entry(e.doctype.as_str())
-                        .or_default()
-                        .push(e.name.clone()),
-                    Some(image) => {
-                        if let Some(p) = &image.parent {
-                            let table = format!("tab{}", e.doctype);
-                            upserts
-                                .add(tx, cache, &table, p, fresh, &mut missing)
-                                .await?;
-                        }
-                        let mut keep: HashSet<(&str, &str)> = HashSet::new();
-                        for (table, r) in child_rows(&e.doctype, image, &child_tables)? {
-                            if let Some(n) = r.str("name") {
-                                keep.insert((table, n));
-                            }
-                            upserts
-                                .add(tx, cache, table, r, fresh, &mut missing)
-                                .await?;
-                        }
-                        for (t, n) in &existing {
-                            if !keep.contains(&(t.as_str(), n.as_str())) {
-                                gone_children.entry(t.clone()).or_default().push(n.clone());
-                            }
-                        }
-                    }
-                }
-                marks_rows.extend(
-                    EventKey::all_of(&e.source)
-                        .into_iter()
-                        .map(|k| (e.doctype.as_str(), e.name.as_str(), k)),
-                );
-                outcomes.push(Outcome::Applied);
-            }
-            Decision::AlreadyApplied => {
-                marks_rows.extend(
-                    EventKey::all_of(&e.source)
-                        .into_iter()
-                        .map(|k| (e.doctype.as_str(), e.name.as_str(), k)),
-                );
-                outcomes.push(Outcome::AlreadyApplied);
-            }
-            Decision::Conflict(reason) => {
-                control::record_conflict(
-                    tx,
-                    &ConflictRecord {
-                        doctype: &e.doctype,
-                        name: &e.name,
-                        reason: &reason,
-                        before: e.before.as_ref(),
-                        after: e.after.as_ref(),
-                        replica: copy,
-                        source: &e.source,
-                    },
-                )
-                .await?;
-                tracing::warn!(doctype = %e.doctype, reason = %reason_kind(&reason), "conflict recorded; document skipped");
-                outcomes.push(Outcome::Conflict);
-            }
-        }
-    }
 
-    // writes: removals first (a child row may move to another document of the batch)
-    for (dt, names) in &deleted_docs {
-        let table = format!("tab{dt}");
-        delete_in(
-            tx,
-            &format!("DELETE FROM {} WHERE name IN", q(&table)),
-            &[],
-            names,
-        )
-        .await?;
-        let tables = cache.child_table_set(tx, dt).await?;
-        for t in tables {
-            delete_in(
-                tx,
-                &format!("DELETE FROM {} WHERE parenttype = ? AND parent IN", q(&t)),
-                &[MyValue::from(*dt)],
-                names,
-            )
-            .await?;
-        }
-    }
-    for (t, names) in &gone_children {
-        delete_in(
-            tx,
-            &format!("DELETE FROM {} WHERE name IN", q(t)),
-            &[],
-            names,
-        )
-        .await?;
-    }
-    let t_decide = t0.elapsed();
-    let loaded_rows: u64 = upserts.loads.iter().map(|g| g.rows).sum();
-    let upserted_rows: u64 = upserts.groups.iter().map(|g| g.rows).sum();
-    upserts.write(tx, &mut mode.load_data).await?;
-    let t_upsert = t0.elapsed();
-    let tuples: Vec<String> = marks_rows
+    // 2. decide, 3. write
+    let seen: Vec<Seen<'_>> = items
         .iter()
-        .map(|(dt, n, k)| {
-            let mut t = String::with_capacity(dt.len() + n.len() + 64);
-            t.push('(');
-            literal::push_str(&mut t, dt);
-            t.push(',');
-            literal::push_str(&mut t, n);
-            t.push_str(&format!(
-                ",{},{},{},current_timestamp(6))",
-                k.domain, k.seq, k.doc_index
-            ));
-            t
+        .enumerate()
+        .map(|(i, it)| {
+            let e = &it.env;
+            let k = (e.doctype.clone(), e.name.clone());
+            let c = copies.get(&e.doctype);
+            Seen {
+                applied: applied.get(&k).map_or(&[], Vec::as_slice),
+                open: open.contains(&k),
+                copy: c.and_then(|c| c.images.get(&e.name)),
+                copy_new: None,
+                collisions: collided.get(&i).map_or(&[], Vec::as_slice),
+                child_rows: c
+                    .and_then(|c| c.child_names.get(&e.name))
+                    .map_or(&[], Vec::as_slice),
+            }
         })
         .collect();
-    send_values(
+    let subjects: Vec<(&Envelope, EventKey)> = items.iter().map(|it| (&it.env, it.key)).collect();
+    let plan = plan::decide_batch(cmp, &subjects, &seen);
+    let envs: Vec<&Envelope> = items.iter().map(|it| &it.env).collect();
+    let t_decide = t0.elapsed();
+    let written = execute::execute(
         tx,
-        "INSERT INTO `_frappe_cdc_applied` (doctype, name, domain_id, seq_no, doc_index, applied_at) VALUES ",
-        &tuples,
-        " ON DUPLICATE KEY UPDATE seq_no = VALUES(seq_no), doc_index = VALUES(doc_index), applied_at = VALUES(applied_at)",
+        cache,
+        &envs,
+        &seen,
+        &plan,
+        Writer::SetWise {
+            load_data: &mut mode.load_data,
+        },
     )
     .await?;
+    let t_write = t0.elapsed();
     for (p, next) in offsets {
         control::store_offset(tx, group, topic, *p, *next).await?;
     }
     tracing::debug!(
         docs = items.len(),
         read_ms = t_read.as_secs_f64() * 1e3,
-        decide_and_deletes_ms = (t_decide - t_read).as_secs_f64() * 1e3,
-        upserts_ms = (t_upsert - t_decide).as_secs_f64() * 1e3,
-        marks_offsets_ms = (t0.elapsed() - t_upsert).as_secs_f64() * 1e3,
+        decide_ms = (t_decide - t_read).as_secs_f64() * 1e3,
+        write_ms = (t_write - t_decide).as_secs_f64() * 1e3,
+        offsets_ms = (t0.elapsed() - t_write).as_secs_f64() * 1e3,
         "bulk batch written"
     );
     Ok(BulkResult {
-        outcomes,
-        missing_columns: missing,
-        loaded_rows,
-        upserted_rows,
+        outcomes: plan.outcomes(),
+        missing_columns: written.missing_columns,
+        loaded_rows: written.loaded_rows,
+        upserted_rows: written.upserted_rows,
     })
 }

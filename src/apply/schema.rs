@@ -101,17 +101,16 @@ impl SchemaCache {
         if let Some(c) = self.child_tables.get(doctype) {
             return Ok(Arc::clone(c));
         }
+        // Table fields of the doctype and its custom fields (a site without `tabCustom
+        // Field` has only the first).
+        const FIELDS: [(&str, &str); 2] = [("tabDocField", "parent"), ("tabCustom Field", "dt")];
         let mut map = BTreeMap::new();
-        let rows: Vec<(String, Option<String>)> = tx
-            .exec("SELECT fieldname, options FROM `tabDocField` WHERE parent = ? AND fieldtype IN ('Table', 'Table MultiSelect')", (doctype,))
-            .await?;
-        map.extend(
-            rows.into_iter()
-                .filter_map(|(f, o)| Some((f, format!("tab{}", o?)))),
-        );
-        if self.columns(tx, "tabCustom Field").await.is_ok() {
+        for (i, (table, owner)) in FIELDS.into_iter().enumerate() {
+            if i > 0 && self.columns(tx, table).await.is_err() {
+                continue;
+            }
             let rows: Vec<(String, Option<String>)> = tx
-                .exec("SELECT fieldname, options FROM `tabCustom Field` WHERE dt = ? AND fieldtype IN ('Table', 'Table MultiSelect')", (doctype,))
+                .exec(format!("SELECT fieldname, options FROM `{table}` WHERE {owner} = ? AND fieldtype IN ('Table', 'Table MultiSelect')"), (doctype,))
                 .await?;
             map.extend(
                 rows.into_iter()

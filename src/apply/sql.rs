@@ -18,6 +18,18 @@ pub enum ReplicaError {
     NotOwnRow { table: String },
     #[error("cannot decode replica column {column} of {table}")]
     Decode { table: String, column: String },
+    /// The set-wise writer's `LOAD DATA` stored fewer rows than sent, or warned: a new
+    /// document's row was on the replica after all, or a value did not fit its column.
+    #[error(
+        "LOAD DATA into {table} stored {stored} of {sent} new rows with {warnings} warnings \
+         (a row already on the replica, or a value the column rejects)"
+    )]
+    LoadMismatch {
+        table: String,
+        sent: u64,
+        stored: u64,
+        warnings: u16,
+    },
 }
 
 impl ReplicaError {

@@ -409,7 +409,9 @@ impl Applier {
                 Err(BulkError::Replica(e)) if e.class() == Class::Halt => {
                     return Err(ApplyError::halt(e));
                 }
-                Err(e @ BulkError::LoadMismatch { .. }) if !self.read_new => {
+                Err(e @ BulkError::Replica(ReplicaError::LoadMismatch { .. }))
+                    if !self.read_new =>
+                {
                     tracing::info!(error = %e, "a new document is already on the replica (created there?); re-running the batch with every copy read");
                     self.metrics.load_rereads.inc();
                     self.read_new = true;

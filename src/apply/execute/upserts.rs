@@ -1,20 +1,28 @@
 //! The write half of a bulk batch: rows rendered once into multi-row upserts (`literal.rs`)
 //! or `LOAD DATA LOCAL INFILE` text (`infile.rs`), grouped by table and column list, and sent
 //! in statements of at most a few MiB. Everything runs inside the batch's transaction
-//! (`bulk.rs`), so a failure here rolls the whole batch back.
+//! (`execute.rs`), so a failure here rolls the whole batch back.
 
-use super::*;
+use std::collections::BTreeSet;
+
+use mysql_async::Transaction;
+use mysql_async::prelude::Queryable;
+use serde_json::Value;
+
+use crate::apply::replica::{ReplicaError, SchemaCache, q};
+use crate::apply::{infile, literal};
+use crate::image::{Col, Row};
 
 /// Rows to upsert, grouped by table and column list, each row already rendered as a SQL
 /// tuple (see `literal.rs`).
 ///
 /// Rows of documents the replica does not have at all (`fresh`) go to `loads` instead, as
 /// `LOAD DATA LOCAL INFILE` text (see `infile.rs`), unless `load_data` is off.
-pub(super) struct Upserts {
+pub(in crate::apply::execute) struct Upserts {
     /// Rendered SQL tuples.
-    pub(super) groups: Vec<Group<Vec<String>>>,
+    pub(in crate::apply::execute) groups: Vec<Group<Vec<String>>>,
     /// Tab-separated lines.
-    pub(super) loads: Vec<Group<Vec<u8>>>,
+    pub(in crate::apply::execute) loads: Vec<Group<Vec<u8>>>,
     load_data: bool,
     /// How rows of one table and one key list are written; rows of a table almost always
     /// share their key list, so this spares a schema lookup per column and a group search.
@@ -34,18 +42,18 @@ struct Plan {
 }
 
 impl Plan {
-    pub(super) fn fits(&self, table: &str, row: &Row) -> bool {
+    pub(in crate::apply::execute) fn fits(&self, table: &str, row: &Row) -> bool {
         self.table == table && row.has_columns(&self.keys)
     }
 }
 
 /// Rows of one table with one column list.
 #[derive(Default)]
-pub(super) struct Group<T> {
+pub(in crate::apply::execute) struct Group<T> {
     table: String,
     columns: Vec<String>,
     body: T,
-    pub(super) rows: u64,
+    pub(in crate::apply::execute) rows: u64,
 }
 
 /// A new group for the kept `keys` of `table`; its index. Two plans may share a table and
@@ -73,7 +81,7 @@ fn new_group<T: Default>(
 const LOCAL_INFILE_OFF: [u16; 3] = [1148, 3948, 4166];
 
 impl Upserts {
-    pub(super) fn new(load_data: bool) -> Self {
+    pub(in crate::apply::execute) fn new(load_data: bool) -> Self {
         Upserts {
             groups: Vec::new(),
             loads: Vec::new(),
@@ -86,7 +94,7 @@ impl Upserts {
     /// Queues the columns of `row` the replica has (the others go to `missing`): as a
     /// `LOAD DATA` line when the document is `fresh` and every value fits that path, else as
     /// an upsert tuple.
-    pub(super) async fn add(
+    pub(in crate::apply::execute) async fn add(
         &mut self,
         tx: &mut Transaction<'_>,
         cache: &mut SchemaCache,
@@ -94,7 +102,7 @@ impl Upserts {
         row: &Row,
         fresh: bool,
         missing: &mut BTreeSet<(String, String)>,
-    ) -> Result<(), BulkError> {
+    ) -> Result<(), ReplicaError> {
         let p = match self.plans.get(self.last).filter(|p| p.fits(table, row)) {
             Some(_) => self.last,
             None => match self.plans.iter().position(|p| p.fits(table, row)) {
@@ -148,11 +156,11 @@ impl Upserts {
 
     /// Runs the loads, then the upserts. Sets `*load_data` to false when the server refuses
     /// `LOAD DATA LOCAL` (the batch then fails and is re-run without it).
-    pub(super) async fn write(
+    pub(in crate::apply::execute) async fn write(
         self,
         tx: &mut Transaction<'_>,
         load_data: &mut bool,
-    ) -> Result<(), BulkError> {
+    ) -> Result<(), ReplicaError> {
         for g in self.loads {
             let quoted: Vec<String> = g.columns.iter().map(|n| q(n)).collect();
             let file = infile::Registered::new(g.body);
@@ -175,7 +183,7 @@ impl Upserts {
             drop(file);
             let (stored, warnings) = (tx.affected_rows(), tx.get_warnings());
             if stored != g.rows || warnings > 0 {
-                return Err(BulkError::LoadMismatch {
+                return Err(ReplicaError::LoadMismatch {
                     table: g.table,
                     sent: g.rows,
                     stored,
@@ -206,12 +214,12 @@ impl Upserts {
 const STATEMENT_BYTES: usize = 4 << 20;
 
 /// Runs `head tuple, tuple, ... tail` as few text statements as `STATEMENT_BYTES` allows.
-pub(super) async fn send_values(
+pub(in crate::apply::execute) async fn send_values(
     tx: &mut Transaction<'_>,
     head: &str,
     tuples: &[String],
     tail: &str,
-) -> Result<(), BulkError> {
+) -> Result<(), ReplicaError> {
     let mut sql = String::with_capacity(
         STATEMENT_BYTES
             .min(head.len() + tail.len() + tuples.iter().map(|t| t.len() + 1).sum::<usize>()),

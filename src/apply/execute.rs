@@ -1,0 +1,146 @@
+//! The one executor of a [`Plan`](super::plan::Plan): conflict records, the writes, and the
+//! applied positions of a batch, in the caller's replica transaction. Nothing here commits:
+//! the caller stores the offsets in the same transaction and commits (I4), so an error
+//! anywhere leaves nothing behind and the batch is re-run whole.
+//!
+//! The plan's writes go one of two ways ([`Writer`]):
+//! - `PerDocument`: each document with `replica::write_doc` (field-wise Singles, renames that
+//!   move child rows, a batch that fell back to one message at a time);
+//! - `SetWise`: all of them together (`setwise.rs`): deletes per table, `LOAD DATA` for
+//!   documents the replica does not have, multi-row upserts for the rest.
+//!
+//! The final rows are the same either way: the parent equals `after`'s parent, each child
+//! table holds exactly `after`'s rows of the document, a delete removes parent and children.
+//! Conflicts and applied positions are written the same way for both.
+
+use std::collections::BTreeSet;
+
+use mysql_async::Transaction;
+
+use super::control::{self, ConflictRecord, EventKey};
+use super::literal;
+use super::outcome::reason_kind;
+use super::plan::{Plan, Seen, Step};
+use super::replica::{ReplicaError, SchemaCache, write_doc};
+use crate::envelope::Envelope;
+
+mod setwise;
+mod upserts;
+
+/// How the plan's writes reach the replica (module docs).
+pub enum Writer<'m> {
+    PerDocument,
+    /// `load_data`: rows of documents the replica does not have go through `LOAD DATA
+    /// LOCAL INFILE`; set to false when the replica refuses it.
+    SetWise {
+        load_data: &'m mut bool,
+    },
+}
+
+/// What the writes did.
+#[derive(Debug, Default)]
+pub struct Written {
+    /// (table, column) pairs the images carry and the replica lacks (not written).
+    pub missing_columns: BTreeSet<(String, String)>,
+    /// Rows written through `LOAD DATA` and through multi-row upserts (`SetWise` only).
+    pub loaded_rows: u64,
+    pub upserted_rows: u64,
+}
+
+/// Carries out `plan` for `items` (`seen[i]` is what was read for `items[i]`) in `tx`.
+pub async fn execute(
+    tx: &mut Transaction<'_>,
+    cache: &mut SchemaCache,
+    items: &[&Envelope],
+    seen: &[Seen<'_>],
+    plan: &Plan,
+    writer: Writer<'_>,
+) -> Result<Written, ReplicaError> {
+    for ((e, s), step) in items.iter().zip(seen).zip(&plan.steps) {
+        if let Step::Record(reason) = step {
+            control::record_conflict(
+                tx,
+                &ConflictRecord {
+                    doctype: &e.doctype,
+                    name: e.old_name.as_deref().unwrap_or(&e.name),
+                    reason,
+                    before: e.before.as_ref(),
+                    after: e.after.as_ref(),
+                    replica: s.copy,
+                    source: &e.source,
+                },
+            )
+            .await?;
+            tracing::warn!(doctype = %e.doctype, reason = %reason_kind(reason), "conflict recorded; document skipped");
+        }
+    }
+    let mut written = Written::default();
+    match writer {
+        Writer::PerDocument => {
+            for (e, step) in items.iter().zip(&plan.steps) {
+                if *step == Step::Write {
+                    let r = write_doc(
+                        tx,
+                        cache,
+                        &e.doctype,
+                        &e.name,
+                        e.old_name.as_deref(),
+                        e.after.as_ref(),
+                    )
+                    .await?;
+                    written.missing_columns.extend(r.missing_columns);
+                }
+            }
+        }
+        Writer::SetWise { load_data } => {
+            setwise::write(tx, cache, items, seen, plan, load_data, &mut written).await?
+        }
+    }
+    let mut marks: Vec<(&str, &str, EventKey)> = Vec::new();
+    for (e, step) in items.iter().zip(&plan.steps) {
+        let names = match step {
+            Step::Write => [Some(e.name.as_str()), e.old_name.as_deref()],
+            Step::Mark => [Some(e.name.as_str()), None],
+            Step::Skip | Step::Record(_) => continue,
+        };
+        for n in names.into_iter().flatten() {
+            marks.extend(
+                EventKey::all_of(&e.source)
+                    .into_iter()
+                    .map(|k| (e.doctype.as_str(), n, k)),
+            );
+        }
+    }
+    mark_applied(tx, &marks).await?;
+    Ok(written)
+}
+
+/// Records the applied positions `(doctype, name, key)` in multi-row statements; positions
+/// of other domains stay as they are.
+async fn mark_applied(
+    tx: &mut Transaction<'_>,
+    marks: &[(&str, &str, EventKey)],
+) -> Result<(), ReplicaError> {
+    let tuples: Vec<String> = marks
+        .iter()
+        .map(|(dt, n, k)| {
+            let mut t = String::with_capacity(dt.len() + n.len() + 64);
+            t.push('(');
+            literal::push_str(&mut t, dt);
+            t.push(',');
+            literal::push_str(&mut t, n);
+            t.push_str(&format!(
+                ",{},{},{},current_timestamp(6))",
+                k.domain, k.seq, k.doc_index
+            ));
+            t
+        })
+        .collect();
+    upserts::send_values(
+        tx,
+        "INSERT INTO `_frappe_cdc_applied` (doctype, name, domain_id, seq_no, doc_index, applied_at) VALUES ",
+        &tuples,
+        " ON DUPLICATE KEY UPDATE seq_no = VALUES(seq_no), doc_index = VALUES(doc_index), applied_at = VALUES(applied_at)",
+    )
+    .await
+}

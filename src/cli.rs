@@ -99,12 +99,8 @@ pub struct VerifyArgs {
     /// Only this doctype.
     #[arg(long)]
     pub doctype: Option<String>,
-    /// Only these doctypes (repeatable; env: comma-separated).
-    #[arg(long, env = "FRAPPE_CDC_INCLUDE_DOCTYPE", value_delimiter = ',')]
-    pub include_doctype: Vec<String>,
-    /// Not these doctypes (repeatable; env: comma-separated).
-    #[arg(long, env = "FRAPPE_CDC_EXCLUDE_DOCTYPE", value_delimiter = ',')]
-    pub exclude_doctype: Vec<String>,
+    #[command(flatten)]
+    pub doctypes: DoctypeArgs,
     /// Extra columns to ignore (repeatable).
     #[arg(long, env = "FRAPPE_CDC_IGNORE_COLUMN", value_delimiter = ',')]
     pub ignore_column: Vec<String>,
@@ -199,12 +195,8 @@ pub struct CaptureArgs {
     /// Replica server_id used for the binlog dump; must be unique among the primary's replicas.
     #[arg(long, env = "FRAPPE_CDC_SERVER_ID")]
     pub server_id: u32,
-    /// Only stream these doctypes (repeatable; env: comma-separated).
-    #[arg(long, env = "FRAPPE_CDC_INCLUDE_DOCTYPE", value_delimiter = ',')]
-    pub include_doctype: Vec<String>,
-    /// Never stream these doctypes (repeatable; env: comma-separated).
-    #[arg(long, env = "FRAPPE_CDC_EXCLUDE_DOCTYPE", value_delimiter = ',')]
-    pub exclude_doctype: Vec<String>,
+    #[command(flatten)]
+    pub doctypes: DoctypeArgs,
     /// Address of the /metrics, /healthz and /readyz endpoint.
     #[arg(
         long,
@@ -218,13 +210,8 @@ pub struct CaptureArgs {
     /// How often the position is made durable (after Kafka acknowledged everything before it).
     #[arg(long, env = "FRAPPE_CDC_CHECKPOINT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub checkpoint_interval: Duration,
-    /// Extra librdkafka producer setting key=value (repeatable).
-    #[arg(long, env = "FRAPPE_CDC_KAFKA_OPTION", value_parser = parse_kv, value_delimiter = ';')]
-    pub kafka_option: Vec<(String, String)>,
-    /// File of librdkafka settings, key=value a line (SASL and TLS secrets belong here, not
-    /// in argv); --kafka-option entries override it.
-    #[arg(long, env = "FRAPPE_CDC_KAFKA_CONFIG")]
-    pub kafka_config: Option<PathBuf>,
+    #[command(flatten)]
+    pub kafka: KafkaClientArgs,
     /// Messages sent but not yet acknowledged before sending blocks.
     #[arg(long, env = "FRAPPE_CDC_MAX_IN_FLIGHT", default_value_t = 50_000)]
     pub max_in_flight: u64,
@@ -237,6 +224,31 @@ pub struct CaptureArgs {
     /// Stop at the end of the binlog instead of waiting (tests, benchmarks).
     #[arg(long, hide = true, env = "FRAPPE_CDC_STOP_AT_END")]
     pub stop_at_end: bool,
+}
+
+/// The doctype filter shared by capture, apply and verify.
+#[derive(Debug, Clone, Default, Args)]
+pub struct DoctypeArgs {
+    /// Only these doctypes (repeatable; env: comma-separated).
+    #[arg(long, env = "FRAPPE_CDC_INCLUDE_DOCTYPE", value_delimiter = ',')]
+    pub include_doctype: Vec<String>,
+    /// Never these doctypes (repeatable; env: comma-separated).
+    #[arg(long, env = "FRAPPE_CDC_EXCLUDE_DOCTYPE", value_delimiter = ',')]
+    pub exclude_doctype: Vec<String>,
+}
+
+/// librdkafka settings shared by capture and apply (every client of the process gets them:
+/// producer, consumer, admin, dead-letter producer).
+#[derive(Debug, Clone, Default, Args)]
+pub struct KafkaClientArgs {
+    /// Extra librdkafka setting key=value (repeatable): security.protocol, sasl.*, ssl.*,
+    /// client.id, producer or consumer tuning, …
+    #[arg(long, env = "FRAPPE_CDC_KAFKA_OPTION", value_parser = parse_kv, value_delimiter = ';')]
+    pub kafka_option: Vec<(String, String)>,
+    /// File of librdkafka settings, key=value a line (SASL and TLS secrets belong here, not
+    /// in argv); --kafka-option entries override it.
+    #[arg(long, env = "FRAPPE_CDC_KAFKA_CONFIG")]
+    pub kafka_config: Option<PathBuf>,
 }
 
 /// Flags of `apply`.
@@ -260,12 +272,8 @@ pub struct ApplyArgs {
     /// The replica's name: its consumer group, and the key of its stored offsets.
     #[arg(long, env = "FRAPPE_CDC_GROUP")]
     pub group: String,
-    /// Only apply these doctypes (repeatable; env: comma-separated).
-    #[arg(long, env = "FRAPPE_CDC_INCLUDE_DOCTYPE", value_delimiter = ',')]
-    pub include_doctype: Vec<String>,
-    /// Never apply these doctypes (repeatable; env: comma-separated).
-    #[arg(long, env = "FRAPPE_CDC_EXCLUDE_DOCTYPE", value_delimiter = ',')]
-    pub exclude_doctype: Vec<String>,
+    #[command(flatten)]
+    pub doctypes: DoctypeArgs,
     /// Only documents of DocType whose parent row has these values:
     /// 'Sales Invoice:{"company": "Acme"}' (repeatable; others are counted as filtered).
     #[arg(long = "filter", env = "FRAPPE_CDC_FILTER", value_delimiter = ';')]
@@ -295,14 +303,8 @@ pub struct ApplyArgs {
     /// order, the last one with the offsets (1: one transaction per batch).
     #[arg(long, env = "FRAPPE_CDC_WRITERS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=16))]
     pub writers: u16,
-    /// Extra librdkafka consumer setting key=value (repeatable): security.protocol, sasl.*,
-    /// ssl.*, client.id, … (the connection ones also reach the dead-letter producer).
-    #[arg(long, env = "FRAPPE_CDC_KAFKA_OPTION", value_parser = parse_kv, value_delimiter = ';')]
-    pub kafka_option: Vec<(String, String)>,
-    /// File of librdkafka settings, key=value a line (SASL and TLS secrets belong here, not
-    /// in argv); --kafka-option entries override it.
-    #[arg(long, env = "FRAPPE_CDC_KAFKA_CONFIG")]
-    pub kafka_config: Option<PathBuf>,
+    #[command(flatten)]
+    pub kafka: KafkaClientArgs,
     /// Log format.
     #[arg(long, env = "FRAPPE_CDC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -517,7 +519,7 @@ mod tests {
         assert_eq!(a.brokers, "10.0.0.1:9092");
         assert_eq!(a.topic, "cli", "command line wins over the file");
         assert_eq!(a.server_id, 77);
-        assert_eq!(a.include_doctype, vec!["Customer", "Item"]);
+        assert_eq!(a.doctypes.include_doctype, vec!["Customer", "Item"]);
         std::fs::write(&f, "bogus = 1\n").unwrap();
         let err = parse_from(argv(&[
             "frappe-cdc",

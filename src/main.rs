@@ -98,11 +98,11 @@ fn capture_config(a: &CaptureArgs) -> Result<CaptureConfig, String> {
             topic_configs: a.topic_config.clone(),
             partition_by_doctype: a.partition_by == PartitionBy::Doctype,
             max_in_flight: a.max_in_flight,
-            options: kafka::options::merged(a.kafka_config.as_deref(), &a.kafka_option)
+            options: kafka::options::merged(a.kafka.kafka_config.as_deref(), &a.kafka.kafka_option)
                 .map_err(|e| e.to_string())?,
             null_sink: false,
         },
-        filter: Filter::new(&a.include_doctype, &a.exclude_doctype),
+        filter: Filter::new(&a.doctypes.include_doctype, &a.doctypes.exclude_doctype),
         heartbeat: a.heartbeat,
         checkpoint_interval: a.checkpoint_interval,
         spill_at: a.spill_at,
@@ -250,12 +250,15 @@ async fn run_apply(a: &ApplyArgs) -> ExitCode {
             .dead_letter_topic
             .clone()
             .unwrap_or_else(|| format!("{}.dead-letter", a.topic)),
-        filter: Filter::new(&a.include_doctype, &a.exclude_doctype),
+        filter: Filter::new(&a.doctypes.include_doctype, &a.doctypes.exclude_doctype),
         ignore_columns: a.ignore_column.clone(),
         max_backoff: a.max_backoff,
         batch_size: a.batch_size,
         writers: usize::from(a.writers),
-        kafka_options: match kafka::options::merged(a.kafka_config.as_deref(), &a.kafka_option) {
+        kafka_options: match kafka::options::merged(
+            a.kafka.kafka_config.as_deref(),
+            &a.kafka.kafka_option,
+        ) {
             Ok(o) => o,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -326,7 +329,7 @@ async fn run_verify(a: &VerifyArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let filter = Filter::new(&a.include_doctype, &a.exclude_doctype);
+    let filter = Filter::new(&a.doctypes.include_doctype, &a.doctypes.exclude_doctype);
     let cmp = frappe_cdc::apply::decision::Comparator::new(
         frappe_cdc::frappe::catalog::IGNORED_COLUMNS
             .iter()

@@ -45,21 +45,17 @@ pub struct RowsBatch {
 
 /// Classifies a raw event type: (operation, is v2 layout, is compressed).
 pub fn rows_event_kind(event_type: u8) -> Option<(RowOp, bool, bool)> {
-    Some(match event_type {
-        23 => (RowOp::Insert, false, false),
-        24 => (RowOp::Update, false, false),
-        25 => (RowOp::Delete, false, false),
-        30 => (RowOp::Insert, true, false),
-        31 => (RowOp::Update, true, false),
-        32 => (RowOp::Delete, true, false),
-        166 => (RowOp::Insert, false, true),
-        167 => (RowOp::Update, false, true),
-        168 => (RowOp::Delete, false, true),
-        169 => (RowOp::Insert, true, true),
-        170 => (RowOp::Update, true, true),
-        171 => (RowOp::Delete, true, true),
+    // Three consecutive codes (insert, update, delete) per layout: v1, v2, and MariaDB's
+    // compressed v1 and v2.
+    let (v2, compressed, first) = match event_type {
+        23..=25 => (false, false, 23),
+        30..=32 => (true, false, 30),
+        166..=168 => (false, true, 166),
+        169..=171 => (true, true, 169),
         _ => return None,
-    })
+    };
+    let op = [RowOp::Insert, RowOp::Update, RowOp::Delete][usize::from(event_type - first)];
+    Some((op, v2, compressed))
 }
 
 /// Reads the table id of a rows event body (6 bytes little-endian).
@@ -297,6 +293,13 @@ mod tests {
         assert_eq!(rows_event_kind(24), Some((RowOp::Update, false, false)));
         assert_eq!(rows_event_kind(170), Some((RowOp::Update, true, true)));
         assert_eq!(rows_event_kind(2), None);
+        assert_eq!(rows_event_kind(23), Some((RowOp::Insert, false, false)));
+        assert_eq!(rows_event_kind(32), Some((RowOp::Delete, true, false)));
+        assert_eq!(rows_event_kind(166), Some((RowOp::Insert, false, true)));
+        assert_eq!(rows_event_kind(171), Some((RowOp::Delete, true, true)));
+        for t in [22, 26, 29, 33, 165, 172] {
+            assert_eq!(rows_event_kind(t), None, "{t}");
+        }
         assert_eq!(rows_table_id(&[1, 1, 0, 0, 0, 0, 9]), Some(257));
     }
 }

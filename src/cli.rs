@@ -125,6 +125,17 @@ pub enum PartitionBy {
     Document,
 }
 
+/// What a consumer of the topic can rely on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Delivery {
+    /// Kafka transactions: a `read_committed` consumer sees every source transaction once and
+    /// whole, also after a crash of capture (needs a broker with transactions: Apache Kafka).
+    ExactlyOnce,
+    /// Idempotent producer without transactions: after a crash, envelopes after the last
+    /// checkpoint are sent again (same source positions, so consumers can drop them).
+    AtLeastOnce,
+}
+
 /// Parses `500ms`, `5s`, `2m`, `1h` or plain seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -185,6 +196,13 @@ pub struct CaptureArgs {
     /// Partitioning of messages.
     #[arg(long, env = "FRAPPE_CDC_PARTITION_BY", value_enum, default_value_t = PartitionBy::Doctype)]
     pub partition_by: PartitionBy,
+    /// Delivery guarantee on the topic (exactly-once needs Kafka transactions).
+    #[arg(long, env = "FRAPPE_CDC_DELIVERY", value_enum, default_value_t = Delivery::ExactlyOnce)]
+    pub delivery: Delivery,
+    /// transactional.id of the exactly-once producer (default frappe-cdc.<topic>.<server-id>).
+    /// A capture started with the id of a running one fences it: run one capture per id.
+    #[arg(long, env = "FRAPPE_CDC_TRANSACTIONAL_ID")]
+    pub transactional_id: Option<String>,
     /// Directory of the durable state store and checkpoint.
     #[arg(
         long,
@@ -303,6 +321,19 @@ pub struct ApplyArgs {
     /// order, the last one with the offsets (1: one transaction per batch).
     #[arg(long, env = "FRAPPE_CDC_WRITERS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=16))]
     pub writers: u16,
+    /// What a reader of the replica can see: `document` (each document atomic) or
+    /// `transaction` (each source transaction atomic, in source commit order; needs capture's
+    /// progress markers; one writer).
+    #[arg(long, env = "FRAPPE_CDC_CONSISTENCY", value_enum, default_value_t = crate::apply::config::Consistency::Document)]
+    pub consistency: crate::apply::config::Consistency,
+    /// With --consistency transaction: source transactions with more documents than this
+    /// (and the initial snapshot) are applied in parts, and can be seen half-applied.
+    #[arg(
+        long,
+        env = "FRAPPE_CDC_MAX_TRANSACTION_DOCS",
+        default_value_t = 50_000
+    )]
+    pub max_transaction_docs: u64,
     #[command(flatten)]
     pub kafka: KafkaClientArgs,
     /// Log format.

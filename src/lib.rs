@@ -16,5 +16,6 @@ pub mod image;
 pub mod kafka;
 pub mod metrics;
 pub mod position;
+pub mod progress;
 pub mod source;
 pub mod state;

@@ -10,8 +10,8 @@ use frappe_cdc::apply::conflicts::{self, Resolution};
 use frappe_cdc::apply::run::{ApplyConfig, RowFilter, run as run_apply_loop};
 use frappe_cdc::capture::{self, CaptureConfig};
 use frappe_cdc::cli::{
-    ApplyArgs, CaptureArgs, Command, ConflictAction, ConflictsArgs, LogFormat, PartitionBy,
-    VerifyArgs,
+    ApplyArgs, CaptureArgs, Command, ConflictAction, ConflictsArgs, Delivery, LogFormat,
+    PartitionBy, VerifyArgs,
 };
 use frappe_cdc::failure::Class;
 use frappe_cdc::frappe::catalog::Filter;
@@ -101,6 +101,11 @@ fn capture_config(a: &CaptureArgs) -> Result<CaptureConfig, String> {
             options: kafka::options::merged(a.kafka.kafka_config.as_deref(), &a.kafka.kafka_option)
                 .map_err(|e| e.to_string())?,
             null_sink: false,
+            transactional_id: (a.delivery == Delivery::ExactlyOnce).then(|| {
+                a.transactional_id
+                    .clone()
+                    .unwrap_or_else(|| format!("frappe-cdc.{}.{}", a.topic, a.server_id))
+            }),
         },
         filter: Filter::new(&a.doctypes.include_doctype, &a.doctypes.exclude_doctype),
         heartbeat: a.heartbeat,
@@ -255,6 +260,8 @@ async fn run_apply(a: &ApplyArgs) -> ExitCode {
         max_backoff: a.max_backoff,
         batch_size: a.batch_size,
         writers: usize::from(a.writers),
+        consistency: a.consistency,
+        max_transaction_docs: a.max_transaction_docs,
         kafka_options: match kafka::options::merged(
             a.kafka.kafka_config.as_deref(),
             &a.kafka.kafka_option,

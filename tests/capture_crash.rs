@@ -1,8 +1,13 @@
-//! Kill -9 capture at 20 points of a running workload (two of them during the initial
-//! snapshot), restart it each time, then check every document on the topic:
+//! Kill -9 capture at many points of a running workload (two of them during the initial
+//! snapshot), restart it each time, then check every document on the topic, as a
+//! `read_committed` consumer sees it:
 //! * its envelopes, with exact replays (same source position) dropped, form a chain: each
 //!   change's `before` equals the previous envelope's `after` (a missing change breaks it);
-//! * its last envelope equals the primary's final state (deleted: a delete, then a tombstone).
+//! * its last envelope equals the primary's final state (deleted: a delete, then a tombstone);
+//! * exactly-once (the default): there are no replays at all, every source transaction is on
+//!   the topic whole (`doc_count` envelopes, indexes 0..doc_count, the snapshot too), and the
+//!   progress markers of each partition never go backwards.
+//!   At-least-once (`--delivery at-least-once`): replays are allowed, nothing may be missing.
 
 mod common;
 
@@ -32,11 +37,18 @@ impl Lcg {
     }
 }
 
-fn spawn_capture(rig: &Rig, metrics_port: u16) -> KillOnDrop {
+fn spawn_capture(rig: &Rig, metrics_port: u16, delivery: &str) -> KillOnDrop {
     rig.spawn_capture(
         None,
         metrics_port,
-        &["--heartbeat", "1s", "--checkpoint-interval", "100ms"],
+        &[
+            "--heartbeat",
+            "1s",
+            "--checkpoint-interval",
+            "100ms",
+            "--delivery",
+            delivery,
+        ],
     )
 }
 
@@ -133,8 +145,25 @@ fn source_id(e: &Value) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_nine_twenty_times_loses_nothing() {
-    let rig = Rig::new("crash").await;
+async fn kill_nine_twenty_times_delivers_every_transaction_once_and_whole() {
+    let (replays, txs) = kill_nine(20, "exactly-once").await;
+    assert_eq!(
+        replays, 0,
+        "exactly-once: no envelope may be on the topic twice"
+    );
+    assert!(txs > 20, "only {txs} source transactions checked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_least_once_kill_nine_loses_nothing() {
+    kill_nine(6, "at-least-once").await;
+}
+
+/// Runs the kill rounds and checks the topic (module docs); returns the replayed envelopes
+/// dropped and the source transactions checked for wholeness (exactly-once only).
+async fn kill_nine(rounds: u64, delivery: &str) -> (u64, usize) {
+    let exactly_once = delivery == "exactly-once";
+    let rig = Rig::new(if exactly_once { "crash" } else { "crash-alo" }).await;
     seed(&rig, 3000).await;
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
@@ -146,9 +175,9 @@ async fn kill_nine_twenty_times_loses_nothing() {
 
     let mut rng = Lcg(7);
     let mut kills = Vec::new();
-    for round in 0..20 {
+    for round in 0..rounds {
         let port = free_port();
-        let mut child = spawn_capture(&rig, port);
+        let mut child = spawn_capture(&rig, port, delivery);
         // Two kill points inside the snapshot (rows loading / envelopes going out), the rest
         // after a random number of documents streamed by this process.
         let (what, target) = match round {
@@ -192,6 +221,12 @@ async fn kill_nine_twenty_times_loses_nothing() {
     // Catch up to the end of the binlog and check the topic.
     rig.capture().await;
     let msgs = read_all(&rig.bootstrap(), &rig.topic);
+    let txs = if exactly_once {
+        common::topic::whole_transactions(&msgs)
+    } else {
+        0
+    };
+    check_markers(&rig);
     let mut by_key: BTreeMap<(String, String), Vec<Option<Value>>> = BTreeMap::new();
     for m in msgs {
         let k = (
@@ -253,4 +288,33 @@ async fn kill_nine_twenty_times_loses_nothing() {
         done.load(Ordering::Acquire)
     );
     assert!(checked >= 3000);
+    (replays, txs)
+}
+
+/// Markers are valid, name their partition, and never go backwards within a partition.
+fn check_markers(rig: &Rig) {
+    let markers = common::topic::read_markers(&rig.bootstrap(), &rig.topic);
+    assert!(!markers.is_empty(), "no progress markers on the topic");
+    let mut last: BTreeMap<i32, BTreeMap<u64, u64>> = BTreeMap::new();
+    for m in &markers {
+        let v = m.value.as_ref().expect("marker value");
+        let p = frappe_cdc::progress::Progress::parse(&serde_json::to_vec(v).expect("bytes"))
+            .expect("a valid marker");
+        assert_eq!(p.partition, m.partition, "marker names another partition");
+        if p.snapshot.is_some() {
+            continue;
+        }
+        let pos: frappe_cdc::position::GtidPosition = p.position.parse().expect("position");
+        let prev = last.entry(m.partition).or_default();
+        for g in pos.iter() {
+            let seen = prev.entry(u64::from(g.domain_id)).or_insert(0);
+            assert!(
+                g.seq_no >= *seen,
+                "partition {}: marker at {} after one at seq {seen}",
+                m.partition,
+                p.position
+            );
+            *seen = g.seq_no;
+        }
+    }
 }

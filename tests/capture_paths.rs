@@ -9,6 +9,7 @@ use common::topic::Msg;
 use common::workload::Frappe;
 use common::workload::{Child, Invoice};
 use mysql_async::Conn;
+use mysql_async::prelude::Queryable;
 use serde_json::{Value, json};
 
 fn key(m: &Msg) -> (String, String) {
@@ -631,4 +632,31 @@ async fn include_and_exclude_doctype_filters() {
             .map(Vec::len),
         Some(1)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_created_and_deleted_in_one_transaction_is_not_counted() {
+    let (mut rig, _f, mut db, _inv, _) = site("vanish", false).await;
+    db.query_drop(
+        "START TRANSACTION; \
+         INSERT INTO `tabSales Invoice` (name, creation, modified, modified_by, owner, customer, grand_total, outstanding_amount, remarks) \
+           VALUES ('TMP-1', '2024-01-01 00:00:00', '2024-01-01 00:00:00', 'Administrator', 'Administrator', 'C1', 1, 1, 'temporary'); \
+         INSERT INTO `tabSales Invoice Item` (name, creation, modified, idx, item_code, qty, rate, parent, parentfield, parenttype) \
+           VALUES ('TMP-1-1', '2024-01-01 00:00:00', '2024-01-01 00:00:00', 1, 'ITEM', 1, 1, 'TMP-1', 'items', 'Sales Invoice'); \
+         UPDATE `tabCustomer` SET credit_limit = 7 WHERE name = 'C1'; \
+         DELETE FROM `tabSales Invoice Item` WHERE parent = 'TMP-1'; \
+         DELETE FROM `tabSales Invoice` WHERE name = 'TMP-1'; \
+         COMMIT",
+    )
+    .await
+    .expect("one transaction");
+    let ms = rig.round().await;
+    assert_eq!(
+        keys(&ms),
+        vec![k("Customer", "C1", true)],
+        "the vanished invoice is not emitted"
+    );
+    let s = &env(&ms[0])["source"];
+    assert_eq!(s["doc_count"], 1, "doc_count counts only emitted documents");
+    assert_eq!(s["doc_index"], 0);
 }

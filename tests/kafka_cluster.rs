@@ -6,7 +6,8 @@
 //! - a clean stop of one broker for 30 s;
 //! - all three brokers down for 60 s (capture must block, keep its position, and resume).
 //!
-//! Each case ends with the replica equal to the primary (`verify`), no Sales Invoice version
+//! Each case ends with the replica equal to the primary (`verify`), every source transaction
+//! on the topic once and whole for a `read_committed` reader (exactly-once), no Sales Invoice version
 //! written twice (a replica trigger logs every write with its `modified`), and for a killed
 //! broker the loss visible in the Kafka metrics (disconnects, retries). A clean stop is a
 //! controlled shutdown: clients see no failure at all, and capture must record no produce
@@ -162,6 +163,15 @@ impl Pipeline {
             tokio::time::sleep(Duration::from_millis(500)).await;
         };
         let catch_up = t0.elapsed().as_secs_f64();
+        // Exactly-once on the topic through the broker failure: a read_committed reader
+        // finds every source transaction once and whole.
+        let bootstrap = self.rig.bootstrap();
+        let topic = self.rig.topic.clone();
+        let msgs = tokio::task::spawn_blocking(move || common::topic::read_all(&bootstrap, &topic))
+            .await
+            .expect("read the topic");
+        let txs = common::topic::whole_transactions(&msgs);
+        eprintln!("{what}: {txs} source transactions on the topic, each once and whole");
         let twice = common::versions_written_twice(&mut self.r).await;
         assert!(
             twice.is_empty(),

@@ -3,8 +3,11 @@
 
 mod common;
 
-use common::schema::{assert_envelope, assert_key, is_valid_envelope};
+use common::schema::{
+    assert_envelope, assert_key, assert_progress, assert_progress_key, is_valid_envelope,
+};
 use frappe_cdc::envelope::Envelope;
+use frappe_cdc::progress::Progress;
 use serde_json::Value;
 
 fn example(name: &str) -> Value {
@@ -24,6 +27,13 @@ fn every_example_is_valid_and_deserializes() {
         assert_eq!(serde_json::to_value(&e).expect("serialize")["op"], op);
     }
     assert_key(&example("key"));
+    let p = example("progress");
+    assert_progress(&p);
+    assert_progress_key(&example("progress-key"));
+    let m = Progress::parse(&serde_json::to_vec(&p).expect("bytes")).expect("marker");
+    // What capture writes matches the schema too.
+    assert_progress(&serde_json::from_slice(&m.to_vec()).expect("json"));
+    assert_progress_key(&serde_json::from_slice(&frappe_cdc::progress::key(3)).expect("json"));
 }
 
 #[test]

@@ -5,7 +5,9 @@
 //! and, unless the value is null (a tombstone), the value is an envelope of a known version
 //! whose images fit its operation, whose `after` image describes only its own document
 //! ([`Envelope::validate`]), whose source position is a GTID position, and whose doctype and
-//! name are the key's. Anything else is rejected with a dead-letter reason that names the
+//! name are the key's. A progress marker (`progress.rs`: key `{"progress": <partition>}`, a
+//! marker value of a known version naming the partition it was read from) is admitted as such:
+//! it only moves the offset. Anything else is rejected with a dead-letter reason that names the
 //! defect (never the message's text) and nothing of it is applied.
 //!
 //! Pure and bounded: a key is at most [`crate::envelope::KEY_MAX_BYTES`]; JSON nesting stops at serde_json's
@@ -14,6 +16,7 @@
 
 use super::control::EventKey;
 use crate::envelope::{ENVELOPE_VERSION, Envelope, Key, shape_error};
+use crate::progress::{self, Progress};
 
 /// A message apply may act on.
 #[derive(Debug)]
@@ -22,10 +25,28 @@ pub enum Admitted {
     Tombstone(Key<'static>),
     /// A document envelope and its position.
     Doc(Box<Envelope>, EventKey),
+    /// A progress marker of capture.
+    Progress(Box<Progress>),
 }
 
 /// Checks a message's key and value; `Err` is the dead-letter reason.
 pub fn admit(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Admitted, String> {
+    admit_from(key, value, None)
+}
+
+/// [`admit`] for a message read from `partition` (a marker must name the partition it is in).
+pub fn admit_from(
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    partition: Option<i32>,
+) -> Result<Admitted, String> {
+    if let Some(p) = key.and_then(progress::parse_key) {
+        let m = Progress::parse(value.ok_or("value: a progress marker without a value")?)?;
+        if m.partition != p || partition.is_some_and(|at| at != p) {
+            return Err("value: progress marker for another partition".into());
+        }
+        return Ok(Admitted::Progress(Box::new(m)));
+    }
     let k = Key::parse(key)?;
     let Some(value) = value else {
         return Ok(Admitted::Tombstone(k));
@@ -204,12 +225,37 @@ mod tests {
     }
 
     #[test]
+    fn progress_markers_are_admitted_only_whole_and_in_their_partition() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/examples");
+        let read = |f: &str| std::fs::read(format!("{dir}/{f}")).unwrap();
+        let (k, v) = (read("progress-key.json"), read("progress.json"));
+        let k =
+            serde_json::to_vec(&serde_json::from_slice::<serde_json::Value>(&k).unwrap()).unwrap();
+        assert!(matches!(admit(Some(&k), Some(&v)), Ok(Admitted::Progress(m)) if m.partition == 0));
+        assert!(admit_from(Some(&k), Some(&v), Some(0)).is_ok());
+        assert!(
+            admit_from(Some(&k), Some(&v), Some(1)).is_err(),
+            "read from another partition"
+        );
+        assert!(
+            admit(Some(b"{\"progress\":1}"), Some(&v)).is_err(),
+            "key names another partition"
+        );
+        assert!(admit(Some(&k), None).is_err(), "no value");
+        assert!(admit(Some(&k), Some(b"{}")).is_err(), "not a marker");
+        // A document envelope under a marker key is not a document.
+        let e = serde_json::to_vec(&envelope()).unwrap();
+        assert!(admit(Some(&k), Some(&e)).is_err());
+    }
+
+    #[test]
     fn the_schema_examples_are_admitted() {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/examples");
         let mut n = 0;
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
-            if path.file_name().is_some_and(|f| f == "key.json") {
+            let file = path.file_name().and_then(|f| f.to_str()).unwrap_or("");
+            if file == "key.json" || file.starts_with("progress") {
                 continue;
             }
             let v: serde_json::Value =

@@ -27,6 +27,23 @@ pub struct ApplyConfig {
     /// Extra librdkafka settings (`--kafka-option`): all go to the consumer, the connection
     /// ones (security, SASL, TLS, client.id) also to the dead-letter producer and admin client.
     pub kafka_options: Vec<(String, String)>,
+    /// What a reader of the replica can see (`--consistency`).
+    pub consistency: Consistency,
+    /// In `Transaction` consistency, source transactions with more documents than this are
+    /// applied in parts (`sequence.rs`).
+    pub max_transaction_docs: u64,
+}
+
+/// What a reader of the replica can see while apply runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Consistency {
+    /// Each document is applied atomically; the documents of one source transaction may land
+    /// in different replica transactions (and in another order across partitions).
+    Document,
+    /// The documents of each source transaction are applied in one replica transaction, in
+    /// source commit order across partitions (`sequence.rs`): a reader never sees half of a
+    /// source transaction (except one larger than --max-transaction-docs, or the snapshot).
+    Transaction,
 }
 
 /// Consumer settings apply relies on; `--kafka-option` may not set these.

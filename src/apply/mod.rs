@@ -18,5 +18,6 @@ pub mod plan;
 pub mod replica;
 pub mod run;
 pub mod schema;
+pub mod sequence;
 mod sql;
 pub mod verify;

@@ -8,6 +8,8 @@ pub enum Outcome {
     AlreadyApplied,
     Filtered,
     Tombstone,
+    /// A progress marker of capture (only moves the offset).
+    Progress,
     Conflict,
     DeadLetter(String),
 }
@@ -19,6 +21,7 @@ impl Outcome {
             Outcome::Duplicate | Outcome::AlreadyApplied => "skipped",
             Outcome::Filtered => "filtered",
             Outcome::Tombstone => "tombstone",
+            Outcome::Progress => "progress",
             Outcome::Conflict => "conflict",
             Outcome::DeadLetter(_) => "dead_letter",
         }

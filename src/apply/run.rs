@@ -17,7 +17,7 @@
 //! order, one at a time, so nothing above changes. A batch parsed but not yet applied when
 //! the process stops is simply read again from the stored offsets.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -32,15 +32,18 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use super::admit::{Admitted, admit};
+use super::admit::{Admitted, admit_from};
 use super::bulk::{BulkError, BulkItem, BulkMode, BulkResult, apply_bulk};
+use super::config::Consistency;
 pub use super::config::{ApplyConfig, RowFilter};
 use super::control::{self, EventKey};
 use super::decision::Comparator;
+use super::document::apply_document;
 use super::infile;
 use super::lag::LagWatcher;
 pub use super::outcome::Outcome;
 use super::replica::{ReplicaError, SchemaCache};
+use super::sequence::{self, Kind, Sequencer};
 use crate::envelope::{Envelope, Op};
 use crate::failure::{self, Class};
 use crate::frappe::catalog::{Filter, IGNORED_COLUMNS};
@@ -52,9 +55,16 @@ use crate::kafka::topic::{
 use crate::metrics::{ApplyMetrics, BoundedLabels};
 
 mod batch;
+mod idle;
 mod one;
+mod whole;
 
 use batch::{Pending, bulkable};
+use whole::Whole;
+
+/// A polled message as parsed off the apply task: how it can be applied, and what the
+/// sequencer needs to know of it.
+type Parsed = (Option<Pending>, Kind);
 
 /// Errors that stop apply.
 #[derive(Debug, thiserror::Error)]
@@ -167,6 +177,8 @@ struct Applier {
     /// seen at start. Below it, a document missing on the replica is written from its
     /// message (`Comparator::missing_is_new`): its earlier versions may be compacted away.
     bootstrap_until: BTreeMap<i32, i64>,
+    /// The consumer positions last stored while idle (`idle.rs`).
+    idle_positions: BTreeMap<i32, i64>,
 }
 
 /// Runs apply until shutdown.
@@ -350,6 +362,7 @@ pub async fn run(
         serial_retry: false,
         read_new: false,
         bootstrap_until,
+        idle_positions: BTreeMap::new(),
     };
     let mut io = LoopIo {
         consumer: &consumer,
@@ -359,7 +372,9 @@ pub async fn run(
     };
     // Envelope parsing of batch N+1 runs on a blocking thread while batch N is applied.
     let rules = Arc::new((applier.cfg.filter.clone(), applier.cfg.row_filters.clone()));
-    let mut ready: Option<(Vec<OwnedMessage>, Vec<Option<Pending>>)> = None;
+    let mut ready: Option<(Vec<OwnedMessage>, Vec<Parsed>)> = None;
+    let mut whole = (applier.cfg.consistency == Consistency::Transaction)
+        .then(|| Whole::new(&parts, applier.cfg.max_transaction_docs));
     while !shutdown.is_cancelled() {
         // While a parsed batch waits, only take what is already fetched: the waiting batch
         // is applied right away, and the new one is parsed meanwhile.
@@ -384,10 +399,15 @@ pub async fn run(
                 }
             }
         })?;
+        // Held messages (transaction mode) are behind the consumer's position: only store it
+        // when nothing is held.
+        if msgs.is_empty() && ready.is_none() && whole.as_ref().is_none_or(|w| w.seq.held() == 0) {
+            applier.store_idle_positions(&io).await;
+        }
         let parsing = (!msgs.is_empty()).then(|| {
             let rules = Arc::clone(&rules);
             tokio::task::spawn_blocking(move || {
-                let parsed: Vec<Option<Pending>> = msgs
+                let parsed: Vec<Parsed> = msgs
                     .iter()
                     .map(|m| bulkable(&rules.0, &rules.1, m))
                     .collect();
@@ -395,7 +415,11 @@ pub async fn run(
             })
         });
         if let Some((msgs, parsed)) = ready.take() {
-            if !applier.apply_batch(&mut io, msgs, parsed).await? {
+            let done = match whole.as_mut() {
+                Some(w) => applier.apply_whole(&mut io, w, msgs, parsed).await?,
+                None => applier.apply_batch(&mut io, msgs, parsed).await?,
+            };
+            if !done {
                 return Ok(());
             }
             applier.metrics.ready.store(true, Ordering::Release);

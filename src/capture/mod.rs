@@ -6,6 +6,7 @@
 //! ([`CaptureError::is_transient`]) with backoff; every attempt resumes from the last durable
 //! checkpoint, so a retry can repeat envelopes but never skip one.
 
+mod commit;
 pub mod processor;
 pub mod retention;
 pub mod snapshot;
@@ -199,6 +200,15 @@ pub async fn run(
         return Err(CaptureError::Preflight(report.failures));
     }
     let store = Arc::new(Store::open(&cfg.state_dir)?);
+    // A store from before epochs gets one now, durably, before anything carries it.
+    let cp = match cp {
+        Some(mut c) if c.epoch.is_none() => {
+            c.epoch = Some(crate::progress::new_epoch());
+            store.batch()?.commit(&c)?;
+            Some(c)
+        }
+        other => other,
+    };
     let partitions = if cfg.producer.null_sink {
         cfg.producer.partitions
     } else {
@@ -225,7 +235,31 @@ pub async fn run(
     }
     let mut pcfg = cfg.producer.clone();
     pcfg.partitions = partitions;
-    let mut producer = Producer::new(&pcfg)?;
+    // Creating an exactly-once producer and reading the markers block: off the async workers.
+    let epoch = cp
+        .as_ref()
+        .and_then(|c| c.epoch.clone())
+        .filter(|_| pcfg.transactional_id.is_some() && !pcfg.null_sink);
+    let pcfg2 = pcfg.clone();
+    let (mut producer, on_topic) = tokio::task::spawn_blocking(move || {
+        let producer = Producer::new(&pcfg2)?;
+        // I15 (ARCHITECTURE.md): what an exactly-once topic already holds of this state.
+        let on_topic = match epoch {
+            Some(epoch) => crate::kafka::markers::last_marker(
+                &pcfg2.brokers,
+                &pcfg2.options,
+                &pcfg2.topic,
+                &epoch,
+            )?,
+            None => None,
+        };
+        Ok::<_, ProducerError>((producer, on_topic))
+    })
+    .await
+    .map_err(|_| CaptureError::Internal("producer setup panicked"))??;
+    if let Some(m) = &on_topic {
+        tracing::info!(position = %m.position, snapshot = ?m.snapshot, "newest committed progress marker of this state");
+    }
     if let Some(h) = producer.health() {
         h.attach(HealthCounters {
             disconnects: metrics.kafka_disconnects.clone(),
@@ -244,11 +278,15 @@ pub async fn run(
                 && c.schema == cfg.source.database =>
         {
             tracing::info!("resuming snapshot emission");
+            // Markers of a finished snapshot carry none: all of it is on the topic.
+            let snapshot_on_topic = on_topic
+                .as_ref()
+                .map_or(0, |m| m.snapshot.map_or(u64::MAX, |s| s.emitted));
             let store2 = Arc::clone(&store);
             let m = metrics.clone();
             let ft = cfg.flush_timeout;
             let (cp, p) = tokio::task::spawn_blocking(move || {
-                let r = snapshot::emit(&store2, c, &mut producer, &m, ft);
+                let r = snapshot::emit(&store2, c, &mut producer, &m, ft, snapshot_on_topic);
                 (r, producer)
             })
             .await
@@ -269,7 +307,7 @@ pub async fn run(
             let m = metrics.clone();
             let ft = cfg.flush_timeout;
             let (cp, p) = tokio::task::spawn_blocking(move || {
-                let r = snapshot::emit(&store2, loaded, &mut producer, &m, ft);
+                let r = snapshot::emit(&store2, loaded, &mut producer, &m, ft, 0);
                 (r, producer)
             })
             .await
@@ -310,6 +348,10 @@ pub async fn run(
         checkpoint_interval: cfg.checkpoint_interval,
         spill_at: cfg.spill_at,
         flush_timeout: cfg.flush_timeout,
+        epoch: cp.epoch.clone().unwrap_or_default(),
+        committed: on_topic
+            .filter(|m| m.snapshot.is_none())
+            .and_then(|m| m.position.parse().ok()),
     };
     let mut processor = Processor::new(
         pcfg,

@@ -46,6 +46,12 @@ pub struct ProcessorConfig {
     pub flush_timeout: Duration,
     /// Where the durable checkpoint is published for the retention watcher.
     pub checkpoint_view: CheckpointView,
+    /// The state's epoch, carried by progress markers.
+    pub epoch: String,
+    /// Exactly-once restart: the position the topic already holds every transaction up to
+    /// (its newest committed marker), when that is ahead of the checkpoint. Transactions up to
+    /// it are processed with the producer muted (I15, ARCHITECTURE.md).
+    pub committed: Option<GtidPosition>,
 }
 
 /// Applies binlog items to the store and emits envelopes.
@@ -60,6 +66,9 @@ pub struct Processor {
     docs: DocCache,
     renames: Vec<(usize, DocKey)>,
     changed_count: u64,
+    /// Pending documents this transaction found absent (no `before`): the ones it may also
+    /// have deleted again, which are not emitted and so not counted in `doc_count`.
+    created: Vec<usize>,
     catalog: Catalog,
     filter: Filter,
     producer: Producer,
@@ -73,6 +82,8 @@ pub struct Processor {
     catalog_dirty: bool,
     dirty: bool,
     last_checkpoint: Instant,
+    /// See `ProcessorConfig::committed`; cleared at the first transaction past it.
+    skip_through: Option<GtidPosition>,
 }
 
 fn now_secs() -> u64 {
@@ -187,6 +198,7 @@ impl Processor {
     ) -> Result<Self, CaptureError> {
         let batch = store.batch()?;
         let catalog = load_catalog(&batch)?;
+        let cfg_committed = cfg.committed.clone();
         let snapshot_at = match &cp.snapshot {
             SnapshotState::Done { at } | SnapshotState::InProgress { at, .. } => at.clone(),
         };
@@ -203,6 +215,7 @@ impl Processor {
             batch: Some(batch),
             renames: Vec::new(),
             changed_count: 0,
+            created: Vec::new(),
             catalog,
             filter,
             producer,
@@ -216,6 +229,7 @@ impl Processor {
             catalog_dirty: false,
             dirty: false,
             last_checkpoint: Instant::now(),
+            skip_through: cfg_committed,
         })
     }
 
@@ -330,7 +344,12 @@ impl Processor {
         if changed {
             self.changed_count += 1;
         }
-        Ok(self.pending.push(b, doc)?)
+        let absent = doc.before.is_none();
+        let i = self.pending.push(b, doc)?;
+        if absent {
+            self.created.push(i);
+        }
+        Ok(i)
     }
 
     fn route_key(r: &Route) -> Option<(&DocKey, DocShape)> {
@@ -490,6 +509,16 @@ impl Processor {
                 doc_count: 0,
                 snapshot: false,
             };
+            // I15: a transaction the topic already holds is processed but not sent again.
+            if let Some(done) = &self.skip_through {
+                if done.contains(&gtid) {
+                    self.producer.set_muted(true);
+                } else {
+                    tracing::info!(position = %self.position, "caught up with what the topic holds; sending again");
+                    self.producer.set_muted(false);
+                    self.skip_through = None;
+                }
+            }
             let emitted = self.emit_group(source)?;
             self.metrics.tx_docs.observe(emitted as f64);
             self.metrics
@@ -504,6 +533,7 @@ impl Processor {
         self.pending.clear(b)?;
         self.renames.clear();
         self.changed_count = 0;
+        self.created.clear();
         self.position = next;
         self.cur_gtid = None;
         self.dirty = true;
@@ -529,7 +559,25 @@ impl Processor {
         let Some(b) = self.batch.take() else {
             return Ok(());
         };
-        if let Err(e) = self.producer.flush(self.cfg.flush_timeout) {
+        let marker = crate::progress::Progress {
+            version: crate::progress::PROGRESS_VERSION,
+            kind: crate::progress::TYPE_PROGRESS.into(),
+            epoch: self.cfg.epoch.clone(),
+            partition: 0,
+            position: self.position.to_string(),
+            file: self.file.clone(),
+            pos: self.pos,
+            commit_ts: self.last_commit_ts,
+            snapshot: None,
+            written_at: now_secs(),
+        };
+        let committed = super::commit::commit(
+            &mut self.producer,
+            &self.metrics,
+            &marker,
+            self.cfg.flush_timeout,
+        );
+        if let Err(e) = committed {
             self.metrics.produce_errors.inc();
             self.docs.discard();
             let _ = b.abort();
@@ -551,6 +599,7 @@ impl Processor {
             commit_ts: self.last_commit_ts,
             filter: Some(self.filter.describe()),
             envelope_version: Some(crate::envelope::ENVELOPE_VERSION),
+            epoch: Some(self.cfg.epoch.clone()),
         };
         b.commit(&cp)?;
         self.dirty = false;

@@ -16,12 +16,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::CaptureError;
+use super::commit::commit;
 use super::processor::{DOC_CACHE_BYTES, load_catalog, put_catalog_row, put_routed};
 use crate::envelope::{ENVELOPE_VERSION, EnvelopeOut, Op, Source, key_json};
 use crate::frappe::catalog::{Catalog, Filter};
 use crate::frappe::routing::{Route, route};
 use crate::kafka::producer::Producer;
 use crate::metrics::CaptureMetrics;
+use crate::progress::{PROGRESS_VERSION, Progress as Marker, SnapshotProgress, TYPE_PROGRESS};
 use crate::source::conn::DbTarget;
 use crate::source::snapshot::{SnapItem, Snapshot};
 use crate::state::{Checkpoint, DocCache, DocKey, DocShape, SnapshotState, Store};
@@ -144,6 +146,7 @@ pub async fn load(
         commit_ts: 0,
         filter: Some(filter.describe()),
         envelope_version: Some(crate::envelope::ENVELOPE_VERSION),
+        epoch: Some(crate::progress::new_epoch()),
     };
     // The loader commits only after the reader's `End` marker: a failed read drops the
     // uncommitted batch, and the next start takes a new snapshot.
@@ -244,12 +247,16 @@ pub async fn load(
 }
 
 /// Emits the snapshot envelopes (phase 2) and returns the `Done` checkpoint.
+/// `on_topic`: snapshot envelopes an exactly-once capture of this state already committed
+/// (from the newest progress marker); they are emitted again with the producer muted, so the
+/// rest follows exactly once (I15).
 pub fn emit(
     store: &Store,
     cp: Checkpoint,
     producer: &mut Producer,
     metrics: &CaptureMetrics,
     flush_timeout: Duration,
+    on_topic: u64,
 ) -> Result<Checkpoint, CaptureError> {
     let SnapshotState::InProgress {
         at,
@@ -287,6 +294,26 @@ pub fn emit(
         start = order.iter().position(|(d, _)| d == &c.doctype).unwrap_or(0);
     }
     let mut since_commit = 0u64;
+    let epoch = cp.epoch.clone().unwrap_or_default();
+    let marker = |emitted: u64| Marker {
+        version: PROGRESS_VERSION,
+        kind: TYPE_PROGRESS.into(),
+        epoch: epoch.clone(),
+        partition: 0,
+        position: at.to_string(),
+        file: cp.file.clone(),
+        pos: cp.pos,
+        commit_ts: cp.commit_ts,
+        snapshot: Some(SnapshotProgress { emitted, total }),
+        written_at: now_secs(),
+    };
+    if emitted < on_topic {
+        tracing::info!(
+            committed = on_topic,
+            checkpointed = emitted,
+            "the topic holds snapshot envelopes past the checkpoint; re-reading them without sending"
+        );
+    }
     let mut b = store.batch()?;
     for (doctype, shape) in order.iter().skip(start) {
         let mut after_name: Option<String> = match &cursor {
@@ -339,6 +366,7 @@ pub fn emit(
                     source: &source,
                 };
                 let payload = env.to_vec();
+                producer.set_muted(emitted < on_topic);
                 producer.send(doctype, &key_json(doctype, name), Some(&payload))?;
                 metrics
                     .documents
@@ -350,7 +378,7 @@ pub fn emit(
                 cursor = Some(key);
             }
             if since_commit >= EMIT_CHUNK {
-                producer.flush(flush_timeout)?;
+                commit(producer, metrics, &marker(emitted), flush_timeout)?;
                 let mut next = cp.clone();
                 next.snapshot = SnapshotState::InProgress {
                     at: at.clone(),
@@ -367,7 +395,8 @@ pub fn emit(
             }
         }
     }
-    producer.flush(flush_timeout)?;
+    producer.set_muted(false);
+    commit(producer, metrics, &marker(emitted), flush_timeout)?;
     progress.finish();
     let mut done = cp.clone();
     done.position = at.clone();

@@ -2,9 +2,19 @@
 //!
 //! Idempotent (`enable.idempotence=true`, `acks=all`), so librdkafka retries never duplicate or
 //! reorder messages within a partition. Deliveries are counted by a context callback; capture
-//! only checkpoints after [`Producer::flush`] reported that *every* message sent so far was
+//! only checkpoints after [`Producer::commit`] reported that *every* message sent so far was
 //! acknowledged without error. Any delivery error is fatal for this producer: capture restarts
 //! from its checkpoint, so the failed message is sent again, never skipped.
+//!
+//! Exactly-once (a `transactional_id`, the default on Apache Kafka): every message is sent
+//! inside a Kafka transaction, opened by the first send after a commit; [`Producer::commit`]
+//! adds a progress marker to every partition and commits the transaction, so a
+//! `read_committed` consumer sees all of it or nothing. `init_transactions` at start fences an
+//! older producer with the same id and aborts its open transaction. At-least-once (no id):
+//! `commit` writes the markers and waits for every acknowledgement.
+//!
+//! A muted producer ([`Producer::set_muted`]) drops what it is given: capture mutes it while it
+//! re-reads a stretch of binlog whose envelopes a committed transaction already holds.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,6 +61,10 @@ pub enum ProducerError {
         "message of {bytes} bytes exceeds message.max.bytes; raise --kafka-option message.max.bytes and the topic's max.message.bytes"
     )]
     TooLarge { bytes: usize },
+    #[error(
+        "Kafka transactions failed for transactional.id {id}: {reason}\n  fix: another capture with the same transactional.id (--transactional-id, default frappe-cdc.<topic>.<server-id>) took over: run one capture per id; on brokers without transactions use --delivery at-least-once"
+    )]
+    Transactions { id: String, reason: String },
 }
 
 /// Counts deliveries.
@@ -99,6 +113,8 @@ pub struct ProducerConfig {
     /// Benchmarks only: drop every message instead of sending it (no broker contacted), to
     /// measure capture without Kafka.
     pub null_sink: bool,
+    /// Exactly-once: the Kafka `transactional.id` (module docs); None for at-least-once.
+    pub transactional_id: Option<String>,
 }
 
 /// The capture producer.
@@ -111,6 +127,16 @@ pub struct Producer {
     by_doctype: bool,
     sent: u64,
     max_in_flight: u64,
+    /// The `transactional.id` when exactly-once.
+    transactional_id: Option<String>,
+    /// A Kafka transaction is open.
+    open: bool,
+    /// Messages sent since the last commit.
+    since_commit: u64,
+    muted: bool,
+    /// Transactions committed and aborted (metrics).
+    pub commits: u64,
+    pub aborts: u64,
 }
 
 /// librdkafka settings frappe-cdc relies on; `--kafka-option` may not override these.
@@ -124,6 +150,11 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("socket.keepalive.enable", "true"),
     ("statistics.interval.ms", STATS_INTERVAL_MS),
 ];
+
+/// How long a transaction may stay open on the broker before it aborts it (the brokers'
+/// default `transaction.max.timeout.ms` is 15 minutes; a big source transaction or snapshot
+/// chunk must commit within this).
+const TRANSACTION_TIMEOUT_MS: &str = "600000";
 
 fn client_config(
     brokers: &str,
@@ -146,6 +177,28 @@ fn client_config(
     Ok(cfg)
 }
 
+/// A transactional call's error: retriable and abortable ones are delivery failures (capture
+/// restarts from its checkpoint), the rest (fenced, unsupported, not authorized) halt.
+fn txn_error(id: &str, brokers: &str, e: KafkaError) -> ProducerError {
+    match &e {
+        KafkaError::Transaction(t) if t.is_retriable() || t.txn_requires_abort() => {
+            ProducerError::Delivery(e.to_string())
+        }
+        KafkaError::Transaction(t)
+            if matches!(t.code(), Code::OperationTimedOut | Code::RequestTimedOut) =>
+        {
+            ProducerError::Unreachable {
+                brokers: brokers.to_string(),
+                reason: e.to_string(),
+            }
+        }
+        _ => ProducerError::Transactions {
+            id: id.to_string(),
+            reason: e.to_string(),
+        },
+    }
+}
+
 /// FNV-1a, stable across versions, for doctype partitioning.
 pub fn doctype_partition(doctype: &str, partitions: i32) -> i32 {
     let mut h: u32 = 0x811c_9dc5;
@@ -157,16 +210,32 @@ pub fn doctype_partition(doctype: &str, partitions: i32) -> i32 {
 }
 
 impl Producer {
-    /// Creates the producer.
+    /// Creates the producer; exactly-once also initialises transactions (blocks up to 30 s:
+    /// call off the async runtime's worker or with `block_in_place`).
     pub fn new(cfg: &ProducerConfig) -> Result<Producer, ProducerError> {
+        let transactional_id = cfg.transactional_id.clone().filter(|_| !cfg.null_sink);
         let inner: Option<ThreadedProducer<AckContext>> = if cfg.null_sink {
             None
         } else {
-            Some(
-                client_config(&cfg.brokers, &cfg.options)?
-                    .create_with_context(AckContext::default())
-                    .map_err(ProducerError::Setup)?,
-            )
+            let mut c = client_config(&cfg.brokers, &cfg.options)?;
+            if let Some(id) = &transactional_id {
+                c.set("transactional.id", id);
+                if !cfg
+                    .options
+                    .iter()
+                    .any(|(k, _)| k == "transaction.timeout.ms")
+                {
+                    c.set("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS);
+                }
+            }
+            let p: ThreadedProducer<AckContext> = c
+                .create_with_context(AckContext::default())
+                .map_err(ProducerError::Setup)?;
+            if let Some(id) = &transactional_id {
+                p.init_transactions(Duration::from_secs(30))
+                    .map_err(|e| txn_error(id, &cfg.brokers, e))?;
+            }
+            Some(p)
         };
         Ok(Producer {
             inner,
@@ -176,7 +245,32 @@ impl Producer {
             by_doctype: cfg.partition_by_doctype,
             sent: 0,
             max_in_flight: cfg.max_in_flight.max(1),
+            transactional_id,
+            open: false,
+            since_commit: 0,
+            muted: false,
+            commits: 0,
+            aborts: 0,
         })
+    }
+
+    /// True when the producer writes in Kafka transactions.
+    pub fn exactly_once(&self) -> bool {
+        self.transactional_id.is_some()
+    }
+
+    /// While muted, `send` drops messages (module docs).
+    pub fn set_muted(&mut self, muted: bool) {
+        self.muted = muted;
+    }
+
+    pub fn muted(&self) -> bool {
+        self.muted
+    }
+
+    /// Number of partitions messages are spread over.
+    pub fn partitions(&self) -> i32 {
+        self.partitions
     }
 
     fn check_failed(&self) -> Result<(), ProducerError> {
@@ -217,10 +311,22 @@ impl Producer {
         key: &[u8],
         payload: Option<&[u8]>,
     ) -> Result<(), ProducerError> {
+        if self.muted {
+            return Ok(());
+        }
         let Some(inner) = &self.inner else {
             self.sent += 1;
+            self.since_commit += 1;
             return Ok(());
         };
+        if let Some(id) = &self.transactional_id
+            && !self.open
+        {
+            inner
+                .begin_transaction()
+                .map_err(|e| txn_error(id, &self.brokers, e))?;
+            self.open = true;
+        }
         while self.in_flight() >= self.max_in_flight {
             self.check_failed()?;
             std::thread::sleep(Duration::from_micros(200));
@@ -249,6 +355,92 @@ impl Producer {
             }
         }
         self.sent += 1;
+        self.since_commit += 1;
+        Ok(())
+    }
+
+    /// Makes everything sent since the last commit durable and visible: a progress marker
+    /// (`marker(partition)`) to every partition after it, then the transaction's commit
+    /// (exactly-once) or every acknowledgement (at-least-once). Nothing sent: nothing to do.
+    /// On an error nothing of this commit is visible to `read_committed` consumers (the
+    /// transaction is aborted); capture then restarts from its checkpoint.
+    pub fn commit(
+        &mut self,
+        marker: impl Fn(i32) -> Vec<u8>,
+        timeout: Duration,
+    ) -> Result<(), ProducerError> {
+        if self.since_commit == 0 {
+            return Ok(());
+        }
+        let muted = std::mem::replace(&mut self.muted, false);
+        let r = self.send_markers(&marker);
+        self.muted = muted;
+        r?;
+        self.flush(timeout)?;
+        if let (Some(inner), Some(id)) = (&self.inner, &self.transactional_id)
+            && self.open
+        {
+            let deadline = Instant::now() + timeout;
+            loop {
+                match inner.commit_transaction(timeout) {
+                    Ok(()) => break,
+                    Err(KafkaError::Transaction(e))
+                        if e.is_retriable() && Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    Err(e) => {
+                        self.open = false;
+                        let abortable =
+                            matches!(&e, KafkaError::Transaction(t) if t.txn_requires_abort());
+                        if abortable {
+                            let _ = inner.abort_transaction(timeout);
+                            self.aborts += 1;
+                            return Err(ProducerError::Delivery(format!(
+                                "transaction aborted: {e}"
+                            )));
+                        }
+                        return Err(txn_error(id, &self.brokers, e));
+                    }
+                }
+            }
+            self.open = false;
+            self.commits += 1;
+        }
+        self.since_commit = 0;
+        Ok(())
+    }
+
+    fn send_markers(&mut self, marker: &impl Fn(i32) -> Vec<u8>) -> Result<(), ProducerError> {
+        use crate::progress::{TYPE_HEADER, TYPE_PROGRESS, key};
+        use rdkafka::message::{Header, OwnedHeaders};
+        let Some(inner) = &self.inner else {
+            return Ok(());
+        };
+        for p in 0..self.partitions {
+            let (k, v) = (key(p), marker(p));
+            let headers = OwnedHeaders::new().insert(Header {
+                key: TYPE_HEADER,
+                value: Some(TYPE_PROGRESS),
+            });
+            let mut rec: BaseRecord<'_, [u8], [u8], ()> = BaseRecord::to(&self.topic)
+                .key(&k[..])
+                .payload(&v[..])
+                .partition(p)
+                .headers(headers);
+            loop {
+                match inner.send(rec) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(Code::QueueFull), r)) => {
+                        rec = r;
+                        self.check_failed()?;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err((e, _)) => return Err(ProducerError::Delivery(e.to_string())),
+                }
+            }
+            self.sent += 1;
+        }
         Ok(())
     }
 

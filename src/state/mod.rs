@@ -89,6 +89,11 @@ pub struct Checkpoint {
     /// The envelope version capture emitted; None in older stores.
     #[serde(default)]
     pub envelope_version: Option<u32>,
+    /// Identity of this state, new with every initial snapshot; carried by the progress
+    /// markers capture writes (`progress.rs`). None in older stores (capture then gives it one
+    /// before it sends anything).
+    #[serde(default)]
+    pub epoch: Option<String>,
 }
 
 /// Progress of the initial snapshot.

@@ -17,6 +17,7 @@ fn cp() -> Checkpoint {
         commit_ts: 0,
         filter: None,
         envelope_version: None,
+        epoch: Some("e1".into()),
     }
 }
 

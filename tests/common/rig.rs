@@ -127,6 +127,7 @@ impl Rig {
                 max_in_flight: 10_000,
                 options: vec![],
                 null_sink: false,
+                transactional_id: Some(format!("frappe-cdc.{}.{}", self.topic, self.server_id)),
             },
             filter: self.filter.clone(),
             heartbeat: Duration::from_secs(1),

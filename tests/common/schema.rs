@@ -42,3 +42,23 @@ pub fn is_valid_envelope(doc: &Value) -> bool {
     static V: OnceLock<jsonschema::Validator> = OnceLock::new();
     V.get_or_init(|| load("envelope.v1.json")).is_valid(doc)
 }
+
+/// Panics unless `doc` is a valid progress marker.
+pub fn assert_progress(doc: &Value) {
+    static V: OnceLock<jsonschema::Validator> = OnceLock::new();
+    check(
+        V.get_or_init(|| load("progress.v1.json")),
+        "progress marker",
+        doc,
+    );
+}
+
+/// Panics unless `doc` is a valid progress marker key.
+pub fn assert_progress_key(doc: &Value) {
+    static V: OnceLock<jsonschema::Validator> = OnceLock::new();
+    check(
+        V.get_or_init(|| load("progress-key.v1.json")),
+        "progress marker key",
+        doc,
+    );
+}

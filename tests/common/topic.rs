@@ -1,7 +1,10 @@
 //! Reads a whole topic as (key, value) pairs.
 //!
 //! Each partition is read from its start to the high watermark it had when its turn came
-//! (Apache Kafka's watermark is exact; the reader writes nothing to the topic).
+//! (Apache Kafka's watermark is exact; the reader writes nothing to the topic), with
+//! librdkafka's default `isolation.level=read_committed`. Capture's progress markers are left
+//! out of `read_all` and `count_all` (they are documents' neighbours, not documents);
+//! `read_markers` returns them.
 
 use std::time::{Duration, Instant};
 
@@ -100,10 +103,27 @@ fn scan(bootstrap: &str, topic: &str, mut f: impl FnMut(i32, &BorrowedMessage<'_
     }
 }
 
-/// Every message of `topic`, in partition then offset order.
+fn is_marker(m: &BorrowedMessage<'_>) -> bool {
+    m.key().and_then(frappe_cdc::progress::parse_key).is_some()
+}
+
+/// Every message of `topic` but progress markers, in partition then offset order.
 pub fn read_all(bootstrap: &str, topic: &str) -> Vec<Msg> {
+    read(bootstrap, topic, false)
+}
+
+/// The progress markers of `topic`, in partition then offset order.
+#[allow(dead_code)]
+pub fn read_markers(bootstrap: &str, topic: &str) -> Vec<Msg> {
+    read(bootstrap, topic, true)
+}
+
+fn read(bootstrap: &str, topic: &str, markers: bool) -> Vec<Msg> {
     let mut out = Vec::new();
     scan(bootstrap, topic, |partition, m| {
+        if is_marker(m) != markers {
+            return;
+        }
         let key =
             serde_json::from_slice(m.key().unwrap_or(b"null")).unwrap_or(serde_json::Value::Null);
         // Non-JSON payloads (hostile-message tests) are kept as text.
@@ -125,7 +145,11 @@ pub fn read_all(bootstrap: &str, topic: &str) -> Vec<Msg> {
 /// Number of messages in `topic` (nothing is decoded), for large volumes.
 pub fn count_all(bootstrap: &str, topic: &str) -> u64 {
     let mut n = 0;
-    scan(bootstrap, topic, |_, _| n += 1);
+    scan(bootstrap, topic, |_, m| {
+        if !is_marker(m) {
+            n += 1
+        }
+    });
     n
 }
 
@@ -172,4 +196,41 @@ pub fn send_raw(bootstrap: &str, topic: &str, msgs: &[Raw]) {
         p.send(rec).map_err(|(e, _)| e).expect("send");
     }
     p.flush(Duration::from_secs(30)).expect("flush");
+}
+
+/// Every source transaction's envelopes (and the snapshot's) in `msgs` are there once each,
+/// with indexes 0..doc_count: what a `read_committed` reader of an exactly-once topic must
+/// find. Returns the number of source transactions.
+#[allow(dead_code)]
+pub fn whole_transactions(msgs: &[Msg]) -> usize {
+    use std::collections::BTreeMap;
+    let mut txs: BTreeMap<String, (u64, Vec<u64>)> = BTreeMap::new();
+    for v in msgs.iter().filter_map(|m| m.value.as_ref()) {
+        let s = &v["source"];
+        let id = if s["snapshot"] == true {
+            format!("snapshot {}", s["position"])
+        } else {
+            format!("gtid {}", s["gtid"])
+        };
+        let count = s["doc_count"].as_u64().expect("doc_count");
+        let e = txs.entry(id).or_insert((count, Vec::new()));
+        assert_eq!(e.0, count, "doc_count differs within one transaction");
+        e.1.push(s["doc_index"].as_u64().expect("doc_index"));
+    }
+    for (id, (count, idx)) in &txs {
+        let mut idx = idx.clone();
+        idx.sort_unstable();
+        let want: Vec<u64> = (0..*count).collect();
+        assert_eq!(
+            idx.len() as u64,
+            *count,
+            "{id}: {} envelopes on the topic, doc_count {count}",
+            idx.len()
+        );
+        assert_eq!(
+            idx, want,
+            "{id}: document indexes are not 0..{count} once each"
+        );
+    }
+    txs.len()
 }

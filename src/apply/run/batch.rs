@@ -25,43 +25,73 @@ pub(super) fn bulkable(
     filter: &Filter,
     row_filters: &[RowFilter],
     m: &OwnedMessage,
-) -> Option<Pending> {
+) -> (Option<Pending>, Kind) {
     let (partition, next) = (m.partition(), m.offset() + 1);
     // A message admit() rejects takes the one-message path, which dead-letters it.
-    let (e, key) = match admit(m.key(), m.payload()).ok()? {
-        Admitted::Tombstone(_) => {
-            return Some(Pending::Skip {
+    let (e, key) = match admit_from(m.key(), m.payload(), Some(partition)) {
+        Err(_) => return (None, Kind::Other),
+        Ok(Admitted::Tombstone(_)) => {
+            let skip = Pending::Skip {
                 partition,
                 next,
                 outcome: Outcome::Tombstone,
                 doctype: None,
-            });
+            };
+            return (Some(skip), Kind::Other);
         }
-        Admitted::Doc(e, key) => (*e, key),
+        Ok(Admitted::Progress(p)) => {
+            let skip = Pending::Skip {
+                partition,
+                next,
+                outcome: Outcome::Progress,
+                doctype: None,
+            };
+            let pos = sequence::pos_of(&p.file, p.pos);
+            return (Some(skip), Kind::Marker { pos });
+        }
+        Ok(Admitted::Doc(e, key)) => (*e, key),
     };
+    let kind = kind_of(&e);
     if !filter.tracks(&e.doctype) || !RowFilter::admits(row_filters, &e) {
-        return Some(Pending::Skip {
+        let skip = Pending::Skip {
             partition,
             next,
             outcome: Outcome::Filtered,
             doctype: Some(e.doctype),
-        });
+        };
+        return (Some(skip), kind);
     }
     // Renames and Singles take the one-message path. A Single is the document named after
     // its doctype (capture routes `tabSingles` rows so); an ordinary document with such a
     // name only loses the batching, and a Single that slipped past is caught by the bulk
     // path itself (`BulkError::NotBulk`).
     if e.op == Op::Rename || e.old_name.is_some() || e.name == e.doctype {
-        return None;
+        return (None, kind);
     }
     let loadable = e.after.as_ref().is_some_and(infile::loadable);
-    Some(Pending::Doc(Box::new(BulkItem {
+    let item = BulkItem {
         env: e,
         key,
         partition,
         next,
         loadable,
-    })))
+    };
+    (Some(Pending::Doc(Box::new(item))), kind)
+}
+
+/// The source transaction an envelope belongs to, for the sequencer.
+pub(super) fn kind_of(e: &Envelope) -> Kind {
+    let s = &e.source;
+    let tx = match (&s.gtid, s.snapshot) {
+        (Some(g), false) => format!("gtid {g}"),
+        _ => format!("snapshot {}", s.position),
+    };
+    Kind::Doc {
+        tx,
+        pos: sequence::pos_of(&s.file, s.pos),
+        index: s.doc_index,
+        count: s.doc_count,
+    }
 }
 
 /// Test-only fault point (debug builds only): with `FRAPPE_CDC_FAULT_AFTER_PART=k` the
@@ -91,7 +121,8 @@ fn drop_later<T: Send + 'static>(v: T) {
 pub(super) enum Pending {
     /// A document to apply.
     Doc(Box<BulkItem>),
-    /// A message that only moves the offset: a tombstone or a filtered document.
+    /// A message that only moves the offset: a tombstone, a progress marker or a filtered
+    /// document.
     Skip {
         partition: i32,
         next: i64,
@@ -107,22 +138,18 @@ impl Applier {
         &mut self,
         io: &mut LoopIo<'_>,
         msgs: Vec<OwnedMessage>,
-        parsed: Vec<Option<Pending>>,
+        parsed: Vec<Parsed>,
     ) -> Result<bool, ApplyError> {
-        self.cmp.missing_is_new = msgs.iter().any(|m| {
-            self.bootstrap_until
-                .get(&m.partition())
-                .is_some_and(|high| m.offset() < *high)
-        });
+        self.note_bootstrap(msgs.iter().map(|m| (m.partition(), m.offset())));
         let mut pending: Vec<(usize, Pending)> = Vec::new();
         let mut keys: HashSet<(String, String)> = HashSet::new();
-        for (i, p) in parsed.into_iter().enumerate() {
+        for (i, (p, _)) in parsed.into_iter().enumerate() {
             match p {
                 Some(p) => {
                     if let Pending::Doc(item) = &p {
                         let k = (item.env.doctype.clone(), item.env.name.clone());
                         if keys.contains(&k) {
-                            if !self.flush(io, &msgs, &mut pending).await? {
+                            if !self.flush(io, &msgs, &mut pending, Vec::new()).await? {
                                 return Ok(false);
                             }
                             keys.clear();
@@ -132,7 +159,7 @@ impl Applier {
                     pending.push((i, p));
                 }
                 None => {
-                    if !self.flush(io, &msgs, &mut pending).await? {
+                    if !self.flush(io, &msgs, &mut pending, Vec::new()).await? {
                         return Ok(false);
                     }
                     keys.clear();
@@ -142,23 +169,36 @@ impl Applier {
                 }
             }
         }
-        let done = self.flush(io, &msgs, &mut pending).await;
+        let done = self.flush(io, &msgs, &mut pending, Vec::new()).await;
         drop_later(msgs);
         done
     }
 
-    /// Applies `items` and stores `offsets` on the replica: in one transaction, or split
-    /// over up to `writers` connections (see `split`).
+    /// Sets `missing_is_new` when `msgs` hold offsets below the high watermarks a fresh
+    /// replica started under (see `Applier::bootstrap_until`).
+    pub(super) fn note_bootstrap(&mut self, at: impl IntoIterator<Item = (i32, i64)>) {
+        self.cmp.missing_is_new = at
+            .into_iter()
+            .any(|(p, o)| self.bootstrap_until.get(&p).is_some_and(|high| o < *high));
+    }
+
+    /// Applies `together` (renames, Singles: one document at a time) and `items` and stores
+    /// `offsets` on the replica: in one transaction, or, without `together` and in document
+    /// consistency, split over up to `writers` connections (see `split`). Returns the bulk
+    /// result and the outcomes of `together`.
     async fn run_bulk(
         &mut self,
         items: &[BulkItem],
+        together: &[(Envelope, EventKey)],
         offsets: &BTreeMap<i32, i64>,
-    ) -> Result<BulkResult, BulkError> {
-        let parts = if self.serial_retry {
+    ) -> Result<(BulkResult, Vec<Outcome>), BulkError> {
+        let whole = self.cfg.consistency == Consistency::Transaction;
+        let parts = if self.serial_retry || whole || !together.is_empty() {
             1
         } else {
             split(items.len(), self.cfg.writers)
         };
+        let mut first = Vec::with_capacity(together.len());
         let started = std::time::Instant::now();
         let mut mode = BulkMode {
             load_data: self.load_data,
@@ -167,6 +207,13 @@ impl Applier {
         let r = if parts <= 1 {
             let mut conn = self.pool.get_conn().await?;
             let mut tx = conn.start_transaction(TxOpts::default()).await?;
+            let mut missing = BTreeSet::new();
+            for (e, key) in together {
+                let (o, report) =
+                    apply_document(&mut tx, &mut self.cache, &self.cmp, e, *key).await?;
+                missing.extend(report.missing_columns);
+                first.push(o);
+            }
             let r = apply_bulk(
                 &mut tx,
                 &mut self.cache,
@@ -178,7 +225,8 @@ impl Applier {
             )
             .await;
             self.load_data = mode.load_data;
-            let r = r?;
+            let mut r = r?;
+            r.missing_columns.extend(missing);
             tx.commit().await?;
             r
         } else {
@@ -226,7 +274,7 @@ impl Applier {
             .bulk_rows
             .with_label_values(&["upsert"])
             .inc_by(r.upserted_rows);
-        Ok(r)
+        Ok((r, first))
     }
 
     /// I5 (ARCHITECTURE.md). `items` in `parts` consecutive slices, each in its own READ COMMITTED transaction on
@@ -315,18 +363,31 @@ impl Applier {
         Ok(merged)
     }
 
-    /// Applies the pending batch (see bulk.rs); false when shutdown interrupted a retry.
-    async fn flush(
+    /// Applies the pending batch (see bulk.rs), with the messages `together` (indexes into
+    /// `msgs` of renames and Singles) in the same replica transaction; false when shutdown
+    /// interrupted a retry.
+    pub(super) async fn flush(
         &mut self,
         io: &mut LoopIo<'_>,
         msgs: &[OwnedMessage],
         pending: &mut Vec<(usize, Pending)>,
+        together: Vec<usize>,
     ) -> Result<bool, ApplyError> {
-        if pending.is_empty() {
+        if pending.is_empty() && together.is_empty() {
             return Ok(true);
         }
         let batch = std::mem::take(pending);
-        let idx: Vec<usize> = batch.iter().map(|(i, _)| *i).collect();
+        let mut idx: Vec<usize> = batch.iter().map(|(i, _)| *i).collect();
+        let mut envs: Vec<(Envelope, EventKey)> = Vec::with_capacity(together.len());
+        for &i in &together {
+            let m = &msgs[i];
+            if let Ok(Admitted::Doc(e, key)) = admit_from(m.key(), m.payload(), Some(m.partition()))
+            {
+                envs.push((*e, key));
+            }
+        }
+        idx.extend(together.iter().copied());
+        idx.sort_unstable();
         let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
         let mut items = Vec::new();
         let mut skips = Vec::new();
@@ -344,10 +405,26 @@ impl Applier {
                 skip => skips.push(skip),
             }
         }
+        for &i in &together {
+            let o = offsets
+                .entry(msgs[i].partition())
+                .or_insert(msgs[i].offset() + 1);
+            *o = (*o).max(msgs[i].offset() + 1);
+        }
         let mut backoff = Backoff::new(Duration::from_millis(100), self.cfg.max_backoff);
         loop {
-            match self.run_bulk(&items, &offsets).await {
-                Ok(r) => {
+            match self.run_bulk(&items, &envs, &offsets).await {
+                Ok((r, first)) => {
+                    for ((e, _), o) in envs.iter().zip(&first) {
+                        let label = io.labels.get(&e.doctype);
+                        self.metrics
+                            .documents
+                            .with_label_values(&[label, o.label()])
+                            .inc();
+                        if *o == Outcome::Conflict {
+                            self.metrics.open_conflicts.inc();
+                        }
+                    }
                     let now = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
                         .map(|d| d.as_secs_f64())

@@ -60,13 +60,13 @@ impl Applier {
     ) -> Result<Option<(Outcome, Option<String>)>, ApplyError> {
         let next = m.offset() + 1;
         let partition = m.partition();
-        let admitted = match admit(m.key(), m.payload()) {
+        let admitted = match admit_from(m.key(), m.payload(), Some(partition)) {
             Ok(a) => a,
             Err(reason) => return Ok(Some((Outcome::DeadLetter(reason), None))),
         };
         let doctype = match &admitted {
             Admitted::Doc(e, _) => Some(e.doctype.clone()),
-            Admitted::Tombstone(_) => None,
+            Admitted::Tombstone(_) | Admitted::Progress(_) => None,
         };
         let mut backoff = Backoff::new(Duration::from_millis(100), self.cfg.max_backoff);
         let mut refreshed = false;
@@ -76,6 +76,10 @@ impl Applier {
                     .store_only(partition, next)
                     .await
                     .map(|_| Outcome::Tombstone),
+                Admitted::Progress(_) => self
+                    .store_only(partition, next)
+                    .await
+                    .map(|_| Outcome::Progress),
                 Admitted::Doc(e, _)
                     if !self.cfg.filter.tracks(&e.doctype)
                         || !RowFilter::admits(&self.cfg.row_filters, e) =>

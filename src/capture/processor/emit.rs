@@ -17,11 +17,35 @@ impl Processor {
             }
             m
         };
-        let doc_count = self
+        // doc_count is exact (a consumer waits for that many documents of the transaction):
+        // a document the transaction created and deleted again is not emitted.
+        let mut vanished = 0u64;
+        for &i in &self.created {
+            if merged.contains(&i) {
+                continue;
+            }
+            let b = self.batch.as_ref().ok_or(CaptureError::Internal("batch"))?;
+            let d = self.pending.get(b, i)?;
+            if !d.changed || d.before.is_some() || d.renamed_to.is_some() {
+                continue;
+            }
+            let shape = if d.single {
+                DocShape::Single
+            } else {
+                DocShape::Table
+            };
+            let exists = self.docs.peek(b, &d.key, |img| match shape {
+                DocShape::Table => Ok(!img.is_empty()),
+                DocShape::Single => Ok(b.render(&d.key, img, shape)?.is_some()),
+            })?;
+            if !exists {
+                vanished += 1;
+            }
+        }
+        source.doc_count = self
             .changed_count
             .saturating_sub(merged.len() as u64)
-            .max(1);
-        source.doc_count = doc_count;
+            .saturating_sub(vanished);
         let mut index = 0u64;
         for i in 0..self.pending.len() {
             if merged.contains(&i) {
@@ -91,10 +115,12 @@ impl Processor {
             };
             let payload = env.to_vec();
             self.send(&key, Some(&payload))?;
-            self.metrics
-                .documents
-                .with_label_values(&[&key.doctype, op.as_str()])
-                .inc();
+            if !self.producer.muted() {
+                self.metrics
+                    .documents
+                    .with_label_values(&[&key.doctype, op.as_str()])
+                    .inc();
+            }
             match op {
                 Op::Delete => self.send(&key, None)?,
                 Op::Rename => {
@@ -107,6 +133,14 @@ impl Processor {
                 _ => {}
             }
             index += 1;
+        }
+        if index != source.doc_count {
+            // Envelopes already sent carry the count: say so rather than hide it.
+            tracing::error!(
+                emitted = index,
+                doc_count = source.doc_count,
+                "a source transaction emitted another number of documents than its doc_count"
+            );
         }
         Ok(index)
     }

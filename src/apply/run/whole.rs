@@ -1,0 +1,169 @@
+//! `--consistency transaction`: polled messages go through the sequencer (`sequence.rs`),
+//! which releases whole source transactions in source commit order; runs of them are applied
+//! in one replica transaction each (renames and Singles in the same transaction as the bulk
+//! documents, no split over writers), with every included partition's next offset.
+//!
+//! Consistency: a replica transaction holds whole source transactions only, and replica
+//! transactions commit in source order, so a reader of the replica sees a prefix of the
+//! source's history, never half a source transaction. Exceptions, each logged and counted:
+//! a source transaction larger than `--max-transaction-docs` (and the initial snapshot) goes
+//! in parts; a message that must be dead-lettered ends the replica transaction before it; a
+//! batch the replica rejects is re-run one message at a time (so only the bad message is
+//! dead-lettered). A conflict skips only its own document (recorded); the rest of its source
+//! transaction applies.
+//!
+//! Crash and restart: offsets move only with the replica transaction that applied what they
+//! cover; held messages (not yet released) are behind every stored offset, so they are read
+//! again after a restart. Applied positions make any replay a no-op.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use super::*;
+
+/// What transaction mode keeps between polls.
+pub(super) struct Whole {
+    pub(super) seq: Sequencer,
+    held: HashMap<usize, (OwnedMessage, Option<Pending>)>,
+    next_id: usize,
+    /// Since when released nothing while messages were held.
+    waiting: Option<Instant>,
+}
+
+impl Whole {
+    pub(super) fn new(partitions: &[i32], max_docs: u64) -> Self {
+        Whole {
+            seq: Sequencer::new(partitions, max_docs),
+            held: HashMap::new(),
+            next_id: 0,
+            waiting: None,
+        }
+    }
+}
+
+impl Applier {
+    /// Takes a polled, parsed batch into the sequencer and applies what it releases; false
+    /// when shutdown interrupted a retry.
+    pub(super) async fn apply_whole(
+        &mut self,
+        io: &mut LoopIo<'_>,
+        w: &mut Whole,
+        msgs: Vec<OwnedMessage>,
+        parsed: Vec<Parsed>,
+    ) -> Result<bool, ApplyError> {
+        for (m, (p, kind)) in msgs.into_iter().zip(parsed) {
+            let id = w.next_id;
+            w.next_id += 1;
+            w.seq.push(id, m.partition(), m.offset(), kind);
+            w.held.insert(id, (m, p));
+        }
+        let r = w.seq.release();
+        if r.txs.is_empty() {
+            if w.seq.held() > 0 && w.waiting.is_none() {
+                w.waiting = Some(Instant::now());
+                self.metrics.transaction_waits.inc();
+            }
+            return Ok(true);
+        }
+        if let Some(since) = w.waiting.take() {
+            self.metrics
+                .transaction_wait_seconds
+                .observe(since.elapsed().as_secs_f64());
+        }
+        if r.parts {
+            self.metrics.transaction_parts.inc();
+            tracing::info!(
+                documents = r.txs.last().map_or(0, Vec::len),
+                "applying part of a source transaction larger than --max-transaction-docs (or the snapshot): readers can see it half-applied"
+            );
+        }
+        let groups = r.txs;
+        let at: Vec<(i32, i64)> = groups
+            .iter()
+            .flatten()
+            .filter_map(|id| w.held.get(id).map(|(m, _)| (m.partition(), m.offset())))
+            .collect();
+        self.note_bootstrap(at);
+        let mut msgs: Vec<OwnedMessage> = Vec::new();
+        let mut pending: Vec<(usize, Pending)> = Vec::new();
+        let mut together: Vec<usize> = Vec::new();
+        let mut keys: HashSet<(String, String)> = HashSet::new();
+        let mut docs = 0usize;
+        for group in groups {
+            let mut group_docs = 0u64;
+            let mut group_keys = Vec::new();
+            for id in &group {
+                if let Some((_, Some(Pending::Doc(it)))) = w.held.get(id) {
+                    group_keys.push((it.env.doctype.clone(), it.env.name.clone()));
+                }
+            }
+            // A document twice in one replica transaction: end it before this group.
+            if group_keys.iter().any(|k| keys.contains(k)) || docs >= self.cfg.batch_size {
+                if !self
+                    .flush(io, &msgs, &mut pending, std::mem::take(&mut together))
+                    .await?
+                {
+                    return Ok(false);
+                }
+                msgs.clear();
+                keys.clear();
+                docs = 0;
+            }
+            keys.extend(group_keys);
+            for id in group {
+                let Some((m, p)) = w.held.remove(&id) else {
+                    continue;
+                };
+                let i = msgs.len();
+                match p {
+                    Some(p) => {
+                        if matches!(p, Pending::Doc(_)) {
+                            docs += 1;
+                            group_docs += 1;
+                        }
+                        pending.push((i, p));
+                        msgs.push(m);
+                    }
+                    None => {
+                        let doc = matches!(
+                            admit_from(m.key(), m.payload(), Some(m.partition())),
+                            Ok(Admitted::Doc(..))
+                        );
+                        if doc {
+                            docs += 1;
+                            group_docs += 1;
+                            together.push(i);
+                            msgs.push(m);
+                        } else {
+                            // Dead-lettered on its own, after what came before it.
+                            tracing::warn!(
+                                partition = m.partition(),
+                                offset = m.offset(),
+                                "a message to dead-letter inside a source transaction: the replica transaction ends before it"
+                            );
+                            if !self
+                                .flush(io, &msgs, &mut pending, std::mem::take(&mut together))
+                                .await?
+                            {
+                                return Ok(false);
+                            }
+                            msgs.clear();
+                            keys.clear();
+                            docs = 0;
+                            if !self.process_one(io, &m).await? {
+                                return Ok(false);
+                            }
+                        }
+                    }
+                }
+            }
+            if group_docs > 0 {
+                self.metrics.source_transactions.inc();
+                self.metrics
+                    .source_transaction_docs
+                    .observe(group_docs as f64);
+            }
+        }
+        self.flush(io, &msgs, &mut pending, together).await
+    }
+}

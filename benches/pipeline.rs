@@ -173,6 +173,7 @@ fn capture_to_end(
     topic: &str,
     state: &PathBuf,
     server_id: u32,
+    extra: &[&str],
 ) -> (f64, f64) {
     let t = Instant::now();
     let mut child = std::process::Command::new(binary())
@@ -192,6 +193,7 @@ fn capture_to_end(
             &format!("127.0.0.1:{}", free_port()),
             "--stop-at-end",
         ])
+        .args(extra)
         .env("FRAPPE_CDC_SOURCE_PASSWORD", "cdcpass")
         .env("RUST_LOG", "error")
         .spawn()
@@ -218,13 +220,16 @@ async fn ceiling(r: &mut Report, docs: u64) {
         "docs/s",
     );
     let null_state = scratch_dir("bceil-null");
-    let status = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(format!("{}/.", rig.state.display()))
-        .arg(&null_state)
-        .status()
-        .expect("cp");
-    assert!(status.success());
+    let alo_state = scratch_dir("bceil-alo");
+    for to in [&null_state, &alo_state] {
+        let status = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", rig.state.display()))
+            .arg(to)
+            .status()
+            .expect("cp");
+        assert!(status.success());
+    }
 
     // Baseline: the same binlog stream, events counted, nothing decoded.
     let cfg = rig.config();
@@ -259,7 +264,11 @@ async fn ceiling(r: &mut Report, docs: u64) {
         "events/s",
     );
 
-    for (label, null) in [("to the broker", false), ("to a null sink", true)] {
+    for (label, null, alo) in [
+        ("to the broker (exactly-once)", false, false),
+        ("to the broker (at-least-once)", false, true),
+        ("to a null sink", true, false),
+    ] {
         let mut cfg = rig.config();
         // production defaults (the test rig checkpoints every 200 ms with a small window)
         cfg.checkpoint_interval = Duration::from_secs(1);
@@ -268,6 +277,11 @@ async fn ceiling(r: &mut Report, docs: u64) {
         cfg.producer.null_sink = null;
         if null {
             cfg.state_dir = null_state.clone();
+        }
+        if alo {
+            cfg.state_dir = alo_state.clone();
+            cfg.producer.transactional_id = None;
+            cfg.producer.topic = format!("{}-alo", cfg.producer.topic);
         }
         let m = CaptureMetrics::new();
         let t = Instant::now();
@@ -450,6 +464,45 @@ async fn e2e(r: &mut Report, docs: u64, rates: &[u64], secs: u64) {
             );
         }
     }
+    // The same pipeline with --consistency transaction on a second replica (its own group),
+    // once it has caught up, with the document-consistency apply stopped.
+    let replica2 = replica_with_arrivals(&rig.db).await;
+    let rurl2 = replica2.replica_url(&rig.db);
+    let apply2 = KillOnDrop(
+        std::process::Command::new(binary())
+            .args(["apply", "--replica", &rurl2, "--brokers", &rig.bootstrap()])
+            .args(["--topic", &rig.topic, "--group", "r-tx"])
+            .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port())])
+            .args(["--consistency", "transaction"])
+            .env("FRAPPE_CDC_REPLICA_PASSWORD", "adminpass")
+            .env("RUST_LOG", "error")
+            .spawn()
+            .expect("spawn apply"),
+    );
+    let mut rc2 = replica2.conn(&rig.db).await;
+    wait_count(&mut rc2, "MAX-", docs, Duration::from_secs(1800)).await;
+    drop(apply);
+    let rate = 1_000;
+    let prefix = format!("TXLAG{rate}-");
+    let (n, _) = paced(rig.primary(), &rig.db, &prefix, rate, secs).await;
+    wait_count(&mut rc2, &prefix, n, Duration::from_secs(1800)).await;
+    let mut lags: Vec<f64> = rc2
+        .query(format!(
+            "SELECT TIMESTAMPDIFF(MICROSECOND, s.modified, a.applied_at) / 1000.0 \
+             FROM bench_arrival a JOIN `tabSales Invoice` s USING (name) WHERE a.name LIKE '{prefix}%'"
+        ))
+        .await
+        .expect("lags");
+    lags.sort_by(|a, b| a.total_cmp(b));
+    for (p, name) in [(0.5, "p50"), (0.95, "p95"), (0.99, "p99")] {
+        r.add(
+            "lag",
+            &format!("  {rate} docs/s, --consistency transaction: commit→apply {name}"),
+            pct(&lags, p),
+            "ms",
+        );
+    }
+    drop(apply2);
     r.add(
         "memory",
         "capture peak RSS, end-to-end runs",
@@ -463,7 +516,6 @@ async fn e2e(r: &mut Report, docs: u64, rates: &[u64], secs: u64) {
         "MiB",
     );
     drop(capture);
-    drop(apply);
 }
 
 /// A replica server for the backlog rounds, native and apply alike. Server options to compare
@@ -520,7 +572,14 @@ struct ApplyRound {
 
 /// A fresh replica and `frappe-cdc apply` (consumer group `group`) timed from the process
 /// start until the replica holds the `docs` backlog documents.
-async fn apply_round(bootstrap: &str, topic: &str, group: &str, db: &str, docs: u64) -> ApplyRound {
+async fn apply_round(
+    bootstrap: &str,
+    topic: &str,
+    group: &str,
+    db: &str,
+    docs: u64,
+    extra: &[&str],
+) -> ApplyRound {
     let replica = start_replica();
     replica.create_site(db).await;
     let mut ac = replica.conn(db).await;
@@ -541,6 +600,7 @@ async fn apply_round(bootstrap: &str, topic: &str, group: &str, db: &str, docs: 
             group,
         ])
         .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+        .args(extra)
         // Extra apply flags to compare settings, e.g. FRAPPE_CDC_BENCH_APPLY_ARGS="--batch-size 200".
         .args(
             std::env::var("FRAPPE_CDC_BENCH_APPLY_ARGS")
@@ -612,7 +672,16 @@ async fn backlog(r: &mut Report, docs: u64, big_rows: u64, apply_window: Duratio
     let url = primary.cdc_url(db);
     let topic = "bl-docs";
     let state = scratch_dir("bl-state");
-    capture_to_end(&url, &bootstrap, topic, &state, 7001); // snapshot of the fixture
+    capture_to_end(&url, &bootstrap, topic, &state, 7001, &[]); // snapshot of the fixture
+    // The same state, for capturing the backlog again without Kafka transactions.
+    let state_alo = scratch_dir("bl-state-alo");
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(state.join("."))
+        .arg(&state_alo)
+        .status()
+        .expect("cp");
+    assert!(copied.success(), "copy the capture state");
     let wsecs = write_docs(&mut pc, "BL-", docs).await;
     r.add(
         "primary",
@@ -620,7 +689,7 @@ async fn backlog(r: &mut Report, docs: u64, big_rows: u64, apply_window: Duratio
         docs as f64 / wsecs,
         "docs/s",
     );
-    let (csecs, crss) = capture_to_end(&url, &bootstrap, topic, &state, 7001);
+    let (csecs, crss) = capture_to_end(&url, &bootstrap, topic, &state, 7001, &[]);
     r.add(
         "backlog",
         "capture of the backlog (process, to the broker)",
@@ -628,6 +697,20 @@ async fn backlog(r: &mut Report, docs: u64, big_rows: u64, apply_window: Duratio
         "rows/s",
     );
     r.add("memory", "capture peak RSS, backlog", crss, "MiB");
+    let (asecs, _) = capture_to_end(
+        &url,
+        &bootstrap,
+        "bl-docs-alo",
+        &state_alo,
+        7001,
+        &["--delivery", "at-least-once"],
+    );
+    r.add(
+        "backlog",
+        "capture of the backlog, at-least-once (no Kafka transactions)",
+        docs as f64 * 11.0 / asecs,
+        "rows/s",
+    );
     let end: String = q1(&mut pc, "SELECT @@gtid_binlog_pos").await;
 
     // Round 1, reported in full; its apply keeps running for the big transaction below.
@@ -638,7 +721,7 @@ async fn backlog(r: &mut Report, docs: u64, big_rows: u64, apply_window: Duratio
         docs as f64 / native_secs,
         "docs/s",
     );
-    let first = apply_round(&bootstrap, topic, "bench", db, docs).await;
+    let first = apply_round(&bootstrap, topic, "bench", db, docs, &[]).await;
     let apply_secs = first.secs;
     r.add(
         "backlog",
@@ -706,7 +789,7 @@ async fn backlog(r: &mut Report, docs: u64, big_rows: u64, apply_window: Duratio
     let mut ratios = vec![apply_secs / native_secs];
     for round in 2..=rounds {
         let (ns, _) = native_round(&primary, db, &pos0, &end, docs).await;
-        let a = apply_round(&bootstrap, topic, &format!("bench-{round}"), db, docs).await;
+        let a = apply_round(&bootstrap, topic, &format!("bench-{round}"), db, docs, &[]).await;
         eprintln!(
             "  round {round}: native {:.0} docs/s, apply {:.0} docs/s, ratio {:.2}",
             docs as f64 / ns,
@@ -742,6 +825,36 @@ async fn backlog(r: &mut Report, docs: u64, big_rows: u64, apply_window: Duratio
             list.join(", ")
         ));
     }
+    // The same backlog with --consistency transaction, on fresh replicas.
+    let mut whole = Vec::new();
+    for round in 1..=rounds {
+        let a = apply_round(
+            &bootstrap,
+            topic,
+            &format!("bench-tx-{round}"),
+            db,
+            docs,
+            &["--consistency", "transaction"],
+        )
+        .await;
+        eprintln!(
+            "  transaction consistency round {round}: {:.0} docs/s",
+            docs as f64 / a.secs
+        );
+        whole.push(a.secs);
+    }
+    r.add(
+        "backlog",
+        &format!("apply catch-up, --consistency transaction, median of {rounds}"),
+        docs as f64 / median(&whole),
+        "docs/s",
+    );
+    r.add(
+        "backlog",
+        "transaction / document consistency catch-up time (≤ 1.10 makes it the default)",
+        median(&whole) / median(&applies),
+        "x",
+    );
     let ApplyRound {
         rss: arss,
         replica: apply_replica,
@@ -767,6 +880,7 @@ async fn backlog(r: &mut Report, docs: u64, big_rows: u64, apply_window: Duratio
         "bl-snapshot",
         &scratch_dir("bl-snap"),
         7002,
+        &[],
     );
     r.add(
         "snapshot",
@@ -785,7 +899,7 @@ async fn backlog(r: &mut Report, docs: u64, big_rows: u64, apply_window: Duratio
     .await
     .expect("big transaction");
     let t = Instant::now();
-    let (bsecs, brss) = capture_to_end(&url, &bootstrap, topic, &state, 7001);
+    let (bsecs, brss) = capture_to_end(&url, &bootstrap, topic, &state, 7001, &[]);
     r.add(
         "big tx",
         &format!("capture of one {big_rows}-row transaction"),

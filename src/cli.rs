@@ -334,6 +334,11 @@ pub struct ApplyArgs {
         default_value_t = 50_000
     )]
     pub max_transaction_docs: u64,
+    /// With --consistency transaction: what a conflicting document does to the rest of its
+    /// source transaction (skip-document: only it is skipped and recorded; hold-transaction:
+    /// every document of the transaction is recorded and none applied).
+    #[arg(long, env = "FRAPPE_CDC_ON_CONFLICT_IN_TRANSACTION", value_enum, default_value_t = crate::apply::config::OnConflictInTransaction::SkipDocument)]
+    pub on_conflict_in_transaction: crate::apply::config::OnConflictInTransaction,
     #[command(flatten)]
     pub kafka: KafkaClientArgs,
     /// Log format.

@@ -262,6 +262,9 @@ async fn run_apply(a: &ApplyArgs) -> ExitCode {
         writers: usize::from(a.writers),
         consistency: a.consistency,
         max_transaction_docs: a.max_transaction_docs,
+        hold_transactions: a.consistency == frappe_cdc::apply::config::Consistency::Transaction
+            && a.on_conflict_in_transaction
+                == frappe_cdc::apply::config::OnConflictInTransaction::HoldTransaction,
         kafka_options: match kafka::options::merged(
             a.kafka.kafka_config.as_deref(),
             &a.kafka.kafka_option,

@@ -190,3 +190,84 @@ async fn document_consistency_can_show_half_a_source_transaction() {
         "the checker never saw a pair off in document mode: it cannot tell the modes apart"
     );
 }
+
+/// A document edited on the replica, then one source transaction moving an amount within its
+/// pair: what happens to the other document of the transaction under each policy.
+async fn conflict_in_transaction(tag: &str, policy: &str) -> (Vec<(String, String)>, f64) {
+    let rig = Rig::new(tag).await;
+    seed(&rig).await;
+    let (replica, rurl) = rig.replica().await;
+    let parts = partitions().to_string();
+    let _capture = rig.spawn_capture(
+        None,
+        free_port(),
+        &["--partitions", &parts, "--checkpoint-interval", "50ms"],
+    );
+    let flags = [
+        "--consistency",
+        "transaction",
+        "--on-conflict-in-transaction",
+        policy,
+    ];
+    let _apply = rig.spawn_apply(&rurl, free_port(), &flags);
+    rig.wait_in_sync(&rurl, Duration::from_secs(120), "initial load")
+        .await;
+    let mut r = replica.conn(&rig.db).await;
+    r.query_drop("UPDATE `tabCustomer` SET credit_limit = 1 WHERE name = 'C0'")
+        .await
+        .expect("local edit");
+    let mut p = rig.primary().conn(&rig.db).await;
+    p.query_drop(
+        "START TRANSACTION; \
+         UPDATE `tabCustomer` SET credit_limit = credit_limit - 7, modified = now(6) WHERE name = 'C0'; \
+         UPDATE `tabSales Invoice` SET outstanding_amount = outstanding_amount + 7, modified = now(6) WHERE name = 'S0'; \
+         COMMIT; \
+         UPDATE `tabCustomer` SET credit_limit = credit_limit - 3, modified = now(6) WHERE name = 'C1'",
+    )
+    .await
+    .expect("source transactions");
+    // The later, unrelated transaction applies either way: wait for it.
+    common::wait_until(Duration::from_secs(60), "the later transaction", || async {
+        let mut r = replica.conn(&rig.db).await;
+        let v: Option<f64> = r
+            .query_first("SELECT CAST(credit_limit AS DOUBLE) FROM `tabCustomer` WHERE name = 'C1'")
+            .await
+            .expect("c1");
+        v == Some((TOTAL - 3) as f64)
+    })
+    .await;
+    let open: Vec<(String, String)> = r
+        .query("SELECT doctype, name FROM `_frappe_cdc_conflicts` WHERE status = 'open' ORDER BY doctype, name")
+        .await
+        .expect("conflicts");
+    let s0: Option<f64> = r
+        .query_first(
+            "SELECT CAST(outstanding_amount AS DOUBLE) FROM `tabSales Invoice` WHERE name = 'S0'",
+        )
+        .await
+        .expect("s0");
+    (open, s0.unwrap_or(f64::NAN))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflict_skips_its_document_or_holds_its_transaction() {
+    let (open, s0) = conflict_in_transaction("skipdoc", "skip-document").await;
+    assert_eq!(open, vec![("Customer".to_string(), "C0".to_string())]);
+    assert_eq!(
+        s0, 7.0,
+        "skip-document: the invoice of the transaction applies"
+    );
+    let (open, s0) = conflict_in_transaction("holdtx", "hold-transaction").await;
+    assert_eq!(
+        open,
+        vec![
+            ("Customer".to_string(), "C0".to_string()),
+            ("Sales Invoice".to_string(), "S0".to_string())
+        ],
+        "hold-transaction: every document of the transaction is recorded"
+    );
+    assert_eq!(
+        s0, 0.0,
+        "hold-transaction: nothing of the transaction applies"
+    );
+}

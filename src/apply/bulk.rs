@@ -52,6 +52,8 @@ pub struct BulkItem {
     /// Every value of `after` can go through `LOAD DATA` (`infile::loadable`, computed
     /// where the envelope is parsed, off the apply task).
     pub loadable: bool,
+    /// Its source transaction is held (`plan.rs` step 5): recorded, not written.
+    pub hold: bool,
 }
 
 /// How a batch reads and writes.
@@ -77,6 +79,11 @@ pub enum BulkError {
     /// Includes `ReplicaError::LoadMismatch`: the batch is then re-run with every copy read.
     #[error(transparent)]
     Replica(#[from] ReplicaError),
+    /// Transaction consistency with `hold-transaction`: these source transactions have a
+    /// conflicting document and others that would apply; the batch rolled back and is re-run
+    /// with them held.
+    #[error("source transactions to hold")]
+    Hold(std::collections::HashSet<String>),
 }
 
 impl From<mysql_async::Error> for BulkError {
@@ -337,6 +344,7 @@ pub async fn apply_bulk(
                 child_rows: c
                     .and_then(|c| c.child_names.get(&e.name))
                     .map_or(&[], Vec::as_slice),
+                hold: it.hold,
             }
         })
         .collect();

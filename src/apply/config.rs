@@ -32,6 +32,19 @@ pub struct ApplyConfig {
     /// In `Transaction` consistency, source transactions with more documents than this are
     /// applied in parts (`sequence.rs`).
     pub max_transaction_docs: u64,
+    /// In `Transaction` consistency: a conflict in one document holds its whole source
+    /// transaction (every document recorded) instead of skipping only that document.
+    pub hold_transactions: bool,
+}
+
+/// What a conflict in one document does to the rest of its source transaction
+/// (`--consistency transaction`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnConflictInTransaction {
+    /// Skip (record) only the conflicting document; the rest of the transaction applies.
+    SkipDocument,
+    /// Record every document of the transaction as a conflict; apply none of it.
+    HoldTransaction,
 }
 
 /// What a reader of the replica can see while apply runs.

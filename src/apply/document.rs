@@ -26,6 +26,19 @@ pub async fn apply_document(
     e: &Envelope,
     key: EventKey,
 ) -> Result<(Outcome, WriteReport), ReplicaError> {
+    apply_document_held(tx, cache, cmp, e, key, false).await
+}
+
+/// [`apply_document`], with `hold` set when the document's source transaction is held
+/// (another document of it conflicts, `plan.rs` step 5).
+pub async fn apply_document_held(
+    tx: &mut Transaction<'_>,
+    cache: &mut SchemaCache,
+    cmp: &Comparator,
+    e: &Envelope,
+    key: EventKey,
+    hold: bool,
+) -> Result<(Outcome, WriteReport), ReplicaError> {
     let applied = control::last_applied(tx, &e.doctype, &e.name).await?;
     let lookup = e.old_name.as_deref().unwrap_or(&e.name);
     let (mut copy, mut copy_new, mut open, mut collisions) = (None, None, false, Vec::new());
@@ -53,6 +66,7 @@ pub async fn apply_document(
         copy_new: copy_new.as_ref(),
         collisions: &collisions,
         child_rows: &[],
+        hold,
     }];
     let plan = plan::decide_batch(cmp, &[(e, key)], &seen);
     let written = execute::execute(tx, cache, &[e], &seen, &plan, Writer::PerDocument).await?;

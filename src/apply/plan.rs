@@ -9,7 +9,9 @@
 //! 2. an earlier conflict of the document is still open: recorded again, not written;
 //! 3. the conflict decision against the copy (`decision.rs`);
 //! 4. a write whose child rows belong to another document on the replica (I7) becomes a
-//!    conflict naming both owners.
+//!    conflict naming both owners;
+//! 5. in a held source transaction (transaction consistency with `hold-transaction`, after
+//!    another of its documents conflicted) a write or mark becomes a conflict too.
 //!
 //! Documents of one batch are independent (no document occurs twice; the callers send a
 //! batch whose documents share a child row down the one-at-a-time path), so each step
@@ -38,6 +40,9 @@ pub struct Seen<'a> {
     /// The document's child rows on the replica, `(table, name)`: the writer deletes those
     /// its image no longer holds. Not used by the decision.
     pub child_rows: &'a [(String, String)],
+    /// Another document of its source transaction conflicts and the transaction is held
+    /// (`--on-conflict-in-transaction hold-transaction`): record instead of writing.
+    pub hold: bool,
 }
 
 /// What to do with one document.
@@ -80,6 +85,9 @@ impl Plan {
 /// The reason recorded while an earlier conflict is open.
 pub const STILL_OPEN: &str = "an earlier conflict of this document is still open";
 
+/// The reason recorded for the other documents of a held source transaction.
+pub const HELD: &str = "held: another document of its source transaction conflicts (--on-conflict-in-transaction hold-transaction)";
+
 /// Decides one document (see the module docs for the order of checks).
 pub fn decide_one(cmp: &Comparator, e: &Envelope, key: EventKey, seen: &Seen<'_>) -> Step {
     if key.covered_by_any(seen.applied) {
@@ -99,6 +107,7 @@ pub fn decide_one(cmp: &Comparator, e: &Envelope, key: EventKey, seen: &Seen<'_>
         Decision::Apply if !seen.collisions.is_empty() => {
             Step::Record(ownership::reason(seen.collisions))
         }
+        Decision::Apply | Decision::AlreadyApplied if seen.hold => Step::Record(HELD.into()),
         Decision::Apply => Step::Write,
         Decision::AlreadyApplied => Step::Mark,
         Decision::Conflict(reason) => Step::Record(reason),
@@ -223,6 +232,23 @@ mod tests {
         );
         let s = seen(Some(&paid), false, &[], &found[..]);
         assert_eq!(decide_one(&cmp, &e, key(11), &s), Step::Mark);
+        // 5. a held transaction records what it would have written or marked
+        for copy in [&draft, &paid] {
+            let s = Seen {
+                hold: true,
+                ..seen(Some(copy), false, &[], &[])
+            };
+            assert_eq!(decide_one(&cmp, &e, key(11), &s), Step::Record(HELD.into()));
+        }
+        let s = Seen {
+            hold: true,
+            ..seen(Some(&draft), false, &applied[..], &[])
+        };
+        assert_eq!(
+            decide_one(&cmp, &e, key(10), &s),
+            Step::Skip,
+            "a replay stays a replay"
+        );
     }
 
     #[test]

@@ -38,7 +38,7 @@ use super::config::Consistency;
 pub use super::config::{ApplyConfig, RowFilter};
 use super::control::{self, EventKey};
 use super::decision::Comparator;
-use super::document::apply_document;
+use super::document::apply_document_held;
 use super::infile;
 use super::lag::LagWatcher;
 pub use super::outcome::Outcome;

@@ -37,6 +37,14 @@ pub fn pos_of(file: &str, pos: u64) -> Pos {
     (n, pos)
 }
 
+/// The identity of an envelope's source transaction: its GTID, or the snapshot's position.
+pub fn tx_id(s: &crate::envelope::Source) -> String {
+    match (&s.gtid, s.snapshot) {
+        (Some(g), false) => format!("gtid {g}"),
+        _ => format!("snapshot {}", s.position),
+    }
+}
+
 /// What the sequencer knows about one polled message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {

@@ -75,6 +75,7 @@ pub(super) fn bulkable(
         partition,
         next,
         loadable,
+        hold: false,
     };
     (Some(Pending::Doc(Box::new(item))), kind)
 }
@@ -82,16 +83,35 @@ pub(super) fn bulkable(
 /// The source transaction an envelope belongs to, for the sequencer.
 pub(super) fn kind_of(e: &Envelope) -> Kind {
     let s = &e.source;
-    let tx = match (&s.gtid, s.snapshot) {
-        (Some(g), false) => format!("gtid {g}"),
-        _ => format!("snapshot {}", s.position),
-    };
     Kind::Doc {
-        tx,
+        tx: sequence::tx_id(s),
         pos: sequence::pos_of(&s.file, s.pos),
         index: s.doc_index,
         count: s.doc_count,
     }
+}
+
+/// The source transactions (not yet in `held`) with a conflicting document and another
+/// that would be applied or marked: `hold-transaction` holds them whole.
+fn to_hold<'a>(
+    outcomes: impl Iterator<Item = (&'a Envelope, &'a Outcome)>,
+    held: &HashSet<String>,
+) -> HashSet<String> {
+    let mut conflicted = HashSet::new();
+    let mut written = HashSet::new();
+    for (e, o) in outcomes {
+        let tx = sequence::tx_id(&e.source);
+        match o {
+            Outcome::Conflict => conflicted.insert(tx),
+            Outcome::Applied | Outcome::AlreadyApplied => written.insert(tx),
+            _ => false,
+        };
+    }
+    conflicted
+        .intersection(&written)
+        .filter(|t| !held.contains(*t))
+        .cloned()
+        .collect()
 }
 
 /// Test-only fault point (debug builds only): with `FRAPPE_CDC_FAULT_AFTER_PART=k` the
@@ -190,6 +210,7 @@ impl Applier {
         &mut self,
         items: &[BulkItem],
         together: &[(Envelope, EventKey)],
+        held: &HashSet<String>,
         offsets: &BTreeMap<i32, i64>,
     ) -> Result<(BulkResult, Vec<Outcome>), BulkError> {
         let whole = self.cfg.consistency == Consistency::Transaction;
@@ -209,8 +230,9 @@ impl Applier {
             let mut tx = conn.start_transaction(TxOpts::default()).await?;
             let mut missing = BTreeSet::new();
             for (e, key) in together {
+                let hold = held.contains(&sequence::tx_id(&e.source));
                 let (o, report) =
-                    apply_document(&mut tx, &mut self.cache, &self.cmp, e, *key).await?;
+                    apply_document_held(&mut tx, &mut self.cache, &self.cmp, e, *key, hold).await?;
                 missing.extend(report.missing_columns);
                 first.push(o);
             }
@@ -227,6 +249,20 @@ impl Applier {
             self.load_data = mode.load_data;
             let mut r = r?;
             r.missing_columns.extend(missing);
+            if self.cfg.hold_transactions {
+                let hold = to_hold(
+                    items
+                        .iter()
+                        .map(|it| &it.env)
+                        .zip(&r.outcomes)
+                        .chain(together.iter().map(|(e, _)| e).zip(&first)),
+                    held,
+                );
+                if !hold.is_empty() {
+                    // Dropping the transaction rolls it back.
+                    return Err(BulkError::Hold(hold));
+                }
+            }
             tx.commit().await?;
             r
         } else {
@@ -412,8 +448,9 @@ impl Applier {
             *o = (*o).max(msgs[i].offset() + 1);
         }
         let mut backoff = Backoff::new(Duration::from_millis(100), self.cfg.max_backoff);
+        let mut held: HashSet<String> = HashSet::new();
         loop {
-            match self.run_bulk(&items, &envs, &offsets).await {
+            match self.run_bulk(&items, &envs, &held, &offsets).await {
                 Ok((r, first)) => {
                     for ((e, _), o) in envs.iter().zip(&first) {
                         let label = io.labels.get(&e.doctype);
@@ -485,6 +522,16 @@ impl Applier {
                 }
                 Err(BulkError::Replica(e)) if e.class() == Class::Halt => {
                     return Err(ApplyError::halt(e));
+                }
+                Err(BulkError::Hold(txs)) => {
+                    tracing::info!(
+                        transactions = txs.len(),
+                        "holding source transactions with a conflicting document (hold-transaction)"
+                    );
+                    for it in items.iter_mut() {
+                        it.hold = txs.contains(&sequence::tx_id(&it.env.source));
+                    }
+                    held.extend(txs);
                 }
                 Err(e @ BulkError::Replica(ReplicaError::LoadMismatch { .. }))
                     if !self.read_new =>

@@ -130,6 +130,9 @@ pub struct ApplyMetrics {
     pub transaction_waits: IntCounter,
     pub transaction_wait_seconds: Histogram,
     pub transaction_parts: IntCounter,
+    /// Source transactions released with fewer documents than their `doc_count` (nothing
+    /// more of them could arrive: a forged or damaged message).
+    pub incomplete_transactions: IntCounter,
     pub kafka_disconnects: IntCounter,
     pub kafka_retries: IntCounter,
     pub kafka_timeouts: IntCounter,
@@ -161,6 +164,7 @@ impl ApplyMetrics {
             transaction_waits: reg(&r, IntCounter::new("frappe_cdc_apply_transaction_waits_total", "Times apply held documents back waiting for the rest of their source transaction, or for a partition to reach it (--consistency transaction)").unwrap_or_else(|_| unreachable_metric())),
             transaction_wait_seconds: reg(&r, Histogram::with_opts(HistogramOpts::new("frappe_cdc_apply_transaction_wait_seconds", "How long such a wait lasted").buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0])).unwrap_or_else(|_| unreachable_metric())),
             transaction_parts: reg(&r, IntCounter::new("frappe_cdc_apply_transaction_parts_total", "Parts of source transactions larger than --max-transaction-docs (or the snapshot) applied separately: a reader can see such a transaction half-applied").unwrap_or_else(|_| unreachable_metric())),
+            incomplete_transactions: reg(&r, IntCounter::new("frappe_cdc_apply_incomplete_transactions_total", "Source transactions applied with fewer documents than their doc_count because every partition had moved past them (--consistency transaction): the topic holds a forged or damaged message").unwrap_or_else(|_| unreachable_metric())),
             kafka_disconnects: reg(&r, IntCounter::new("frappe_cdc_apply_kafka_disconnects_total", "Connections to Kafka brokers lost (librdkafka statistics of the consumer)").unwrap_or_else(|_| unreachable_metric())),
             kafka_retries: reg(&r, IntCounter::new("frappe_cdc_apply_kafka_request_retries_total", "Requests to Kafka sent again (librdkafka statistics of the consumer)").unwrap_or_else(|_| unreachable_metric())),
             kafka_timeouts: reg(&r, IntCounter::new("frappe_cdc_apply_kafka_request_timeouts_total", "Requests to Kafka that timed out (librdkafka statistics of the consumer)").unwrap_or_else(|_| unreachable_metric())),

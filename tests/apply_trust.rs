@@ -106,6 +106,15 @@ fn spawn_apply(rig: &Rig, replica: &Mariadb, port: u16) -> KillOnDrop {
     rig.spawn_apply(&replica.replica_url(&rig.db), port, &["--writers", "2"])
 }
 
+/// Apply with bulk batches split over two writers (document consistency).
+fn spawn_split_apply(rig: &Rig, replica: &Mariadb, port: u16) -> KillOnDrop {
+    rig.spawn_apply(
+        &replica.replica_url(&rig.db),
+        port,
+        &["--consistency", "document", "--writers", "2"],
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_keys_are_dead_lettered_and_change_nothing() {
     let rig = Rig::new("keys").await;
@@ -280,7 +289,7 @@ async fn a_document_never_takes_another_documents_rows() {
     f.rename_customer("C4", "C4-renamed").await;
     rig.capture().await;
 
-    let _apply = spawn_apply(&rig, &replica, port);
+    let _apply = spawn_split_apply(&rig, &replica, port);
     wait_for_doc(&mut r, "Customer", "C4-renamed").await;
 
     let mut p = rig.primary().conn(&rig.db).await;

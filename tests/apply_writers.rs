@@ -1,4 +1,4 @@
-//! Split batches (`--writers 2`, the default): a batch of 64+ documents is written by two
+//! Split batches (`--consistency document --writers 2`): a batch of 64+ documents is written by two
 //! concurrent replica transactions that commit in order, the last one with the offsets.
 //!
 //! 1. A failure of one part rolls every part back: a replica trigger fails the offset write
@@ -62,7 +62,11 @@ async fn split_batches_are_atomic_exactly_once_and_conflict_checked() {
     // after it is on the replica, all of it is (apply keeps topic order).
     f.insert_invoice(&Invoice::draft("W-INIT", "C1", 1)).await;
     rig.capture().await;
-    let first = rig.spawn_apply(&rurl, free_port(), &["--writers", "2"]);
+    let first = rig.spawn_apply(
+        &rurl,
+        free_port(),
+        &["--consistency", "document", "--writers", "2"],
+    );
     common::wait_until(Duration::from_secs(60), "the fixture applied", || async {
         count(
             &mut replica.conn(&rig.db).await,
@@ -101,7 +105,11 @@ async fn split_batches_are_atomic_exactly_once_and_conflict_checked() {
     rig.capture().await;
     // Started after the capture, apply finds the 200 documents fetched together.
     let port = free_port();
-    let apply = rig.spawn_apply(&rurl, port, &["--writers", "2"]);
+    let apply = rig.spawn_apply(
+        &rurl,
+        port,
+        &["--consistency", "document", "--writers", "2"],
+    );
     // On a timeout, say what apply did instead (a CI run once timed out here and the bare
     // message could not tell a batch too small to split from a silent apply).
     common::wait_until_explained(
@@ -174,7 +182,11 @@ async fn split_batches_are_atomic_exactly_once_and_conflict_checked() {
     // Each round starts apply after its capture, so the round's documents arrive together.
     const COMMITTED: &str = "frappe_cdc_apply_split_batches_total{outcome=\"committed\"}";
     let port = free_port();
-    let apply = rig.spawn_apply(&rurl, port, &["--writers", "2"]);
+    let apply = rig.spawn_apply(
+        &rurl,
+        port,
+        &["--consistency", "document", "--writers", "2"],
+    );
     common::wait_until(Duration::from_secs(90), "round 2 applied", || async {
         count(
             &mut replica.conn(&rig.db).await,
@@ -216,7 +228,11 @@ async fn split_batches_are_atomic_exactly_once_and_conflict_checked() {
     }
     rig.capture().await;
     let port = free_port();
-    let _apply = rig.spawn_apply(&rurl, port, &["--writers", "2"]);
+    let _apply = rig.spawn_apply(
+        &rurl,
+        port,
+        &["--consistency", "document", "--writers", "2"],
+    );
     common::wait_until(Duration::from_secs(60), "round 3 applied", || async {
         count(
             &mut replica.conn(&rig.db).await,
@@ -296,7 +312,16 @@ async fn a_crash_between_part_commits_replays_the_batch_exactly_once() {
     rig.capture().await;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_frappe-cdc"))
         .args(["apply", "--replica", &rurl, "--brokers", &rig.bootstrap()])
-        .args(["--topic", &rig.topic, "--group", "r1", "--writers", "2"])
+        .args([
+            "--topic",
+            &rig.topic,
+            "--group",
+            "r1",
+            "--consistency",
+            "document",
+            "--writers",
+            "2",
+        ])
         .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port())])
         .env("FRAPPE_CDC_REPLICA_PASSWORD", "adminpass")
         .env("FRAPPE_CDC_FAULT_AFTER_PART", "1")
@@ -330,7 +355,11 @@ async fn a_crash_between_part_commits_replays_the_batch_exactly_once() {
     .await;
     assert!(landed > 0 && landed < 200, "part one only: {landed}");
     let port = free_port();
-    let _apply = rig.spawn_apply(&rurl, port, &["--writers", "2"]);
+    let _apply = rig.spawn_apply(
+        &rurl,
+        port,
+        &["--consistency", "document", "--writers", "2"],
+    );
     rig.wait_in_sync(&rurl, Duration::from_secs(90), "after the crash")
         .await;
     assert_each_version_written_once(&mut r).await;

@@ -6,7 +6,10 @@
 //! * its last envelope equals the primary's final state (deleted: a delete, then a tombstone);
 //! * exactly-once (the default): there are no replays at all, every source transaction is on
 //!   the topic whole (`doc_count` envelopes, indexes 0..doc_count, the snapshot too), and the
-//!   progress markers of each partition never go backwards.
+//!   progress markers of each partition never go backwards. This case runs on a three-node
+//!   Apache Kafka cluster (3 partitions, replication 3, `min.insync.replicas=2`) and kills -9
+//!   the broker leading the most partitions once, half-way through the capture kills; it comes
+//!   back three rounds later.
 //!   At-least-once (`--delivery at-least-once`): replays are allowed, nothing may be missing.
 
 mod common;
@@ -18,6 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::doc_image;
+use common::kafka::Kafka;
 use common::rig::Rig;
 use common::servers::{KillOnDrop, free_port};
 use common::topic::read_all;
@@ -38,18 +42,27 @@ impl Lcg {
 }
 
 fn spawn_capture(rig: &Rig, metrics_port: u16, delivery: &str) -> KillOnDrop {
-    rig.spawn_capture(
-        None,
-        metrics_port,
-        &[
-            "--heartbeat",
-            "1s",
-            "--checkpoint-interval",
-            "100ms",
-            "--delivery",
-            delivery,
-        ],
-    )
+    let mut args = vec![
+        "--heartbeat",
+        "1s",
+        "--checkpoint-interval",
+        "100ms",
+        "--delivery",
+        delivery,
+    ];
+    if rig.brokers.is_some() {
+        args.extend([
+            "--partitions",
+            "3",
+            "--partition-by",
+            "document",
+            "--topic-replication",
+            "3",
+            "--topic-config",
+            "min.insync.replicas=2",
+        ]);
+    }
+    rig.spawn_capture(None, metrics_port, &args)
 }
 
 /// Sum of a metric's samples on the process's /metrics, or None while it is not serving.
@@ -145,8 +158,11 @@ fn source_id(e: &Value) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_nine_twenty_times_delivers_every_transaction_once_and_whole() {
-    let (replays, txs) = kill_nine(20, "exactly-once").await;
+async fn kill_nine_twenty_times_and_a_broker_once_delivers_every_transaction_once_and_whole() {
+    let kafka = tokio::task::spawn_blocking(|| Kafka::cluster(3))
+        .await
+        .expect("cluster");
+    let (replays, txs) = kill_nine(20, "exactly-once", Some(kafka)).await;
     assert_eq!(
         replays, 0,
         "exactly-once: no envelope may be on the topic twice"
@@ -156,14 +172,21 @@ async fn kill_nine_twenty_times_delivers_every_transaction_once_and_whole() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_least_once_kill_nine_loses_nothing() {
-    kill_nine(6, "at-least-once").await;
+    kill_nine(6, "at-least-once", None).await;
 }
 
 /// Runs the kill rounds and checks the topic (module docs); returns the replayed envelopes
-/// dropped and the source transactions checked for wholeness (exactly-once only).
-async fn kill_nine(rounds: u64, delivery: &str) -> (u64, usize) {
+/// dropped and the source transactions checked for wholeness (exactly-once only). With a
+/// cluster of its own, its busiest partition leader is killed -9 half-way and restarted
+/// three rounds later.
+async fn kill_nine(rounds: u64, delivery: &str, mut cluster: Option<Kafka>) -> (u64, usize) {
     let exactly_once = delivery == "exactly-once";
-    let rig = Rig::new(if exactly_once { "crash" } else { "crash-alo" }).await;
+    let tag = if exactly_once { "crash" } else { "crash-alo" };
+    let rig = match &cluster {
+        Some(k) => Rig::on_brokers(tag, &k.bootstrap()).await,
+        None => Rig::new(tag).await,
+    };
+    let mut broker_down = None;
     seed(&rig, 3000).await;
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
@@ -176,6 +199,23 @@ async fn kill_nine(rounds: u64, delivery: &str) -> (u64, usize) {
     let mut rng = Lcg(7);
     let mut kills = Vec::new();
     for round in 0..rounds {
+        if let Some(k) = cluster.as_mut() {
+            if round == rounds / 2 {
+                let victim = k.busiest_leader(&rig.topic);
+                k.kill(victim);
+                assert!(!k.listening(victim), "node {victim} is really down");
+                eprintln!("round {round}: broker {victim} killed -9");
+                broker_down = Some(victim);
+            } else if round == rounds / 2 + 3 {
+                if let Some(victim) = broker_down.take() {
+                    tokio::task::block_in_place(|| {
+                        k.restart(victim);
+                        k.wait_ready(Duration::from_secs(120));
+                    });
+                    eprintln!("round {round}: broker {victim} back");
+                }
+            }
+        }
         let port = free_port();
         let mut child = spawn_capture(&rig, port, delivery);
         // Two kill points inside the snapshot (rows loading / envelopes going out), the rest

@@ -25,8 +25,6 @@ use common::rig::Rig;
 use common::servers::{KillOnDrop, Mariadb, free_port};
 use common::workload::invoice_churn;
 use mysql_async::prelude::Queryable;
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 
 fn cluster() -> &'static Mutex<Kafka> {
     static C: OnceLock<Mutex<Kafka>> = OnceLock::new();
@@ -217,32 +215,6 @@ impl Pipeline {
     }
 }
 
-/// The broker leading the most partitions of `topic`.
-fn busiest_leader(bootstrap: &str, topic: &str) -> u32 {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .expect("metadata client");
-    let md = c
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("metadata");
-    let t = md
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .expect("topic");
-    assert_eq!(t.partitions().len(), 3, "three partitions");
-    for p in t.partitions() {
-        assert_eq!(p.replicas().len(), 3, "replication factor 3");
-    }
-    let mut count = std::collections::BTreeMap::new();
-    for p in t.partitions() {
-        *count.entry(p.leader()).or_insert(0) += 1;
-    }
-    let (leader, _) = count.into_iter().max_by_key(|(_, n)| *n).expect("a leader");
-    u32::try_from(leader).expect("partition has a leader")
-}
-
 /// Waits until the workload has done `n` more operations (it keeps writing to the primary
 /// while Kafka is impaired).
 async fn more_ops(p: &Pipeline, n: u64) {
@@ -320,7 +292,7 @@ async fn node_down_then_back(
 async fn the_partition_leader_is_killed_mid_stream() {
     node_down_then_back(
         "leaderkill",
-        |k, topic| busiest_leader(&k.bootstrap(), topic),
+        |k, topic| k.busiest_leader(topic),
         Duration::from_secs(10),
         false,
     )
@@ -342,7 +314,7 @@ async fn the_active_controller_is_killed_mid_stream() {
 async fn a_broker_stopped_for_thirty_seconds() {
     node_down_then_back(
         "brokerstop",
-        |k, topic| busiest_leader(&k.bootstrap(), topic),
+        |k, topic| k.busiest_leader(topic),
         Duration::from_secs(30),
         true,
     )

@@ -19,6 +19,12 @@
 //! released in parts as soon as it is the earliest one (its `parts` flag says so): a reader of
 //! the replica can see it half-applied, which the README says.
 //!
+//! A transaction that can never complete — fewer than `doc_count` envelopes arrived although
+//! every partition has moved past it (a later document, or a marker beyond its position:
+//! nothing of it can still come) — is a forged or damaged message, not a wait: it is released
+//! with what arrived and reported (`Release::incomplete`), so one bad message cannot stop
+//! apply.
+//!
 //! Positions are ordered by binlog file number, then offset in the file: the primary's own
 //! commit order, across GTID domains.
 
@@ -80,6 +86,8 @@ pub struct Release {
     pub txs: Vec<Vec<usize>>,
     /// The last group is part of a transaction released in parts (large, or the snapshot).
     pub parts: bool,
+    /// Transactions released although incomplete (module docs): (id, arrived, doc_count).
+    pub incomplete: Vec<(String, u64, u64)>,
 }
 
 #[derive(Debug, Default)]
@@ -99,6 +107,10 @@ pub struct Sequencer {
     queues: BTreeMap<i32, VecDeque<Held>>,
     /// The last position each partition delivered.
     frontier: BTreeMap<i32, Pos>,
+    /// Per partition, the position below which every transaction is complete there: a
+    /// document at `p` seals everything before `p`, a marker at `p` too (the marker's
+    /// position may be the next transaction's, so it is not taken as inclusive).
+    sealed: BTreeMap<i32, Pos>,
     txs: BTreeMap<String, Tx>,
     max_docs: u64,
     held: usize,
@@ -114,6 +126,7 @@ impl Sequencer {
             partitions: partitions.to_vec(),
             queues: partitions.iter().map(|p| (*p, VecDeque::new())).collect(),
             frontier: BTreeMap::new(),
+            sealed: BTreeMap::new(),
             txs: BTreeMap::new(),
             max_docs: max_docs.max(1),
             held: 0,
@@ -135,9 +148,15 @@ impl Sequencer {
                 index,
                 count,
             } => {
+                // A new transaction at a position this partition is already past cannot be
+                // genuine (each partition is in commit order): a replay, or forged.
+                let behind = self.sealed.get(&partition).is_some_and(|s| *s > *pos);
                 let f = self.frontier.entry(partition).or_insert(*pos);
                 *f = (*f).max(*pos);
-                let replay = !self.txs.contains_key(tx) && self.done_to.is_some_and(|d| *pos <= d);
+                let sealed = self.sealed.entry(partition).or_insert(*pos);
+                *sealed = (*sealed).max(*pos);
+                let replay = !self.txs.contains_key(tx)
+                    && (behind || self.done_to.is_some_and(|d| *pos <= d));
                 let fresh = !replay
                     && self
                         .txs
@@ -157,6 +176,8 @@ impl Sequencer {
             Kind::Marker { pos } => {
                 let f = self.frontier.entry(partition).or_insert(*pos);
                 *f = (*f).max(*pos);
+                let sealed = self.sealed.entry(partition).or_insert(*pos);
+                *sealed = (*sealed).max(*pos);
             }
             Kind::Other => {}
         }
@@ -167,6 +188,26 @@ impl Sequencer {
             kind,
         });
         self.held += 1;
+    }
+
+    /// Partitions that have not yet reached the earliest held transaction (nothing
+    /// delivered, or only earlier positions): what a release is waiting for.
+    pub fn behind(&self) -> Vec<i32> {
+        let Some(first) = self.txs.values().map(|t| t.pos).min() else {
+            return Vec::new();
+        };
+        self.partitions
+            .iter()
+            .filter(|p| self.frontier.get(p).is_none_or(|f| *f < first))
+            .copied()
+            .collect()
+    }
+
+    /// Whether every partition is sealed beyond `pos` (nothing at `pos` can still arrive).
+    fn sealed_past(&self, pos: Pos) -> bool {
+        self.partitions
+            .iter()
+            .all(|p| self.sealed.get(p).is_some_and(|s| *s > pos))
     }
 
     /// The lowest position every partition has reached, None while one has delivered nothing.
@@ -194,14 +235,25 @@ impl Sequencer {
             .map(|(k, t)| (t.pos, k.clone()))
             .collect();
         order.sort();
-        for (i, (_, key)) in order.into_iter().enumerate() {
+        // Every transaction reached below is the earliest still held: the ones before it
+        // were released in this loop (the loop stops at the first that must wait).
+        for (_, key) in order {
             let t = &self.txs[&key];
             let arrived = t.arrived.len() as u64;
             if arrived < t.count {
+                let (pos, count) = (t.pos, t.count);
+                if self.sealed_past(pos) {
+                    // Nothing of it can still arrive: release what came (module docs).
+                    self.take_tx(&key, &mut out);
+                    self.txs.remove(&key);
+                    self.done_to = Some(self.done_to.map_or(pos, |d| d.max(pos)));
+                    out.incomplete.push((key, arrived, count));
+                    continue;
+                }
                 // The earliest transaction may go in parts when it is big; nothing after an
                 // incomplete one may go.
-                let big = t.count > self.max_docs;
-                if i == 0 && big && arrived > t.released {
+                let big = count > self.max_docs;
+                if big && arrived > t.released {
                     self.take_tx(&key, &mut out);
                     out.parts = true;
                 }
@@ -221,6 +273,8 @@ impl Sequencer {
             while let Some(h) = q.front() {
                 match &h.kind {
                     Kind::Doc { tx, .. } if tx == key => taken += 1,
+                    // A document of a transaction no longer held goes like any other.
+                    Kind::Doc { tx, .. } if !self.txs.contains_key(tx) => {}
                     Kind::Doc { .. } => break,
                     Kind::Marker { .. } | Kind::Other => {}
                 }
@@ -283,6 +337,67 @@ mod tests {
 
     fn marker(pos: u64) -> Kind {
         Kind::Marker { pos: (1, pos) }
+    }
+
+    #[test]
+    fn behind_names_the_partitions_a_release_waits_for() {
+        let mut s = Sequencer::new(&[0, 1, 2], 100);
+        assert!(s.behind().is_empty(), "nothing held, nothing waited for");
+        s.push(0, 0, 10, doc("T1", 100, 1));
+        s.push(1, 1, 5, marker(50));
+        assert!(s.release().txs.iter().flatten().all(|id| *id != 0));
+        assert_eq!(
+            s.behind(),
+            vec![1, 2],
+            "1 is before T1, 2 delivered nothing"
+        );
+        s.push(2, 2, 7, marker(100));
+        assert_eq!(s.behind(), vec![1]);
+        s.push(3, 1, 6, marker(120));
+        assert!(s.behind().is_empty());
+        assert!(
+            s.release().txs.iter().flatten().any(|id| *id == 0),
+            "T1 goes"
+        );
+    }
+
+    #[test]
+    fn a_transaction_that_can_never_complete_is_released_and_reported() {
+        // A forged envelope claims 3 documents of T at 100; partition 1 is past it (a later
+        // document), partition 0 too once a marker beyond 100 arrives.
+        let mut s = Sequencer::new(&[0, 1], 1000);
+        s.push(0, 0, 1, doc("T", 100, 3));
+        s.push(1, 1, 1, doc("U", 150, 1));
+        s.push(2, 0, 2, marker(100));
+        let r = s.release();
+        assert!(
+            r.incomplete.is_empty(),
+            "a marker at 100 may be U's own position"
+        );
+        assert!(
+            r.txs.iter().flatten().all(|id| *id != 1),
+            "U waits behind T"
+        );
+        s.push(3, 0, 3, marker(160));
+        let r = s.release();
+        assert_eq!(r.incomplete, vec![("T".to_string(), 1, 3)]);
+        assert_eq!(r.txs, vec![vec![0, 2, 3], vec![1]], "T as it is, then U");
+        assert_eq!(s.held(), 0);
+        // A late copy of T's document is a replay now, not a new wait.
+        s.push(4, 0, 4, doc_i("T", 100, 1, 3));
+        s.push(5, 1, 2, marker(200));
+        assert_eq!(s.release().txs, vec![vec![4, 5]]);
+    }
+
+    #[test]
+    fn a_new_transaction_behind_its_partition_is_not_waited_for() {
+        // A forged envelope at an old position, between genuine ones.
+        let mut s = Sequencer::new(&[0], 1000);
+        s.push(0, 0, 1, doc("A", 100, 1));
+        s.push(1, 0, 2, doc("FORGED", 50, 7));
+        s.push(2, 0, 3, doc("B", 200, 1));
+        assert_eq!(s.release().txs, vec![vec![0, 1], vec![2]]);
+        assert_eq!(s.held(), 0);
     }
 
     #[test]

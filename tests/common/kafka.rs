@@ -351,6 +351,32 @@ impl Kafka {
             })
     }
 
+    /// The broker leading the most partitions of `topic` (3 partitions, replication 3).
+    pub fn busiest_leader(&self, topic: &str) -> u32 {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .create()
+            .expect("metadata client");
+        let md = c
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .expect("metadata");
+        let t = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .expect("topic");
+        assert_eq!(t.partitions().len(), 3, "three partitions");
+        for p in t.partitions() {
+            assert_eq!(p.replicas().len(), 3, "replication factor 3");
+        }
+        let mut count = std::collections::BTreeMap::new();
+        for p in t.partitions() {
+            *count.entry(p.leader()).or_insert(0) += 1;
+        }
+        let (leader, _) = count.into_iter().max_by_key(|(_, n)| *n).expect("a leader");
+        u32::try_from(leader).expect("partition has a leader")
+    }
+
     /// Whether node `id` accepts connections on its client port.
     pub fn listening(&mut self, id: u32) -> bool {
         let port = self.node(id).port;

@@ -28,7 +28,12 @@ pub(super) struct Whole {
     next_id: usize,
     /// Since when released nothing while messages were held.
     waiting: Option<Instant>,
+    /// When the last "still waiting" warning was logged.
+    warned: Option<Instant>,
 }
+
+/// How long a release may wait on partitions before apply says which ones and why.
+const WAIT_WARNING: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Whole {
     pub(super) fn new(partitions: &[i32], max_docs: u64) -> Self {
@@ -37,7 +42,32 @@ impl Whole {
             held: HashMap::new(),
             next_id: 0,
             waiting: None,
+            warned: None,
         }
+    }
+}
+
+impl Whole {
+    /// A warning every `WAIT_WARNING` while nothing is released: which partitions hold the
+    /// release back, and the likely cause (a producer that writes no progress markers).
+    fn warn_if_stuck(&mut self) {
+        let Some(since) = self.waiting else {
+            return;
+        };
+        let last = self.warned.unwrap_or(since);
+        if last.elapsed() < WAIT_WARNING {
+            return;
+        }
+        self.warned = Some(Instant::now());
+        tracing::warn!(
+            waited_s = since.elapsed().as_secs(),
+            held = self.seq.held(),
+            partitions = ?self.seq.behind(),
+            "transaction consistency: documents are held until these partitions reach their source position; \
+             frappe-cdc capture writes a progress marker to every partition at each commit, so this means capture \
+             is stopped or lagging, or the topic is written by an older capture or another producer without markers \
+             (then run apply with --consistency document)"
+        );
     }
 }
 
@@ -63,12 +93,23 @@ impl Applier {
                 w.waiting = Some(Instant::now());
                 self.metrics.transaction_waits.inc();
             }
+            w.warn_if_stuck();
             return Ok(true);
         }
+        w.warned = None;
         if let Some(since) = w.waiting.take() {
             self.metrics
                 .transaction_wait_seconds
                 .observe(since.elapsed().as_secs_f64());
+        }
+        for (tx, arrived, count) in &r.incomplete {
+            self.metrics.incomplete_transactions.inc();
+            tracing::warn!(
+                transaction = %tx,
+                arrived,
+                doc_count = count,
+                "a source transaction on the topic can never complete (every partition is past it): applying the documents that arrived; the topic holds a forged or damaged message, or was written by another producer"
+            );
         }
         if r.parts {
             self.metrics.transaction_parts.inc();

@@ -253,6 +253,9 @@ pub struct DoctypeArgs {
     /// Never these doctypes (repeatable; env: comma-separated).
     #[arg(long, env = "FRAPPE_CDC_EXCLUDE_DOCTYPE", value_delimiter = ',')]
     pub exclude_doctype: Vec<String>,
+    /// Also these doctypes, beside the default set (repeatable; e.g. File, for attachments).
+    #[arg(long, env = "FRAPPE_CDC_ADD_DOCTYPE", value_delimiter = ',')]
+    pub add_doctype: Vec<String>,
 }
 
 /// librdkafka settings shared by capture and apply (every client of the process gets them:
@@ -339,6 +342,8 @@ pub struct ApplyArgs {
     /// every document of the transaction is recorded and none applied).
     #[arg(long, env = "FRAPPE_CDC_ON_CONFLICT_IN_TRANSACTION", value_enum, default_value_t = crate::apply::config::OnConflictInTransaction::SkipDocument)]
     pub on_conflict_in_transaction: crate::apply::config::OnConflictInTransaction,
+    #[command(flatten)]
+    pub files: crate::files::args::FilesArgs,
     #[command(flatten)]
     pub kafka: KafkaClientArgs,
     /// Log format.

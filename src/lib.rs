@@ -11,6 +11,7 @@ pub mod cli;
 pub mod db;
 pub mod envelope;
 pub mod failure;
+pub mod files;
 pub mod frappe;
 pub mod image;
 pub mod kafka;

@@ -107,7 +107,8 @@ fn capture_config(a: &CaptureArgs) -> Result<CaptureConfig, String> {
                     .unwrap_or_else(|| format!("frappe-cdc.{}.{}", a.topic, a.server_id))
             }),
         },
-        filter: Filter::new(&a.doctypes.include_doctype, &a.doctypes.exclude_doctype),
+        filter: Filter::new(&a.doctypes.include_doctype, &a.doctypes.exclude_doctype)
+            .with_added(&a.doctypes.add_doctype),
         heartbeat: a.heartbeat,
         checkpoint_interval: a.checkpoint_interval,
         spill_at: a.spill_at,
@@ -245,7 +246,7 @@ async fn run_apply(a: &ApplyArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let cfg = ApplyConfig {
+    let mut cfg = ApplyConfig {
         row_filters,
         replica,
         brokers: a.brokers.clone(),
@@ -255,13 +256,21 @@ async fn run_apply(a: &ApplyArgs) -> ExitCode {
             .dead_letter_topic
             .clone()
             .unwrap_or_else(|| format!("{}.dead-letter", a.topic)),
-        filter: Filter::new(&a.doctypes.include_doctype, &a.doctypes.exclude_doctype),
+        filter: Filter::new(&a.doctypes.include_doctype, &a.doctypes.exclude_doctype)
+            .with_added(&a.doctypes.add_doctype),
         ignore_columns: a.ignore_column.clone(),
         max_backoff: a.max_backoff,
         batch_size: a.batch_size,
         writers: usize::from(a.writers),
         consistency: a.consistency,
         max_transaction_docs: a.max_transaction_docs,
+        files: match a.files.config() {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
         hold_transactions: a.consistency == frappe_cdc::apply::config::Consistency::Transaction
             && a.on_conflict_in_transaction
                 == frappe_cdc::apply::config::OnConflictInTransaction::HoldTransaction,
@@ -276,6 +285,10 @@ async fn run_apply(a: &ApplyArgs) -> ExitCode {
             }
         },
     };
+    // Copying files needs the File rows: --files-to adds File to apply's doctypes.
+    if cfg.files.is_some() {
+        cfg.filter = cfg.filter.with_added(&["File".to_string()]);
+    }
     if let Some((k, _)) = cfg
         .kafka_options
         .iter()
@@ -339,7 +352,8 @@ async fn run_verify(a: &VerifyArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let filter = Filter::new(&a.doctypes.include_doctype, &a.doctypes.exclude_doctype);
+    let filter = Filter::new(&a.doctypes.include_doctype, &a.doctypes.exclude_doctype)
+        .with_added(&a.doctypes.add_doctype);
     let cmp = frappe_cdc::apply::decision::Comparator::new(
         frappe_cdc::frappe::catalog::IGNORED_COLUMNS
             .iter()

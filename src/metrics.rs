@@ -136,6 +136,8 @@ pub struct ApplyMetrics {
     pub kafka_disconnects: IntCounter,
     pub kafka_retries: IntCounter,
     pub kafka_timeouts: IntCounter,
+    /// The file step's metrics (`--files-to`; zero without it).
+    pub files: crate::files::metrics::FilesMetrics,
     /// `/readyz`: true once apply consumes and while its last replica work succeeded; false
     /// while it waits for the replica, the topic, or retries a transient failure.
     pub ready: Arc<AtomicBool>,
@@ -168,6 +170,7 @@ impl ApplyMetrics {
             kafka_disconnects: reg(&r, IntCounter::new("frappe_cdc_apply_kafka_disconnects_total", "Connections to Kafka brokers lost (librdkafka statistics of the consumer)").unwrap_or_else(|_| unreachable_metric())),
             kafka_retries: reg(&r, IntCounter::new("frappe_cdc_apply_kafka_request_retries_total", "Requests to Kafka sent again (librdkafka statistics of the consumer)").unwrap_or_else(|_| unreachable_metric())),
             kafka_timeouts: reg(&r, IntCounter::new("frappe_cdc_apply_kafka_request_timeouts_total", "Requests to Kafka that timed out (librdkafka statistics of the consumer)").unwrap_or_else(|_| unreachable_metric())),
+            files: crate::files::metrics::FilesMetrics::register(&r),
             ready: Arc::new(AtomicBool::new(false)),
             registry: r,
         }

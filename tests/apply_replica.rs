@@ -41,7 +41,7 @@ async fn apply(
             .start_transaction(TxOpts::default())
             .await
             .expect("tx");
-        let (outcome, report) = apply_document(&mut tx, cache, &cmp, &e, key)
+        let (outcome, report) = apply_document(&mut tx, cache, &cmp, &e, key, false)
             .await
             .expect("apply");
         assert!(

@@ -65,6 +65,8 @@ pub struct BulkMode {
     /// Read the replica's copy of new documents too (the retry after a `LOAD DATA`
     /// mismatch), instead of relying on `LOAD DATA` to find one.
     pub read_new: bool,
+    /// Record what applied File documents need (`--files-to`).
+    pub files: bool,
 }
 
 /// Why a batch was not applied.
@@ -361,6 +363,7 @@ pub async fn apply_bulk(
         Writer::SetWise {
             load_data: &mut mode.load_data,
         },
+        mode.files,
     )
     .await?;
     let t_write = t0.elapsed();

@@ -19,14 +19,16 @@ use super::replica::{ReplicaError, SchemaCache, WriteReport, read_doc};
 use crate::envelope::{Envelope, Op};
 
 /// Applies `e` (at `key`) in `tx`; returns what happened and the columns the replica lacked.
+/// `files`: record what an applied File document needs (`--files-to`).
 pub async fn apply_document(
     tx: &mut Transaction<'_>,
     cache: &mut SchemaCache,
     cmp: &Comparator,
     e: &Envelope,
     key: EventKey,
+    files: bool,
 ) -> Result<(Outcome, WriteReport), ReplicaError> {
-    apply_document_held(tx, cache, cmp, e, key, false).await
+    apply_document_held(tx, cache, cmp, e, key, false, files).await
 }
 
 /// [`apply_document`], with `hold` set when the document's source transaction is held
@@ -38,6 +40,7 @@ pub async fn apply_document_held(
     e: &Envelope,
     key: EventKey,
     hold: bool,
+    files: bool,
 ) -> Result<(Outcome, WriteReport), ReplicaError> {
     let applied = control::last_applied(tx, &e.doctype, &e.name).await?;
     let lookup = e.old_name.as_deref().unwrap_or(&e.name);
@@ -69,7 +72,8 @@ pub async fn apply_document_held(
         hold,
     }];
     let plan = plan::decide_batch(cmp, &[(e, key)], &seen);
-    let written = execute::execute(tx, cache, &[e], &seen, &plan, Writer::PerDocument).await?;
+    let written =
+        execute::execute(tx, cache, &[e], &seen, &plan, Writer::PerDocument, files).await?;
     let outcome = plan.steps[0].outcome();
     Ok((
         outcome,

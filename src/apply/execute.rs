@@ -23,6 +23,8 @@ use super::outcome::reason_kind;
 use super::plan::{Plan, Seen, Step};
 use super::replica::{ReplicaError, SchemaCache, write_doc};
 use crate::envelope::Envelope;
+use crate::files::plan::{file_step, url_of_images};
+use crate::files::status::{self, Enqueued};
 
 mod setwise;
 mod upserts;
@@ -47,7 +49,9 @@ pub struct Written {
     pub upserted_rows: u64,
 }
 
-/// Carries out `plan` for `items` (`seen[i]` is what was read for `items[i]`) in `tx`.
+/// Carries out `plan` for `items` (`seen[i]` is what was read for `items[i]`) in `tx`. With
+/// `files`, every written File document also gets its `_frappe_cdc_files` row here, in the
+/// same transaction (`files/status.rs`).
 pub async fn execute(
     tx: &mut Transaction<'_>,
     cache: &mut SchemaCache,
@@ -55,6 +59,7 @@ pub async fn execute(
     seen: &[Seen<'_>],
     plan: &Plan,
     writer: Writer<'_>,
+    files: bool,
 ) -> Result<Written, ReplicaError> {
     for ((e, s), step) in items.iter().zip(seen).zip(&plan.steps) {
         if let Step::Record(reason) = step {
@@ -112,6 +117,22 @@ pub async fn execute(
         }
     }
     mark_applied(tx, &marks).await?;
+    if files {
+        let steps: Vec<Enqueued> = items
+            .iter()
+            .zip(&plan.steps)
+            .filter(|(e, step)| e.doctype == "File" && **step == Step::Write)
+            .map(|(e, _)| {
+                let (b, a) = (e.before.as_ref(), e.after.as_ref());
+                (
+                    e.name.clone(),
+                    url_of_images(b, a),
+                    file_step(&e.name, b, a),
+                )
+            })
+            .collect();
+        status::enqueue(tx, &steps).await?;
+    }
     Ok(written)
 }
 

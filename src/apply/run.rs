@@ -213,6 +213,21 @@ pub async fn run(
     };
     control::ensure_tables(&mut conn).await?;
     control::ensure_conflicts_table(&mut conn).await?;
+    // Attachments: the fetcher works beside apply until it returns (files/fetch.rs).
+    let _files = match &cfg.files {
+        Some(f) => {
+            crate::files::status::ensure_table(&mut conn).await?;
+            let stop = shutdown.child_token();
+            tokio::spawn(crate::files::fetch::run(
+                pool.clone(),
+                Arc::clone(f),
+                metrics.files.clone(),
+                stop.clone(),
+            ));
+            Some(stop.drop_guard())
+        }
+        None => None,
+    };
     let stored = control::stored_offsets(&mut conn, &cfg.group, &cfg.topic).await?;
     drop(conn);
     let mut consumer_cfg = ClientConfig::new();

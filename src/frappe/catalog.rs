@@ -66,6 +66,9 @@ pub struct DocTypeInfo {
 pub struct Filter {
     include: BTreeSet<String>,
     exclude: BTreeSet<String>,
+    /// Streamed in addition to the default set (`--add-doctype`), e.g. `File` for
+    /// attachments.
+    add: BTreeSet<String>,
 }
 
 impl Filter {
@@ -75,13 +78,24 @@ impl Filter {
         Filter {
             include: include.iter().map(|s| s.trim().to_string()).collect(),
             exclude: exclude.iter().map(|s| s.trim().to_string()).collect(),
+            add: BTreeSet::new(),
         }
+    }
+
+    /// This filter, also streaming `add` (doctypes the default set leaves out, such as
+    /// `File`), whatever `include` says.
+    pub fn with_added(mut self, add: &[String]) -> Self {
+        self.add.extend(add.iter().map(|s| s.trim().to_string()));
+        self
     }
 
     /// True when `doctype` is streamed.
     pub fn tracks(&self, doctype: &str) -> bool {
         if self.exclude.contains(doctype) {
             return false;
+        }
+        if self.add.contains(doctype) {
+            return true;
         }
         if !self.include.is_empty() {
             return self.include.contains(doctype);
@@ -101,16 +115,23 @@ impl Filter {
         if self.exclude.contains(doctype) {
             return false;
         }
-        self.include.contains(doctype) || !DEFAULT_EXCLUDED.contains(&doctype)
+        self.include.contains(doctype)
+            || self.add.contains(doctype)
+            || !DEFAULT_EXCLUDED.contains(&doctype)
     }
 
     /// The configured lists, for the checkpoint's record of what the state holds.
     pub fn describe(&self) -> String {
-        format!(
+        let mut d = format!(
             "include={:?} exclude={:?}",
             self.include.iter().collect::<Vec<_>>(),
             self.exclude.iter().collect::<Vec<_>>()
-        )
+        );
+        // Only when set: checkpoints written before `--add-doctype` existed stay equal.
+        if !self.add.is_empty() {
+            d.push_str(&format!(" add={:?}", self.add.iter().collect::<Vec<_>>()));
+        }
+        d
     }
 }
 
@@ -171,6 +192,19 @@ impl Catalog {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn added_doctypes_join_the_default_set_and_only_show_in_the_description_when_set() {
+        let plain = Filter::new(&[], &[]);
+        assert!(!plain.tracks("File") && plain.tracks("Customer"));
+        let with = Filter::new(&[], &[]).with_added(&["File".into()]);
+        assert!(with.tracks("File") && with.tracks("Customer") && !with.tracks("Version"));
+        assert!(with.reader_wants("tabFile"));
+        assert_eq!(plain.describe(), "include=[] exclude=[]");
+        assert!(with.describe().ends_with(r#"add=["File"]"#));
+        let ex = Filter::new(&[], &["File".into()]).with_added(&["File".into()]);
+        assert!(!ex.tracks("File"), "an exclusion wins");
+    }
+
     use super::*;
     use serde_json::json;
 

@@ -6,6 +6,7 @@ pub mod metrics;
 pub mod rig;
 pub mod schema;
 pub mod servers;
+pub mod site_server;
 pub mod topic;
 pub mod workload;
 

@@ -247,6 +247,17 @@ impl Rig {
         metrics_port: u16,
         extra: &[&str],
     ) -> super::servers::KillOnDrop {
+        self.spawn_apply_with_env(replica_url, metrics_port, extra, &[])
+    }
+
+    /// `spawn_apply` with extra environment variables (secrets that never go in argv).
+    pub fn spawn_apply_with_env(
+        &self,
+        replica_url: &str,
+        metrics_port: u16,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> super::servers::KillOnDrop {
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_frappe-cdc"))
             .args([
                 "apply",
@@ -262,6 +273,7 @@ impl Rig {
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
             .args(extra)
             .env("FRAPPE_CDC_REPLICA_PASSWORD", "adminpass")
+            .envs(env.iter().copied())
             .env(
                 "RUST_LOG",
                 std::env::var("APPLY_LOG").unwrap_or_else(|_| "error".into()),

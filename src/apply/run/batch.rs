@@ -224,6 +224,7 @@ impl Applier {
         let mut mode = BulkMode {
             load_data: self.load_data,
             read_new: self.read_new,
+            files: self.cfg.files.is_some(),
         };
         let r = if parts <= 1 {
             let mut conn = self.pool.get_conn().await?;
@@ -231,8 +232,16 @@ impl Applier {
             let mut missing = BTreeSet::new();
             for (e, key) in together {
                 let hold = held.contains(&sequence::tx_id(&e.source));
-                let (o, report) =
-                    apply_document_held(&mut tx, &mut self.cache, &self.cmp, e, *key, hold).await?;
+                let (o, report) = apply_document_held(
+                    &mut tx,
+                    &mut self.cache,
+                    &self.cmp,
+                    e,
+                    *key,
+                    hold,
+                    self.cfg.files.is_some(),
+                )
+                .await?;
                 missing.extend(report.missing_columns);
                 first.push(o);
             }

@@ -42,7 +42,15 @@ impl Applier {
         e: &Envelope,
         key: EventKey,
     ) -> Result<Outcome, ReplicaError> {
-        let (outcome, report) = apply_document(tx, &mut self.cache, &self.cmp, e, key).await?;
+        let (outcome, report) = apply_document(
+            tx,
+            &mut self.cache,
+            &self.cmp,
+            e,
+            key,
+            self.cfg.files.is_some(),
+        )
+        .await?;
         for (t, c) in report.missing_columns {
             self.metrics.missing_columns.with_label_values(&[&t]).inc();
             if self.missing_logged.insert((t.clone(), c.clone())) {

@@ -43,7 +43,7 @@ pub struct CaptureMetrics {
     pub kafka_timeouts: IntCounter,
 }
 
-fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+pub(crate) fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
     // Names are unique constants, so registration cannot collide.
     let _ = r.register(Box::new(c.clone()));
     c
@@ -103,7 +103,7 @@ fn register_build_info(r: &Registry) {
 }
 
 /// Metric constructors only fail on invalid names, which are constants here.
-fn unreachable_metric<T>() -> T {
+pub(crate) fn unreachable_metric<T>() -> T {
     panic!("invalid metric definition (a constant in metrics.rs)")
 }
 

@@ -51,16 +51,7 @@ fn spawn_capture(rig: &Rig, metrics_port: u16, delivery: &str) -> KillOnDrop {
         delivery,
     ];
     if rig.brokers.is_some() {
-        args.extend([
-            "--partitions",
-            "3",
-            "--partition-by",
-            "document",
-            "--topic-replication",
-            "3",
-            "--topic-config",
-            "min.insync.replicas=2",
-        ]);
+        args.extend(common::kafka::CLUSTER_TOPIC_ARGS);
     }
     rig.spawn_capture(None, metrics_port, &args)
 }

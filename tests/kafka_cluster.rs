@@ -65,24 +65,9 @@ impl Pipeline {
         let mut f = rig.frappe().await;
         f.insert_customer("C1", "Commercial").await;
         let cport = free_port();
-        let capture = rig.spawn_capture(
-            None,
-            cport,
-            &[
-                "--partitions",
-                "3",
-                "--partition-by",
-                "document",
-                "--topic-replication",
-                "3",
-                "--topic-config",
-                "min.insync.replicas=2",
-                "--heartbeat",
-                "1s",
-                "--checkpoint-interval",
-                "200ms",
-            ],
-        );
+        let mut args = common::kafka::CLUSTER_TOPIC_ARGS.to_vec();
+        args.extend(["--heartbeat", "1s", "--checkpoint-interval", "200ms"]);
+        let capture = rig.spawn_capture(None, cport, &args);
         let aport = free_port();
         let apply = rig.spawn_apply(&rurl, aport, &["--writers", "2"]);
         let stop = Arc::new(AtomicBool::new(false));

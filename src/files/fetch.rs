@@ -180,18 +180,6 @@ pub async fn attempt(pool: &Pool, cfg: &FilesConfig, d: &Due) -> Outcome {
     r.unwrap_or_else(Outcome::Error)
 }
 
-fn url_of(p: &SitePath) -> String {
-    format!(
-        "{}/{}",
-        if p.private {
-            "/private/files"
-        } else {
-            "/files"
-        },
-        p.rel
-    )
-}
-
 /// Whether a replica File row other than `name` claims the bytes at `url` whose MD5 is
 /// `md5` (its hash is that MD5, or it has none).
 async fn claimed_by_other(pool: &Pool, url: &str, name: &str, md5: &str) -> Result<bool, String> {
@@ -209,7 +197,7 @@ async fn claimed_by_other(pool: &Pool, url: &str, name: &str, md5: &str) -> Resu
 
 async fn fetch(pool: &Pool, cfg: &FilesConfig, d: &Due) -> Result<Outcome, String> {
     let target = cfg.to.path(&d.path);
-    let url = url_of(&d.path);
+    let url = d.path.url();
     let existing = md5_of(&target)
         .await
         .map_err(|e| format!("reading the replica's file: {e}"))?;
@@ -295,7 +283,7 @@ async fn delete(
     if !cfg.gc {
         return Ok(Outcome::Deleted { removed: false });
     }
-    let url = url_of(path);
+    let url = path.url();
     let mut c = pool.get_conn().await.map_err(|e| e.to_string())?;
     let refs: Option<u64> = match hash {
         Some(h) => {

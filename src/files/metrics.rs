@@ -7,6 +7,7 @@ use prometheus::{
 };
 
 use super::fetch::Outcome;
+use crate::metrics::{reg, unreachable_metric};
 
 /// Files copied, by outcome; bytes; statuses in `_frappe_cdc_files`; fetch latency.
 #[derive(Clone)]
@@ -17,23 +18,14 @@ pub struct FilesMetrics {
     pub seconds: Histogram,
 }
 
-fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
-    let _ = r.register(Box::new(c.clone()));
-    c
-}
-
-fn invalid<T>() -> T {
-    panic!("invalid metric definition (a constant in files/metrics.rs)")
-}
-
 impl FilesMetrics {
     /// Creates the metrics and registers them on `r`.
     pub fn register(r: &Registry) -> Self {
         FilesMetrics {
-            files: reg(r, IntCounterVec::new(Opts::new("frappe_cdc_apply_files_total", "File copy attempts, by outcome: fetched, present (already there), missing, mismatch, too_big, collision, denied, error, removed / kept (deletes)"), &["outcome"]).unwrap_or_else(|_| invalid())),
-            bytes: reg(r, IntCounter::new("frappe_cdc_apply_file_bytes_total", "Bytes of files copied to the replica's site folder").unwrap_or_else(|_| invalid())),
-            by_status: reg(r, IntGaugeVec::new(Opts::new("frappe_cdc_apply_files", "Rows of _frappe_cdc_files by status (pending, fetched, missing, mismatch, too_big, collision, denied, error, deleted, skipped)"), &["status"]).unwrap_or_else(|_| invalid())),
-            seconds: reg(r, Histogram::with_opts(HistogramOpts::new("frappe_cdc_apply_file_fetch_seconds", "Duration of one file copy attempt").buckets(vec![0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0])).unwrap_or_else(|_| invalid())),
+            files: reg(r, IntCounterVec::new(Opts::new("frappe_cdc_apply_files_total", "File copy attempts, by outcome: fetched, present (already there), missing, mismatch, too_big, collision, denied, error, removed / kept (deletes)"), &["outcome"]).unwrap_or_else(|_| unreachable_metric())),
+            bytes: reg(r, IntCounter::new("frappe_cdc_apply_file_bytes_total", "Bytes of files copied to the replica's site folder").unwrap_or_else(|_| unreachable_metric())),
+            by_status: reg(r, IntGaugeVec::new(Opts::new("frappe_cdc_apply_files", "Rows of _frappe_cdc_files by status (pending, fetched, missing, mismatch, too_big, collision, denied, error, deleted, skipped)"), &["status"]).unwrap_or_else(|_| unreachable_metric())),
+            seconds: reg(r, Histogram::with_opts(HistogramOpts::new("frappe_cdc_apply_file_fetch_seconds", "Duration of one file copy attempt").buckets(vec![0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0])).unwrap_or_else(|_| unreachable_metric())),
         }
     }
 

@@ -55,26 +55,41 @@ impl SitePath {
         p
     }
 
-    /// The URL path on the primary's web server (`/files/<rel>` or `/private/files/<rel>`),
-    /// each component percent-encoded.
-    pub fn url_path(&self) -> String {
-        let mut out = String::from(if self.private {
+    /// The `file_url` Frappe gives this path (`/files/<rel>` or `/private/files/<rel>`).
+    pub fn url(&self) -> String {
+        format!("{}/{}", self.folder_url(), self.rel)
+    }
+
+    fn folder_url(&self) -> &'static str {
+        if self.private {
             "/private/files"
         } else {
             "/files"
-        });
+        }
+    }
+
+    /// The URL path on the primary's web server, each component percent-encoded.
+    pub fn url_path(&self) -> String {
+        let mut out = String::from(self.folder_url());
         for c in self.rel.split('/') {
             out.push('/');
-            for b in c.bytes() {
-                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                    out.push(b as char);
-                } else {
-                    out.push_str(&format!("%{b:02X}"));
-                }
-            }
+            out.push_str(&percent_encode(c));
         }
         out
     }
+}
+
+/// `s` with every byte but unreserved ones (RFC 3986) percent-encoded.
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Why a File change needs no bytes.

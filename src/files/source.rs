@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 
-use super::plan::SitePath;
+use super::plan::{SitePath, percent_encode};
 
 /// Why bytes could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -173,7 +173,7 @@ impl FilesFrom {
                 let mut req = client.get(&url);
                 if path.private {
                     url.push_str("?fid=");
-                    url.push_str(&encode_query(fid));
+                    url.push_str(&percent_encode(fid));
                     req = client.get(&url);
                     if let Some(a) = auth {
                         req = req.header(reqwest::header::AUTHORIZATION, a);
@@ -200,19 +200,6 @@ impl FilesFrom {
     }
 }
 
-/// Percent-encodes a query value.
-fn encode_query(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,6 +222,6 @@ mod tests {
             ..http.clone()
         };
         assert!(FilesFrom::parse("https://x", &bad).is_err());
-        assert_eq!(encode_query("a b/c&d"), "a%20b%2Fc%26d");
+        assert_eq!(percent_encode("a b/c&d"), "a%20b%2Fc%26d");
     }
 }

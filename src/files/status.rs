@@ -59,18 +59,6 @@ pub async fn ensure_table(conn: &mut Conn) -> Result<(), ReplicaError> {
     Ok(())
 }
 
-fn url_of(p: &SitePath) -> String {
-    format!(
-        "{}/{}",
-        if p.private {
-            "/private/files"
-        } else {
-            "/files"
-        },
-        p.rel
-    )
-}
-
 /// One applied File document: its name, its `file_url` as the row has it, and its step.
 pub type Enqueued = (String, Option<String>, FileStep);
 
@@ -90,7 +78,7 @@ pub async fn enqueue(tx: &mut Transaction<'_>, steps: &[Enqueued]) -> Result<(),
                      ON DUPLICATE KEY UPDATE file_url = VALUES(file_url), content_hash = VALUES(content_hash), \
                      moved_from = VALUES(moved_from), status = 'pending', version = version + 1, attempts = 0, last_error = NULL, \
                      next_attempt = VALUES(next_attempt), updated_at = VALUES(updated_at)",
-                    (name, url_of(path), hash, moved_from.as_ref().map(url_of)),
+                    (name, path.url(), hash, moved_from.as_ref().map(SitePath::url)),
                 )
                 .await?;
             }
@@ -100,7 +88,7 @@ pub async fn enqueue(tx: &mut Transaction<'_>, steps: &[Enqueued]) -> Result<(),
                      VALUES (?, ?, ?, 'deleted', current_timestamp(6), current_timestamp(6)) \
                      ON DUPLICATE KEY UPDATE status = 'deleted', version = version + 1, attempts = 0, last_error = NULL, \
                      next_attempt = VALUES(next_attempt), updated_at = VALUES(updated_at)",
-                    (name, url_of(path), hash),
+                    (name, path.url(), hash),
                 )
                 .await?;
             }
@@ -257,7 +245,7 @@ mod tests {
     fn urls_round_trip_through_site_paths() {
         for u in ["/files/a b.png", "/private/files/x/y.pdf"] {
             let p = SitePath::from_url(u).expect("path");
-            assert_eq!(url_of(&p), u);
+            assert_eq!(p.url(), u);
         }
         assert!(STATUSES.contains(&"collision"));
     }

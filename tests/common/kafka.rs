@@ -17,6 +17,19 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use super::servers::{scratch_dir, watchdog};
 
+/// Capture flags for the envelope topic on a three-node cluster: 3 partitions by document,
+/// replication 3, `min.insync.replicas=2`.
+pub const CLUSTER_TOPIC_ARGS: &[&str] = &[
+    "--partitions",
+    "3",
+    "--partition-by",
+    "document",
+    "--topic-replication",
+    "3",
+    "--topic-config",
+    "min.insync.replicas=2",
+];
+
 /// `n` different free loopback ports.
 fn distinct_free_ports(n: usize) -> Vec<u16> {
     let held: Vec<std::net::TcpListener> = (0..n)

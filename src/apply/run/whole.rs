@@ -125,11 +125,7 @@ impl Applier {
             .filter_map(|id| w.held.get(id).map(|(m, _)| (m.partition(), m.offset())))
             .collect();
         self.note_bootstrap(at);
-        let mut msgs: Vec<OwnedMessage> = Vec::new();
-        let mut pending: Vec<(usize, Pending)> = Vec::new();
-        let mut together: Vec<usize> = Vec::new();
-        let mut keys: HashSet<(String, String)> = HashSet::new();
-        let mut docs = 0usize;
+        let mut run = Run::default();
         for group in groups {
             let mut group_docs = 0u64;
             let mut group_keys = Vec::new();
@@ -139,31 +135,25 @@ impl Applier {
                 }
             }
             // A document twice in one replica transaction: end it before this group.
-            if group_keys.iter().any(|k| keys.contains(k)) || docs >= self.cfg.batch_size {
-                if !self
-                    .flush(io, &msgs, &mut pending, std::mem::take(&mut together))
-                    .await?
-                {
-                    return Ok(false);
-                }
-                msgs.clear();
-                keys.clear();
-                docs = 0;
+            let full =
+                group_keys.iter().any(|k| run.keys.contains(k)) || run.docs >= self.cfg.batch_size;
+            if full && !self.end_run(io, &mut run).await? {
+                return Ok(false);
             }
-            keys.extend(group_keys);
+            run.keys.extend(group_keys);
             for id in group {
                 let Some((m, p)) = w.held.remove(&id) else {
                     continue;
                 };
-                let i = msgs.len();
+                let i = run.msgs.len();
                 match p {
                     Some(p) => {
                         if matches!(p, Pending::Doc(_)) {
-                            docs += 1;
+                            run.docs += 1;
                             group_docs += 1;
                         }
-                        pending.push((i, p));
-                        msgs.push(m);
+                        run.pending.push((i, p));
+                        run.msgs.push(m);
                     }
                     None => {
                         let doc = matches!(
@@ -171,10 +161,10 @@ impl Applier {
                             Ok(Admitted::Doc(..))
                         );
                         if doc {
-                            docs += 1;
+                            run.docs += 1;
                             group_docs += 1;
-                            together.push(i);
-                            msgs.push(m);
+                            run.together.push(i);
+                            run.msgs.push(m);
                         } else {
                             // Dead-lettered on its own, after what came before it.
                             tracing::warn!(
@@ -182,15 +172,9 @@ impl Applier {
                                 offset = m.offset(),
                                 "a message to dead-letter inside a source transaction: the replica transaction ends before it"
                             );
-                            if !self
-                                .flush(io, &msgs, &mut pending, std::mem::take(&mut together))
-                                .await?
-                            {
+                            if !self.end_run(io, &mut run).await? {
                                 return Ok(false);
                             }
-                            msgs.clear();
-                            keys.clear();
-                            docs = 0;
                             if !self.process_one(io, &m).await? {
                                 return Ok(false);
                             }
@@ -205,6 +189,31 @@ impl Applier {
                     .observe(group_docs as f64);
             }
         }
-        self.flush(io, &msgs, &mut pending, together).await
+        self.end_run(io, &mut run).await
     }
+
+    /// Applies `run` in one replica transaction and starts an empty one; false when shutdown
+    /// interrupted a retry.
+    async fn end_run(&mut self, io: &mut LoopIo<'_>, run: &mut Run) -> Result<bool, ApplyError> {
+        let together = std::mem::take(&mut run.together);
+        let done = self
+            .flush(io, &run.msgs, &mut run.pending, together)
+            .await?;
+        run.msgs.clear();
+        run.keys.clear();
+        run.docs = 0;
+        Ok(done)
+    }
+}
+
+/// Whole source transactions gathered for one replica transaction.
+#[derive(Default)]
+struct Run {
+    msgs: Vec<OwnedMessage>,
+    pending: Vec<(usize, Pending)>,
+    /// Messages applied one at a time inside the transaction (renames, Singles).
+    together: Vec<usize>,
+    /// Documents in it (one document may not be twice in a replica transaction).
+    keys: HashSet<(String, String)>,
+    docs: usize,
 }

@@ -33,6 +33,8 @@ pub enum Command {
     Verify(VerifyArgs),
     /// List, show and resolve conflicts recorded by apply on a replica.
     Conflicts(ConflictsArgs),
+    /// Copy attachments to a replica site outside apply (`files sync`).
+    Files(crate::files::args::FilesCommandArgs),
 }
 
 /// Flags of `conflicts`.
@@ -104,6 +106,10 @@ pub struct VerifyArgs {
     /// Extra columns to ignore (repeatable).
     #[arg(long, env = "FRAPPE_CDC_IGNORE_COLUMN", value_delimiter = ',')]
     pub ignore_column: Vec<String>,
+    /// Also check the replica site's files (this folder: sites/<site>) against its File
+    /// rows: missing and different files fail, extra files are listed.
+    #[arg(long, env = "FRAPPE_CDC_VERIFY_FILES")]
+    pub files: Option<PathBuf>,
     /// Log format.
     #[arg(long, env = "FRAPPE_CDC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

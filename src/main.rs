@@ -386,11 +386,103 @@ async fn run_verify(a: &VerifyArgs) -> ExitCode {
     for (kind, d, n, detail) in &report.examples {
         println!("  {kind}: {d} {n} {detail}");
     }
-    if report.is_equal() {
+    let files_equal = match &a.files {
+        Some(site) => match verify_files(&mut r, site).await {
+            Ok(eq) => eq,
+            Err(e) => {
+                eprintln!("error: verify --files: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => true,
+    };
+    if report.is_equal() && files_equal {
         println!("replica in sync");
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    }
+}
+
+/// `verify --files`: prints what it found; true when no file is missing or different.
+async fn verify_files(r: &mut mysql_async::Conn, site: &std::path::Path) -> Result<bool, String> {
+    if !site.is_dir() {
+        return Err(format!(
+            "{}: not a folder (give the replica's sites/<site> folder)",
+            site.display()
+        ));
+    }
+    let f =
+        frappe_cdc::files::verify::verify(r, &frappe_cdc::files::store::SiteDir::new(site)).await?;
+    println!(
+        "files: {} equal, {} missing on replica, {} different, {} known (not copied, see _frappe_cdc_files), {} extra on replica, {} not checked (remote)",
+        f.equal,
+        f.missing.len(),
+        f.different.len(),
+        f.known.len(),
+        f.extra.len(),
+        f.unchecked
+    );
+    for (name, url) in &f.missing {
+        println!("  missing file: File {name} {url}");
+    }
+    for (name, url, md5) in &f.different {
+        println!("  different file: File {name} {url} (its bytes hash to {md5})");
+    }
+    for (name, url, status) in &f.known {
+        println!("  known: File {name} {url} ({status})");
+    }
+    for p in f.extra.iter().take(20) {
+        println!("  extra file: {p}");
+    }
+    Ok(f.is_equal())
+}
+
+async fn run_files(a: &frappe_cdc::files::args::FilesCommandArgs) -> ExitCode {
+    let Some(target) = replica_target(&a.replica, a.replica_password_file.as_deref()) else {
+        return ExitCode::from(2);
+    };
+    let cfg = match a.files.config() {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            eprintln!("error: files sync needs --files-from and --files-to");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let pool = mysql_async::Pool::new(target.opts.clone());
+    match a.action {
+        frappe_cdc::files::args::FilesAction::Sync => {
+            match frappe_cdc::files::sync::sync(&pool, &cfg).await {
+                Ok(rep) => {
+                    let counts: Vec<String> =
+                        rep.counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
+                    println!(
+                        "files sync: {} File rows recorded, {} lost files queued again, {} attempts; now {}",
+                        rep.added,
+                        rep.repaired,
+                        rep.attempted,
+                        counts.join(", ")
+                    );
+                    if rep.unsettled() == 0 {
+                        ExitCode::SUCCESS
+                    } else {
+                        println!(
+                            "{} files not copied: SELECT name, file_url, status, last_error FROM _frappe_cdc_files WHERE status NOT IN ('fetched', 'skipped', 'deleted')",
+                            rep.unsettled()
+                        );
+                        ExitCode::from(1)
+                    }
+                }
+                Err(e) => {
+                    eprintln!("error: files sync: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
     }
 }
 
@@ -485,6 +577,10 @@ async fn main() -> ExitCode {
         Command::Conflicts(a) => {
             init_logging(LogFormat::Text);
             run_conflicts(a).await
+        }
+        Command::Files(a) => {
+            init_logging(LogFormat::Text);
+            run_files(a).await
         }
     }
 }

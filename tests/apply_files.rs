@@ -15,6 +15,9 @@
 //!    stay.
 //! 7. Folders and remote URLs need no bytes: their rows say `skipped` and why.
 //!
+//! 8. `verify --files` exits 0 after the run and 1 naming a file corrupted by hand; `files
+//!    sync` puts it back (and exits 1: the mismatch and the collision are still not copied).
+//!
 //! Throughout, the documents themselves are applied at once; no partial file is ever at a
 //! final path (the fetcher writes temporary files and renames).
 
@@ -333,6 +336,52 @@ async fn files_follow_their_rows_to_the_same_paths() {
     .await;
 
     assert!(no_partials(&rsite), "a temporary file was left behind");
+
+    // verify --files: in sync (the mismatch and the collision are known, the old public copy
+    // of the moved logo is extra), then a file corrupted by hand fails it, by name.
+    let files_flag = [
+        "--doctype",
+        "Customer",
+        "--files",
+        rsite.to_str().expect("path"),
+    ];
+    let v = rig.verify(&rurl, &files_flag);
+    let out = String::from_utf8_lossy(&v.stdout).into_owned();
+    assert!(v.status.success(), "verify --files after the run: {out}");
+    assert!(
+        out.contains("0 missing on replica, 0 different, 2 known"),
+        "{out}"
+    );
+    std::fs::write(rsite.join("public/files/late.txt"), b"edited by hand").expect("corrupt");
+    let v = rig.verify(&rurl, &files_flag);
+    let out = String::from_utf8_lossy(&v.stdout).into_owned();
+    assert_eq!(v.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("different file: File F-LATE /files/late.txt"),
+        "{out}"
+    );
+
+    // files sync repairs it (and says the mismatch and the collision are still not copied).
+    let sync = std::process::Command::new(env!("CARGO_BIN_EXE_frappe-cdc"))
+        .args(["files", "--replica", &rurl, "--files-from", &server.base])
+        .args(["--files-to", rsite.to_str().expect("path"), "sync"])
+        .env("FRAPPE_CDC_REPLICA_PASSWORD", "adminpass")
+        .env("FRAPPE_CDC_FILES_TOKEN", TOKEN)
+        .output()
+        .expect("files sync");
+    let out = String::from_utf8_lossy(&sync.stdout).into_owned();
+    assert_eq!(sync.status.code(), Some(1), "{out}");
+    assert!(out.contains("1 lost files queued again"), "{out}");
+    assert!(
+        out.contains("1 collision") && out.contains("1 mismatch"),
+        "{out}"
+    );
+    assert_eq!(
+        read(&rsite, "public/files/late.txt").as_deref(),
+        Some(&b"late"[..])
+    );
+    let v = rig.verify(&rurl, &files_flag);
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
     let m = common::metrics::scrape(aport).await;
     for (outcome, at_least) in [
         ("fetched", 4.0),

@@ -134,40 +134,50 @@ pub async fn run(
             }
             continue;
         }
-        futures::stream::iter(due)
-            .for_each_concurrent(cfg.concurrency.max(1), |d| {
-                let (pool, cfg, metrics) = (pool.clone(), Arc::clone(&cfg), metrics.clone());
-                async move {
-                    let t0 = Instant::now();
-                    let outcome = attempt(&pool, &cfg, &d).await;
-                    let (st, label, retry) = outcome.status();
-                    metrics.observe(label, t0.elapsed(), &outcome);
-                    if retry {
-                        tracing::warn!(file = %d.name, status = st, attempts = d.attempts + 1, error = ?outcome.error(), "file not copied yet; will retry");
-                    }
-                    let bytes = match outcome {
-                        Outcome::Fetched { bytes } => Some(bytes),
-                        _ => None,
-                    };
-                    let at = Attempt {
-                        name: &d.name,
-                        version: d.version,
-                    };
-                    let retry_in = retry.then(|| status::backoff(cfg.retry, d.attempts));
-                    let r = match pool.get_conn().await {
-                        Ok(mut c) => {
-                            status::record(&mut c, at, st, outcome.error().as_deref(), bytes, retry_in)
-                                .await
-                        }
-                        Err(e) => Err(e.into()),
-                    };
-                    if let Err(e) = r {
-                        tracing::warn!(error = %e, "files: could not record an outcome; the file is tried again");
-                    }
-                }
-            })
-            .await;
+        work(&pool, &cfg, &metrics, due).await;
     }
+}
+
+/// Attempts every row of `due` (`concurrency` at once) and records each outcome; returns
+/// the status each ended in.
+pub async fn work(
+    pool: &Pool,
+    cfg: &FilesConfig,
+    metrics: &FilesMetrics,
+    due: Vec<Due>,
+) -> Vec<&'static str> {
+    futures::stream::iter(due)
+        .map(|d| async move {
+            let t0 = Instant::now();
+            let outcome = attempt(pool, cfg, &d).await;
+            let (st, label, retry) = outcome.status();
+            metrics.observe(label, t0.elapsed(), &outcome);
+            if retry {
+                tracing::warn!(file = %d.name, status = st, attempts = d.attempts + 1, error = ?outcome.error(), "file not copied yet; will retry");
+            }
+            let bytes = match outcome {
+                Outcome::Fetched { bytes } => Some(bytes),
+                _ => None,
+            };
+            let at = Attempt {
+                name: &d.name,
+                version: d.version,
+            };
+            let retry_in = retry.then(|| status::backoff(cfg.retry, d.attempts));
+            let r = match pool.get_conn().await {
+                Ok(mut c) => {
+                    status::record(&mut c, at, st, outcome.error().as_deref(), bytes, retry_in).await
+                }
+                Err(e) => Err(e.into()),
+            };
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "files: could not record an outcome; the file is tried again");
+            }
+            st
+        })
+        .buffer_unordered(cfg.concurrency.max(1))
+        .collect()
+        .await
 }
 
 /// One attempt on one due row.

@@ -108,7 +108,7 @@ pub struct VerifyArgs {
     pub ignore_column: Vec<String>,
     /// Also check the replica site's files (this folder: sites/<site>) against its File
     /// rows: missing and different files fail, extra files are listed.
-    #[arg(long, env = "FRAPPE_CDC_VERIFY_FILES")]
+    #[arg(long, env = "FRAPPE_CDC_FILES")]
     pub files: Option<PathBuf>,
     /// Log format.
     #[arg(long, env = "FRAPPE_CDC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

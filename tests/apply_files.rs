@@ -18,12 +18,17 @@
 //! 8. `verify --files` exits 0 after the run and 1 naming a file corrupted by hand; `files
 //!    sync` puts it back (and exits 1: the mismatch and the collision are still not copied).
 //!
+//! 9. A 100 MB private file served slowly: apply's peak RSS stays under 100 MiB while it
+//!    streams; kill -9 in the middle leaves only a temporary file, never the final path; the
+//!    restarted apply sweeps it and fetches the file whole.
+//!
 //! Throughout, the documents themselves are applied at once; no partial file is ever at a
 //! final path (the fetcher writes temporary files and renames).
 
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::rig::Rig;
@@ -125,29 +130,180 @@ fn no_partials(site: &Path) -> bool {
     true
 }
 
+/// A primary site with a File table and its file routes, and a replica with its site folder.
+struct Site {
+    rig: Rig,
+    _replica: common::servers::Mariadb,
+    rurl: String,
+    /// The replica's admin URL with its password (for the test's own queries).
+    radmin: String,
+    p: mysql_async::Conn,
+    r: mysql_async::Conn,
+    psite: PathBuf,
+    rsite: PathBuf,
+    server: SiteServer,
+}
+
+impl Site {
+    async fn new(tag: &str) -> Site {
+        let rig = Rig::new(tag).await;
+        let (replica, rurl) = rig.replica().await;
+        let radmin = replica.admin_url(&rig.db);
+        let mut p = rig.primary().conn(&rig.db).await;
+        let mut r = replica.conn(&rig.db).await;
+        p.query_drop(FILE_DDL).await.expect("primary tabFile");
+        p.query_drop(
+            "INSERT INTO `tabDocType` (name, creation, modified, modified_by, owner, module, istable, issingle, is_submittable, is_tree, autoname, custom) \
+             VALUES ('File', NOW(6), NOW(6), 'Administrator', 'Administrator', 'Core', 0, 0, 0, 0, 'hash', 0)",
+        )
+        .await
+        .expect("the File DocType");
+        r.query_drop(FILE_DDL).await.expect("replica tabFile");
+        let psite = scratch_dir(&format!("{tag}-primary-site"));
+        let rsite = scratch_dir(&format!("{tag}-replica-site"));
+        let server = SiteServer::start(
+            psite.clone(),
+            mysql_async::Pool::new(rig.primary().admin_url(&rig.db).as_str()),
+            TOKEN,
+        )
+        .await;
+        Site {
+            rig,
+            _replica: replica,
+            rurl,
+            radmin,
+            p,
+            r,
+            psite,
+            rsite,
+            server,
+        }
+    }
+}
+
+/// Capture with File added to its doctypes (left out by default).
+fn spawn_capture(rig: &Rig) -> common::servers::KillOnDrop {
+    rig.spawn_capture(
+        None,
+        free_port(),
+        &["--checkpoint-interval", "200ms", "--add-doctype", "File"],
+    )
+}
+
+/// Apply copying files from `server` into `rsite` (the token in its environment).
+fn spawn_apply(
+    rig: &Rig,
+    rurl: &str,
+    port: u16,
+    server: &SiteServer,
+    rsite: &Path,
+    extra: &[&str],
+) -> common::servers::KillOnDrop {
+    let mut args = vec![
+        "--files-from",
+        &server.base,
+        "--files-to",
+        rsite.to_str().expect("path"),
+        "--files-retry",
+        "1s",
+    ];
+    args.extend(extra);
+    rig.spawn_apply_with_env(rurl, port, &args, &[("FRAPPE_CDC_FILES_TOKEN", TOKEN)])
+}
+
+/// Peak resident memory of process `pid` (VmHWM), in MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_100_mb_file_streams_and_a_killed_download_leaves_no_partial_file() {
+    let Site {
+        rig,
+        _replica,
+        rurl,
+        radmin,
+        mut p,
+        r: _r,
+        psite,
+        rsite,
+        server,
+    } = Site::new("bigfile").await;
+    // 100 MB that no run of zeros can fake, served slowly at first.
+    let big: Vec<u8> = (0..100_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    put(&psite, "private/files/big.bin", &big);
+    let hash = md5_hex(&big);
+    drop(big);
+    server.throttle_ms.store(5, Ordering::Relaxed);
+    insert_file(&mut p, "F-BIG", "/private/files/big.bin", true, Some(&hash)).await;
+    let _capture = spawn_capture(&rig);
+    let max = ["--files-max-bytes", "200000000"];
+    let mut apply = spawn_apply(&rig, &rurl, free_port(), &server, &rsite, &max);
+    let part_dir = rsite.join("private/files");
+    common::wait_until(Duration::from_secs(90), "a download under way", || async {
+        std::fs::read_dir(&part_dir)
+            .map(|rd| {
+                rd.flatten().any(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .ends_with(".frappe-cdc-part")
+                        && e.metadata().is_ok_and(|m| m.len() > 1_000_000)
+                })
+            })
+            .unwrap_or(false)
+    })
+    .await;
+    let rss = peak_rss_mib(apply.id());
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &apply.id().to_string()])
+        .status();
+    let _ = apply.0.wait();
+    assert!(
+        !rsite.join("private/files/big.bin").exists(),
+        "a download cut short is never at the final path"
+    );
+    assert!(
+        !no_partials(&rsite),
+        "the cut download left its temporary file"
+    );
+    eprintln!("apply peak RSS while streaming the 100 MB file: {rss:.1} MiB");
+    assert!(
+        rss > 0.0 && rss < 100.0,
+        "apply held the file in memory: peak RSS {rss:.1} MiB"
+    );
+
+    // Restarted at full speed: the temporary file is swept, the file fetched whole.
+    server.throttle_ms.store(0, Ordering::Relaxed);
+    let apply = spawn_apply(&rig, &rurl, free_port(), &server, &rsite, &max);
+    wait_status(&radmin, "F-BIG", "fetched").await;
+    let got = std::fs::read(rsite.join("private/files/big.bin")).expect("the big file");
+    assert_eq!(md5_hex(&got), hash, "the big file arrived whole");
+    assert!(no_partials(&rsite), "the restart swept the temporary file");
+    let rss = peak_rss_mib(apply.id());
+    eprintln!("apply peak RSS after fetching the 100 MB file: {rss:.1} MiB");
+    assert!(rss < 100.0, "apply held the file in memory: {rss:.1} MiB");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_follow_their_rows_to_the_same_paths() {
-    let rig = Rig::new("files").await;
-    let (replica, rurl) = rig.replica().await;
-    let radmin = replica.admin_url(&rig.db);
-    let mut p = rig.primary().conn(&rig.db).await;
-    let mut r = replica.conn(&rig.db).await;
-    p.query_drop(FILE_DDL).await.expect("primary tabFile");
-    p.query_drop(
-        "INSERT INTO `tabDocType` (name, creation, modified, modified_by, owner, module, istable, issingle, is_submittable, is_tree, autoname, custom) \
-         VALUES ('File', NOW(6), NOW(6), 'Administrator', 'Administrator', 'Core', 0, 0, 0, 0, 'hash', 0)",
-    )
-    .await
-    .expect("the File DocType");
-    r.query_drop(FILE_DDL).await.expect("replica tabFile");
-    let psite: PathBuf = scratch_dir("files-primary-site");
-    let rsite: PathBuf = scratch_dir("files-replica-site");
-    let server = SiteServer::start(
-        psite.clone(),
-        mysql_async::Pool::new(rig.primary().admin_url(&rig.db).as_str()),
-        TOKEN,
-    )
-    .await;
+    let Site {
+        rig,
+        _replica,
+        rurl,
+        radmin,
+        mut p,
+        mut r,
+        psite,
+        rsite,
+        server,
+    } = Site::new("files").await;
 
     // The collision case's local state on the replica, before anything is applied.
     let local = b"the replica's own scan";
@@ -224,25 +380,9 @@ async fn files_follow_their_rows_to_the_same_paths() {
     .await;
 
     // File is left out by default: capture adds it (apply does by itself with --files-to).
-    let _capture = rig.spawn_capture(
-        None,
-        free_port(),
-        &["--checkpoint-interval", "200ms", "--add-doctype", "File"],
-    );
+    let _capture = spawn_capture(&rig);
     let aport = free_port();
-    let _apply = rig.spawn_apply_with_env(
-        &rurl,
-        aport,
-        &[
-            "--files-from",
-            &server.base,
-            "--files-to",
-            rsite.to_str().expect("path"),
-            "--files-retry",
-            "1s",
-        ],
-        &[("FRAPPE_CDC_FILES_TOKEN", TOKEN)],
-    );
+    let _apply = spawn_apply(&rig, &rurl, aport, &server, &rsite, &[]);
 
     // 1. Public and private files at the same paths, byte-equal.
     wait_status(&radmin, "F-PUB", "fetched").await;

@@ -24,6 +24,9 @@ pub struct SiteServer {
     pub token: String,
     /// Requests answered, by status class: (200, 403, 404).
     pub served: Arc<[AtomicU64; 3]>,
+    /// Milliseconds to wait after each 64 KiB of a body (0: full speed), to catch a
+    /// download in the middle.
+    pub throttle_ms: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -57,7 +60,9 @@ impl SiteServer {
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", l.local_addr().expect("addr"));
         let served: Arc<[AtomicU64; 3]> = Arc::new(Default::default());
+        let throttle_ms = Arc::new(AtomicU64::new(0));
         let (root, tok, counts) = (site.clone(), token.to_string(), Arc::clone(&served));
+        let throttle = Arc::clone(&throttle_ms);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((sock, _)) = l.accept().await else {
@@ -69,8 +74,9 @@ impl SiteServer {
                     Arc::clone(&counts),
                     primary.clone(),
                 );
+                let throttle = Arc::clone(&throttle);
                 tokio::spawn(async move {
-                    let _ = serve_one(sock, root, tok, counts, pool).await;
+                    let _ = serve_one(sock, root, tok, counts, pool, throttle).await;
                 });
             }
         });
@@ -79,6 +85,7 @@ impl SiteServer {
             site,
             token: token.to_string(),
             served,
+            throttle_ms,
             task,
         }
     }
@@ -99,6 +106,7 @@ async fn serve_one(
     token: String,
     counts: Arc<[AtomicU64; 3]>,
     pool: mysql_async::Pool,
+    throttle: Arc<AtomicU64>,
 ) -> std::io::Result<()> {
     let mut r = BufReader::new(sock);
     loop {
@@ -121,7 +129,7 @@ async fn serve_one(
         }
         let (path, query) = target.split_once('?').unwrap_or((&target, ""));
         let Some(path) = decode(path) else {
-            respond(&mut r, 404, None).await?;
+            respond(&mut r, 404, None, &throttle).await?;
             continue;
         };
         let (private, rel) = if let Some(rel) = path.strip_prefix("/private/files/") {
@@ -129,12 +137,12 @@ async fn serve_one(
         } else if let Some(rel) = path.strip_prefix("/files/") {
             (false, rel.to_string())
         } else {
-            respond(&mut r, 404, None).await?;
+            respond(&mut r, 404, None, &throttle).await?;
             counts[2].fetch_add(1, Ordering::Relaxed);
             continue;
         };
         if rel.split('/').any(|c| c == ".." || c.is_empty()) {
-            respond(&mut r, 404, None).await?;
+            respond(&mut r, 404, None, &throttle).await?;
             counts[2].fetch_add(1, Ordering::Relaxed);
             continue;
         }
@@ -157,7 +165,7 @@ async fn serve_one(
                 valid = n.unwrap_or(0) > 0;
             }
             if !valid {
-                respond(&mut r, 403, None).await?;
+                respond(&mut r, 403, None, &throttle).await?;
                 counts[1].fetch_add(1, Ordering::Relaxed);
                 continue;
             }
@@ -172,11 +180,11 @@ async fn serve_one(
         match tokio::fs::File::open(&file).await {
             Ok(f) => {
                 let len = f.metadata().await?.len();
-                respond(&mut r, 200, Some((f, len))).await?;
+                respond(&mut r, 200, Some((f, len)), &throttle).await?;
                 counts[0].fetch_add(1, Ordering::Relaxed);
             }
             Err(_) => {
-                respond(&mut r, 404, None).await?;
+                respond(&mut r, 404, None, &throttle).await?;
                 counts[2].fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -187,6 +195,7 @@ async fn respond(
     r: &mut BufReader<tokio::net::TcpStream>,
     status: u16,
     body: Option<(tokio::fs::File, u64)>,
+    throttle: &AtomicU64,
 ) -> std::io::Result<()> {
     let reason = match status {
         200 => "OK",
@@ -207,6 +216,10 @@ async fn respond(
                 break;
             }
             s.write_all(&buf[..n]).await?;
+            let ms = throttle.load(Ordering::Relaxed);
+            if ms > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            }
         }
     }
     s.flush().await

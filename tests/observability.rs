@@ -42,6 +42,11 @@ const REQUIRED: &[&str] = &[
     "frappe_cdc_capture_reconnects_total",
     "frappe_cdc_apply_documents_total",
     "frappe_cdc_apply_open_conflicts",
+    "frappe_cdc_apply_files_total",
+    "frappe_cdc_apply_files",
+    "frappe_cdc_apply_file_bytes_total",
+    "frappe_cdc_apply_file_fetch_seconds",
+    "frappe_cdc_apply_files_failing_seconds",
     "frappe_cdc_apply_end_to_end_lag_seconds",
     "frappe_cdc_apply_consumer_lag_messages",
     "frappe_cdc_apply_transaction_duration_seconds",
@@ -335,11 +340,15 @@ fn names_in_grafana() -> BTreeSet<String> {
             let text = std::fs::read_to_string(&p).unwrap_or_default();
             let mut rest = text.as_str();
             while let Some(i) = rest.find("frappe_cdc_") {
+                // `_frappe_cdc_files` and the like are replica tables named in help texts.
+                let table = rest[..i].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_');
                 let tail = &rest[i..];
                 let end = tail
                     .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
                     .unwrap_or(tail.len());
-                out.insert(tail[..end].to_string());
+                if !table {
+                    out.insert(tail[..end].to_string());
+                }
                 rest = &tail[end..];
             }
         }

@@ -116,6 +116,9 @@ pub async fn run(
                 if let Ok(counts) = status::counts(&mut c).await {
                     metrics.set_counts(&counts);
                 }
+                if let Ok(s) = status::failing_seconds(&mut c).await {
+                    metrics.failing_seconds.set(s);
+                }
                 status::due(&mut c, cfg.concurrency * 4).await
             }
             Err(e) => Err(ReplicaError::from(e)),
@@ -134,18 +137,26 @@ pub async fn run(
             }
             continue;
         }
-        work(&pool, &cfg, &metrics, due).await;
+        let done = work(&pool, &cfg, &metrics, due).await;
+        // An outcome the replica would not take leaves its row due: wait before trying the
+        // files again instead of downloading them in a loop.
+        if done.iter().any(Option::is_none) {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
     }
 }
 
 /// Attempts every row of `due` (`concurrency` at once) and records each outcome; returns
-/// the status each ended in.
+/// the status each ended in (None: the outcome could not be recorded).
 pub async fn work(
     pool: &Pool,
     cfg: &FilesConfig,
     metrics: &FilesMetrics,
     due: Vec<Due>,
-) -> Vec<&'static str> {
+) -> Vec<Option<&'static str>> {
     futures::stream::iter(due)
         .map(|d| async move {
             let t0 = Instant::now();
@@ -170,10 +181,13 @@ pub async fn work(
                 }
                 Err(e) => Err(e.into()),
             };
-            if let Err(e) = r {
-                tracing::warn!(error = %e, "files: could not record an outcome; the file is tried again");
+            match r {
+                Ok(()) => Some(st),
+                Err(e) => {
+                    tracing::warn!(error = %e, "files: could not record an outcome; the file is tried again");
+                    None
+                }
             }
-            st
         })
         .buffer_unordered(cfg.concurrency.max(1))
         .collect()

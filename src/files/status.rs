@@ -49,6 +49,7 @@ pub async fn ensure_table(conn: &mut Conn) -> Result<(), ReplicaError> {
            `version` bigint unsigned NOT NULL DEFAULT 1,
            `attempts` int unsigned NOT NULL DEFAULT 0,
            `last_error` varchar(1000) NULL,
+           `failing_since` datetime(6) NULL,
            `bytes` bigint unsigned NULL,
            `next_attempt` datetime(6) NOT NULL DEFAULT current_timestamp(6),
            `updated_at` datetime(6) NOT NULL DEFAULT current_timestamp(6),
@@ -204,12 +205,14 @@ pub async fn record(
     conn.exec_drop(
         "UPDATE `_frappe_cdc_files` SET status = ?, last_error = ?, bytes = COALESCE(?, bytes), \
          attempts = attempts + 1, updated_at = current_timestamp(6), \
+         failing_since = IF(?, NULL, COALESCE(failing_since, current_timestamp(6))), \
          next_attempt = IF(? IS NULL, '9999-12-31', current_timestamp(6) + INTERVAL ? SECOND) \
          WHERE name = ? AND version = ?",
         (
             status,
             error,
             bytes,
+            ["fetched", "deleted", "skipped"].contains(&status),
             retry_in.map(|d| d.as_secs()),
             retry_in.map_or(0, |d| d.as_secs()),
             at.name,
@@ -218,6 +221,17 @@ pub async fn record(
     )
     .await?;
     Ok(())
+}
+
+/// Seconds since the longest-failing file first failed (0 when none fails).
+pub async fn failing_seconds(conn: &mut Conn) -> Result<f64, ReplicaError> {
+    let v: Option<Option<f64>> = conn
+        .query_first(
+            "SELECT TIMESTAMPDIFF(MICROSECOND, MIN(failing_since), current_timestamp(6)) / 1e6 \
+             FROM `_frappe_cdc_files` WHERE failing_since IS NOT NULL",
+        )
+        .await?;
+    Ok(v.flatten().unwrap_or(0.0).max(0.0))
 }
 
 /// Counts of rows by status (for the pending gauge and `files sync`).

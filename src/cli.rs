@@ -37,9 +37,9 @@ pub enum Command {
     Files(crate::files::args::FilesCommandArgs),
 }
 
-/// Flags of `conflicts`.
+/// The flags of a command that works on one replica only (`conflicts`, `files`).
 #[derive(Debug, Clone, Args)]
-pub struct ConflictsArgs {
+pub struct ReplicaToolArgs {
     /// TOML file with defaults for any flag (keys are the long flag names).
     #[arg(long, env = "FRAPPE_CDC_CONFIG")]
     pub config: Option<PathBuf>,
@@ -49,6 +49,13 @@ pub struct ConflictsArgs {
     /// File holding the replica password.
     #[arg(long, env = "FRAPPE_CDC_REPLICA_PASSWORD_FILE")]
     pub replica_password_file: Option<PathBuf>,
+}
+
+/// Flags of `conflicts`.
+#[derive(Debug, Clone, Args)]
+pub struct ConflictsArgs {
+    #[command(flatten)]
+    pub target: ReplicaToolArgs,
     /// What to do.
     #[command(subcommand)]
     pub action: ConflictAction,

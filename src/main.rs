@@ -439,7 +439,8 @@ async fn verify_files(r: &mut mysql_async::Conn, site: &std::path::Path) -> Resu
 }
 
 async fn run_files(a: &frappe_cdc::files::args::FilesCommandArgs) -> ExitCode {
-    let Some(target) = replica_target(&a.replica, a.replica_password_file.as_deref()) else {
+    let Some(target) = replica_target(&a.target.replica, a.target.replica_password_file.as_deref())
+    else {
         return ExitCode::from(2);
     };
     let cfg = match a.files.config() {
@@ -487,7 +488,8 @@ async fn run_files(a: &frappe_cdc::files::args::FilesCommandArgs) -> ExitCode {
 }
 
 async fn run_conflicts(a: &ConflictsArgs) -> ExitCode {
-    let Some(target) = replica_target(&a.replica, a.replica_password_file.as_deref()) else {
+    let Some(target) = replica_target(&a.target.replica, a.target.replica_password_file.as_deref())
+    else {
         return ExitCode::from(2);
     };
     let mut conn = match mysql_async::Conn::new(target.opts.clone()).await {

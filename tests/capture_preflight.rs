@@ -8,7 +8,7 @@ mod common;
 use std::process::Command;
 
 use common::rig::Rig;
-use common::servers::{Mariadb, PRIMARY_ARGS, scratch_dir};
+use common::servers::{Mariadb, PRIMARY_ARGS, free_port, scratch_dir};
 use mysql_async::prelude::Queryable;
 
 struct Outcome {
@@ -29,6 +29,8 @@ fn run(sub: &str, url: &str, password: &str, state: &std::path::Path, extra: &[&
             "--brokers",
             "127.0.0.1:1",
         ])
+        // Tests run in parallel: the default metrics port would be taken by another one.
+        .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port())])
         .args(extra)
         .env("FRAPPE_CDC_SOURCE_PASSWORD", password)
         .env("RUST_LOG", "warn")

@@ -91,15 +91,8 @@ impl FilesArgs {
 /// Flags of `files`.
 #[derive(Debug, Clone, Args)]
 pub struct FilesCommandArgs {
-    /// TOML file with defaults for any flag (keys are the long flag names).
-    #[arg(long, env = "FRAPPE_CDC_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Replica: mysql://user@host:port/site_db (password via FRAPPE_CDC_REPLICA_PASSWORD).
-    #[arg(long, env = "FRAPPE_CDC_REPLICA")]
-    pub replica: String,
-    /// File holding the replica password.
-    #[arg(long, env = "FRAPPE_CDC_REPLICA_PASSWORD_FILE")]
-    pub replica_password_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub target: crate::cli::ReplicaToolArgs,
     #[command(flatten)]
     pub files: FilesArgs,
     /// What to do.

@@ -9,19 +9,9 @@ use prometheus::{
 use super::fetch::Outcome;
 use crate::metrics::{reg, unreachable_metric};
 
-/// The outcome labels of `frappe_cdc_apply_files_total`.
-const OUTCOMES: [&str; 10] = [
-    "fetched",
-    "present",
-    "missing",
-    "mismatch",
-    "too_big",
-    "collision",
-    "denied",
-    "error",
-    "removed",
-    "kept",
-];
+/// The outcome labels of `frappe_cdc_apply_files_total` (`fetch::Outcome::status`).
+const OUTCOMES: &str =
+    "fetched present missing mismatch too_big collision denied error removed kept";
 
 /// Files copied, by outcome; bytes; statuses in `_frappe_cdc_files`; fetch latency.
 #[derive(Clone)]
@@ -46,7 +36,7 @@ impl FilesMetrics {
         };
         // Every label value exists from the start (0), so dashboards and alerts have series
         // on a replica that has copied nothing yet.
-        for o in OUTCOMES {
+        for o in OUTCOMES.split(' ') {
             m.files.with_label_values(&[o]);
         }
         for st in super::status::STATUSES {

@@ -505,7 +505,7 @@ async fn run_conflicts(a: &ConflictsArgs) -> ExitCode {
             .map(|c| c.to_string()),
     );
     let r = match &a.action {
-        ConflictAction::List { all } => conflicts::list(&mut conn, *all).await.map(|list| {
+        ConflictAction::List { all } => match conflicts::list(&mut conn, *all).await.map(|list| {
             println!(
                 "{:>6}  {:<9} {:<14} {:>9}  {:<26}  document / reason",
                 "id", "status", "resolution", "envelopes", "created"
@@ -524,7 +524,25 @@ async fn run_conflicts(a: &ConflictsArgs) -> ExitCode {
                 );
             }
             println!("{} conflict(s)", list.len());
-        }),
+        }) {
+            Ok(()) => {
+                // Files apply never overwrote: the replica's own bytes are at their path.
+                match frappe_cdc::files::status::collisions(&mut conn).await {
+                    Ok(c) if !c.is_empty() => {
+                        for (name, url) in &c {
+                            println!(
+                                "  file collision: File {name} {url}: the replica's own file is at this path; not overwritten"
+                            );
+                        }
+                        println!("{} file collision(s)", c.len());
+                    }
+                    Ok(_) => {}
+                    Err(e) => eprintln!("warning: cannot read _frappe_cdc_files: {e}"),
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
+        },
         ConflictAction::Show { id } => conflicts::show(&mut conn, *id, &cmp)
             .await
             .map(|v| println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default())),

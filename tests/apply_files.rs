@@ -5,7 +5,9 @@
 //! 1. A public and a private file inserted with their File rows land at the same paths in the
 //!    replica's site folder, byte-equal; a request without the token is refused (403).
 //! 2. A file replaced on the primary (new bytes, new `content_hash`, same path) is replaced.
-//! 3. `is_private` toggled (the file moves to `private/files`): the replica gets it there.
+//! 3. `is_private` toggled (the file moves to `private/files`): the replica gets it there, and
+//!    with `--files-gc` the old public copy goes; a deleted File's bytes go too (no other row
+//!    has their hash).
 //! 4. A row whose file is not on the primary yet (404: `missing`), then the file appears: the
 //!    retry fetches it.
 //! 5. A row whose `content_hash` does not match the bytes: `mismatch`, the replica's path
@@ -382,7 +384,7 @@ async fn files_follow_their_rows_to_the_same_paths() {
     // File is left out by default: capture adds it (apply does by itself with --files-to).
     let _capture = spawn_capture(&rig);
     let aport = free_port();
-    let _apply = spawn_apply(&rig, &rurl, aport, &server, &rsite, &[]);
+    let _apply = spawn_apply(&rig, &rurl, aport, &server, &rsite, &["--files-gc"]);
 
     // 1. Public and private files at the same paths, byte-equal.
     wait_status(&radmin, "F-PUB", "fetched").await;
@@ -435,6 +437,18 @@ async fn files_follow_their_rows_to_the_same_paths() {
         "folders and remote files need no bytes"
     );
 
+    let list = std::process::Command::new(env!("CARGO_BIN_EXE_frappe-cdc"))
+        .args(["conflicts", "--replica", &rurl, "list"])
+        .env("FRAPPE_CDC_REPLICA_PASSWORD", "adminpass")
+        .output()
+        .expect("conflicts list");
+    let out = String::from_utf8_lossy(&list.stdout).into_owned();
+    assert!(
+        out.contains("file collision: File F-SCAN /files/scan.png")
+            && out.contains("1 file collision(s)"),
+        "conflicts list shows the collision: {out}"
+    );
+
     // 4. Missing, then it appears: the retry fetches it.
     wait_status(&radmin, "F-LATE", "missing").await;
     put(&psite, "public/files/late.txt", b"late");
@@ -474,6 +488,24 @@ async fn files_follow_their_rows_to_the_same_paths() {
         read(&rsite, "private/files/logo.png") == Some(v2.clone())
     })
     .await;
+    // --files-gc: the old public copy goes (no row has its URL any more) ...
+    common::wait_until(
+        Duration::from_secs(30),
+        "the old public logo removed",
+        || async { read(&rsite, "public/files/logo.png").is_none() },
+    )
+    .await;
+    // ... and a deleted File's bytes go when no replica row has their hash.
+    p.query_drop("DELETE FROM `tabFile` WHERE name = 'F-PRIV'")
+        .await
+        .expect("delete");
+    common::wait_until(
+        Duration::from_secs(30),
+        "the deleted File's bytes removed",
+        || async { read(&rsite, "private/files/contract.pdf").is_none() },
+    )
+    .await;
+    wait_status(&radmin, "F-PRIV", "deleted").await;
 
     assert!(no_partials(&rsite), "a temporary file was left behind");
 

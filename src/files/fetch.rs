@@ -197,7 +197,7 @@ pub async fn work(
 /// One attempt on one due row.
 pub async fn attempt(pool: &Pool, cfg: &FilesConfig, d: &Due) -> Outcome {
     let r = if d.deleted {
-        delete(pool, cfg, &d.path, d.hash.as_deref()).await
+        delete(pool, cfg, &d.path, d.hash.as_deref(), d.hash.as_deref()).await
     } else {
         fetch(pool, cfg, d).await
     };
@@ -289,27 +289,29 @@ async fn fetch(pool: &Pool, cfg: &FilesConfig, d: &Due) -> Result<Outcome, Strin
 /// the delete rule.
 async fn gc_moved(pool: &Pool, cfg: &FilesConfig, d: &Due) {
     if let Some(old) = d.moved_from.as_ref().filter(|_| cfg.gc)
-        && let Err(e) = delete(pool, cfg, old, d.hash.as_deref()).await
+        && let Err(e) = delete(pool, cfg, old, None, d.hash.as_deref()).await
     {
         tracing::warn!(error = %e, "files: could not remove a moved file's old copy");
     }
 }
 
-/// Frappe's rule for a deleted File's bytes: removed only when no File row has the same
-/// hash (no hash: no row with the same URL), and only bytes that are that file's (with
-/// `--files-gc`; kept otherwise).
+/// Frappe's rule for a deleted File's bytes: removed only when no File row has `refs_hash`
+/// (None: no row with the same URL — a move, where Frappe rewrote every row with that hash to
+/// the new URL), and only bytes that are that file's (`bytes_hash`), with `--files-gc`; kept
+/// otherwise.
 async fn delete(
     pool: &Pool,
     cfg: &FilesConfig,
     path: &SitePath,
-    hash: Option<&str>,
+    refs_hash: Option<&str>,
+    bytes_hash: Option<&str>,
 ) -> Result<Outcome, String> {
     if !cfg.gc {
         return Ok(Outcome::Deleted { removed: false });
     }
     let url = path.url();
     let mut c = pool.get_conn().await.map_err(|e| e.to_string())?;
-    let refs: Option<u64> = match hash {
+    let refs: Option<u64> = match refs_hash {
         Some(h) => {
             c.exec_first(
                 "SELECT COUNT(*) FROM `tabFile` WHERE content_hash = ?",
@@ -328,7 +330,7 @@ async fn delete(
     }
     let target = cfg.to.path(path);
     let have = md5_of(&target).await.map_err(|e| e.to_string())?;
-    match (have, hash) {
+    match (have, bytes_hash) {
         (Some(h), Some(want)) if h != want => Ok(Outcome::Deleted { removed: false }),
         (Some(_), _) => {
             tokio::fs::remove_file(&target)

@@ -234,6 +234,22 @@ pub async fn failing_seconds(conn: &mut Conn) -> Result<f64, ReplicaError> {
     Ok(v.flatten().unwrap_or(0.0).max(0.0))
 }
 
+/// Files never overwritten because the replica's own bytes are at their path: (File name,
+/// file_url), for `conflicts list`. Empty when the table does not exist.
+pub async fn collisions(conn: &mut Conn) -> Result<Vec<(String, String)>, ReplicaError> {
+    let exists: Option<u64> = conn
+        .query_first(
+            "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = '_frappe_cdc_files'",
+        )
+        .await?;
+    if exists.unwrap_or(0) == 0 {
+        return Ok(Vec::new());
+    }
+    Ok(conn
+        .query("SELECT name, file_url FROM `_frappe_cdc_files` WHERE status = 'collision' ORDER BY name")
+        .await?)
+}
+
 /// Counts of rows by status (for the pending gauge and `files sync`).
 pub async fn counts(conn: &mut Conn) -> Result<Vec<(String, u64)>, ReplicaError> {
     Ok(conn

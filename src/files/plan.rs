@@ -152,12 +152,14 @@ fn flag(row: &Row, col: &str) -> bool {
     }
 }
 
-/// The hash of a row when it looks like an MD5 (32 hex digits); anything else cannot be
-/// checked and counts as absent.
+/// A `content_hash` as lowercase hex when it looks like an MD5 (32 hex digits); anything
+/// else cannot be checked and counts as absent.
+pub fn md5_hash(h: &str) -> Option<String> {
+    (h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit())).then(|| h.to_ascii_lowercase())
+}
+
 fn md5_hex(row: &Row) -> Option<String> {
-    text(row, "content_hash")
-        .filter(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-        .map(str::to_ascii_lowercase)
+    text(row, "content_hash").and_then(md5_hash)
 }
 
 /// The `file_url` of the newest image (for the status row of a skipped File).

@@ -234,15 +234,20 @@ pub async fn failing_seconds(conn: &mut Conn) -> Result<f64, ReplicaError> {
     Ok(v.flatten().unwrap_or(0.0).max(0.0))
 }
 
-/// Files never overwritten because the replica's own bytes are at their path: (File name,
-/// file_url), for `conflicts list`. Empty when the table does not exist.
-pub async fn collisions(conn: &mut Conn) -> Result<Vec<(String, String)>, ReplicaError> {
-    let exists: Option<u64> = conn
+/// Whether this replica has `_frappe_cdc_files` (apply ran with `--files-to`, or `files sync`).
+pub async fn table_exists(conn: &mut Conn) -> Result<bool, ReplicaError> {
+    let n: Option<u64> = conn
         .query_first(
             "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = '_frappe_cdc_files'",
         )
         .await?;
-    if exists.unwrap_or(0) == 0 {
+    Ok(n.unwrap_or(0) > 0)
+}
+
+/// Files never overwritten because the replica's own bytes are at their path: (File name,
+/// file_url), for `conflicts list`. Empty when the table does not exist.
+pub async fn collisions(conn: &mut Conn) -> Result<Vec<(String, String)>, ReplicaError> {
+    if !table_exists(conn).await? {
         return Ok(Vec::new());
     }
     Ok(conn

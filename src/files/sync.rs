@@ -17,8 +17,9 @@ use mysql_async::{Pool, TxOpts};
 
 use super::fetch::{FilesConfig, work};
 use super::metrics::FilesMetrics;
-use super::plan::{FileStep, SitePath, Skip};
+use super::plan::{SitePath, file_step};
 use super::status::{self, Enqueued};
+use crate::image::{Image, Row};
 
 /// What a sync did.
 #[derive(Debug, Default)]
@@ -69,24 +70,16 @@ pub async fn sync(pool: &Pool, cfg: &FilesConfig) -> Result<SyncReport, String> 
     let steps: Vec<Enqueued> = rows
         .into_iter()
         .map(|(name, url, hash, folder)| {
-            let step = match url.as_deref() {
-                _ if folder != 0 => FileStep::Skip(Skip::Folder),
-                Some(u) if u.to_ascii_lowercase().starts_with("http") => {
-                    FileStep::Skip(Skip::Remote)
-                }
-                Some(u) => match SitePath::from_url(u) {
-                    Some(path) => FileStep::Fetch {
-                        name: name.clone(),
-                        path,
-                        hash: hash
-                            .filter(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-                            .map(|h| h.to_ascii_lowercase()),
-                        moved_from: None,
-                    },
-                    None => FileStep::Skip(Skip::NoPath),
-                },
-                None => FileStep::Skip(Skip::NoPath),
+            // The row as an image: the same decision apply makes for an inserted File.
+            let mut row = Row::default();
+            row.insert("file_url".into(), url.clone().into());
+            row.insert("content_hash".into(), hash.into());
+            row.insert("is_folder".into(), folder.into());
+            let image = Image {
+                parent: Some(row),
+                children: Default::default(),
             };
+            let step = file_step(&name, None, Some(&image));
             (name, url, step)
         })
         .collect();

@@ -14,7 +14,7 @@ use std::path::Path;
 use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
 
-use super::plan::SitePath;
+use super::plan::{SitePath, md5_hash};
 use super::store::{SiteDir, md5_of};
 
 /// What `verify --files` found.
@@ -53,13 +53,10 @@ const KNOWN: [&str; 7] = [
 
 /// Checks the replica's site folder `site` against its File rows (module docs).
 pub async fn verify(r: &mut Conn, site: &SiteDir) -> Result<FilesReport, String> {
-    let has_status: Option<u64> = r
-        .query_first(
-            "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = '_frappe_cdc_files'",
-        )
+    let has_status = super::status::table_exists(r)
         .await
         .map_err(|e| format!("replica: {e}"))?;
-    let sql = if has_status.unwrap_or(0) > 0 {
+    let sql = if has_status {
         "SELECT f.name, f.file_url, f.content_hash, s.status FROM `tabFile` f \
          LEFT JOIN `_frappe_cdc_files` s ON s.name = f.name WHERE f.is_folder = 0 ORDER BY f.name"
     } else {
@@ -83,9 +80,7 @@ pub async fn verify(r: &mut Conn, site: &SiteDir) -> Result<FilesReport, String>
         let have = md5_of(&site.path(&path))
             .await
             .map_err(|e| format!("reading {}: {e}", path.on_disk().display()))?;
-        let want = hash
-            .map(|h| h.to_ascii_lowercase())
-            .filter(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+        let want = hash.as_deref().and_then(md5_hash);
         match (have, want) {
             (Some(h), Some(w)) if h != w => match known {
                 Some(s) => rep.known.push((name, url, s)),

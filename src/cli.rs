@@ -64,10 +64,17 @@ pub struct ConflictsArgs {
 /// `conflicts` actions.
 #[derive(Debug, Clone, Subcommand)]
 pub enum ConflictAction {
-    /// Open conflicts (all with --all).
+    /// Open conflicts (all with --all; automatic decisions with --auto).
     List {
-        #[arg(long)]
+        /// Every conflict: open, resolved and automatic.
+        #[arg(long, conflicts_with = "auto")]
         all: bool,
+        /// The conflicts a policy decided (status auto), with the policy and its decision.
+        #[arg(long)]
+        auto: bool,
+        /// Only this doctype.
+        #[arg(long)]
+        doctype: Option<String>,
     },
     /// One conflict as JSON: the primary's images, the replica's copy then and now, the diff.
     Show { id: u64 },
@@ -85,6 +92,8 @@ pub enum ConflictAction {
         #[arg(long)]
         keep_local: bool,
     },
+    /// The conflicts page: list, three-way detail, resolve (token login, loopback by default).
+    Serve(crate::page::ServeArgs),
 }
 
 /// Flags of `verify`.
@@ -288,7 +297,8 @@ pub struct KafkaClientArgs {
 /// Flags of `apply`.
 #[derive(Debug, Clone, Args)]
 pub struct ApplyArgs {
-    /// TOML file with defaults for any flag (keys are the long flag names).
+    /// TOML file with defaults for any flag (keys are the long flag names) and the conflict
+    /// policies (a [conflicts] table).
     #[arg(long, env = "FRAPPE_CDC_CONFIG")]
     pub config: Option<PathBuf>,
     /// Replica database: mysql://user@host:port/site_db (password via FRAPPE_CDC_REPLICA_PASSWORD).
@@ -440,6 +450,10 @@ fn config_args(
         })?;
     let mut out = Vec::new();
     for (key, value) in &table {
+        // Apply's conflict policies (`apply::policy`), read by apply itself.
+        if key == "conflicts" && value.is_table() {
+            continue;
+        }
         let arg = subcmd
             .get_arguments()
             .find(|a| a.get_long() == Some(key.as_str()) || a.get_id().as_str() == key.as_str())

@@ -16,6 +16,7 @@ pub mod frappe;
 pub mod image;
 pub mod kafka;
 pub mod metrics;
+pub mod page;
 pub mod position;
 pub mod progress;
 pub mod source;

@@ -6,12 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use frappe_cdc::apply::conflicts::{self, Resolution};
 use frappe_cdc::apply::run::{ApplyConfig, RowFilter, run as run_apply_loop};
 use frappe_cdc::capture::{self, CaptureConfig};
 use frappe_cdc::cli::{
-    ApplyArgs, CaptureArgs, Command, ConflictAction, ConflictsArgs, Delivery, LogFormat,
-    PartitionBy, VerifyArgs,
+    ApplyArgs, CaptureArgs, Command, Delivery, LogFormat, PartitionBy, VerifyArgs,
 };
 use frappe_cdc::failure::Class;
 use frappe_cdc::frappe::catalog::Filter;
@@ -27,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 /// (envelopes likewise across apply's parse and write tasks); glibc malloc spent ~15 % of the
 /// reader's time in arena locking and consolidation on that pattern. Measured in the bench:
 /// capture ceiling to a null sink 163k -> 232k rows/s.
+mod conflicts_cmd;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -62,7 +62,7 @@ fn db_target(
 
 /// The replica target of `url` with its password from `file` or `FRAPPE_CDC_REPLICA_PASSWORD`;
 /// None after saying what is wrong (exit 2).
-fn replica_target(url: &str, file: Option<&std::path::Path>) -> Option<DbTarget> {
+pub(crate) fn replica_target(url: &str, file: Option<&std::path::Path>) -> Option<DbTarget> {
     db_target(
         url,
         file,
@@ -264,6 +264,13 @@ async fn run_apply(a: &ApplyArgs) -> ExitCode {
         writers: usize::from(a.writers),
         consistency: a.consistency,
         max_transaction_docs: a.max_transaction_docs,
+        policies: match frappe_cdc::apply::policy::Policies::load(a.config.as_deref()) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("error: {e}\n  fix: see the conflict policies in README.md");
+                return ExitCode::from(2);
+            }
+        },
         files: match a.files.config() {
             Ok(f) => f,
             Err(e) => {
@@ -487,87 +494,6 @@ async fn run_files(a: &frappe_cdc::files::args::FilesCommandArgs) -> ExitCode {
     }
 }
 
-async fn run_conflicts(a: &ConflictsArgs) -> ExitCode {
-    let Some(target) = replica_target(&a.target.replica, a.target.replica_password_file.as_deref())
-    else {
-        return ExitCode::from(2);
-    };
-    let mut conn = match mysql_async::Conn::new(target.opts.clone()).await {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: cannot reach {target}: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let cmp = frappe_cdc::apply::decision::Comparator::new(
-        frappe_cdc::frappe::catalog::IGNORED_COLUMNS
-            .iter()
-            .map(|c| c.to_string()),
-    );
-    let r = match &a.action {
-        ConflictAction::List { all } => match conflicts::list(&mut conn, *all).await.map(|list| {
-            println!(
-                "{:>6}  {:<9} {:<14} {:>9}  {:<26}  document / reason",
-                "id", "status", "resolution", "envelopes", "created"
-            );
-            for c in &list {
-                println!(
-                    "{:>6}  {:<9} {:<14} {:>9}  {:<26}  {} {}: {}",
-                    c.id,
-                    c.status,
-                    c.resolution.clone().unwrap_or_default(),
-                    c.envelopes,
-                    c.created_at,
-                    c.doctype,
-                    c.name,
-                    c.reason
-                );
-            }
-            println!("{} conflict(s)", list.len());
-        }) {
-            Ok(()) => {
-                // Files apply never overwrote: the replica's own bytes are at their path.
-                match frappe_cdc::files::status::collisions(&mut conn).await {
-                    Ok(c) if !c.is_empty() => {
-                        for (name, url) in &c {
-                            println!(
-                                "  file collision: File {name} {url}: the replica's own file is at this path; not overwritten"
-                            );
-                        }
-                        println!("{} file collision(s)", c.len());
-                    }
-                    Ok(_) => {}
-                    Err(e) => eprintln!("warning: cannot read _frappe_cdc_files: {e}"),
-                }
-                Ok(())
-            }
-            Err(e) => Err(e),
-        },
-        ConflictAction::Show { id } => conflicts::show(&mut conn, *id, &cmp)
-            .await
-            .map(|v| println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default())),
-        ConflictAction::Resolve {
-            id, accept_primary, ..
-        } => {
-            let how = if *accept_primary {
-                Resolution::AcceptPrimary
-            } else {
-                Resolution::KeepLocal
-            };
-            conflicts::resolve(&mut conn, *id, how)
-                .await
-                .map(|_| println!("conflict {id} resolved ({how:?})"))
-        }
-    };
-    match r {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(1)
-        }
-    }
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = match frappe_cdc::cli::parse_from(std::env::args_os().collect()) {
@@ -596,7 +522,7 @@ async fn main() -> ExitCode {
         }
         Command::Conflicts(a) => {
             init_logging(LogFormat::Text);
-            run_conflicts(a).await
+            conflicts_cmd::run(a).await
         }
         Command::Files(a) => {
             init_logging(LogFormat::Text);

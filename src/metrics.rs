@@ -115,6 +115,11 @@ pub struct ApplyMetrics {
     pub dead_letters: IntCounter,
     pub retries: IntCounter,
     pub open_conflicts: IntGauge,
+    /// Age of the oldest open conflict (0 when none), read from the table with the count.
+    pub oldest_open_conflict: IntGauge,
+    /// Conflict decisions by doctype, policy and decision (`manual`/`open` for one left to
+    /// an operator; `accept_primary`, `keep_local`, `merged` for automatic ones).
+    pub conflict_decisions: IntCounterVec,
     pub missing_columns: IntCounterVec,
     pub lag: Histogram,
     pub consumer_lag: IntGaugeVec,
@@ -153,6 +158,8 @@ impl ApplyMetrics {
             dead_letters: reg(&r, IntCounter::new("frappe_cdc_apply_dead_letters_total", "Messages sent to the dead-letter topic").unwrap_or_else(|_| unreachable_metric())),
             retries: reg(&r, IntCounter::new("frappe_cdc_apply_retries_total", "Retries after transient replica failures").unwrap_or_else(|_| unreachable_metric())),
             open_conflicts: reg(&r, IntGauge::new("frappe_cdc_apply_open_conflicts", "Conflicts recorded and not resolved").unwrap_or_else(|_| unreachable_metric())),
+            oldest_open_conflict: reg(&r, IntGauge::new("frappe_cdc_apply_oldest_open_conflict_seconds", "Age of the oldest conflict still open (0 when none)").unwrap_or_else(|_| unreachable_metric())),
+            conflict_decisions: reg(&r, IntCounterVec::new(Opts::new("frappe_cdc_apply_conflict_decisions_total", "Conflicts by doctype, the policy that decided them (manual: left to an operator) and the decision (open, accept_primary, keep_local, merged)"), &["doctype", "policy", "decision"]).unwrap_or_else(|_| unreachable_metric())),
             missing_columns: reg(&r, IntCounterVec::new(Opts::new("frappe_cdc_apply_missing_columns_total", "Values not written because the replica table lacks the column, by table"), &["table"]).unwrap_or_else(|_| unreachable_metric())),
             lag: reg(&r, Histogram::with_opts(HistogramOpts::new("frappe_cdc_apply_end_to_end_lag_seconds", "Apply time minus source commit time").buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0])).unwrap_or_else(|_| unreachable_metric())),
             consumer_lag: reg(&r, IntGaugeVec::new(Opts::new("frappe_cdc_apply_consumer_lag_messages", "Messages on the topic not yet applied, by partition (high watermark minus next offset)"), &["partition"]).unwrap_or_else(|_| unreachable_metric())),

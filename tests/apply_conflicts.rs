@@ -64,14 +64,15 @@ async fn conflicts_are_recorded_and_resolved_both_ways() {
     until_equal(&mut p, &mut r, "Sales Invoice", "SINV-2").await;
     until_equal(&mut p, &mut r, "Sales Invoice", "SINV-1").await;
 
-    // Local edit on the replica, then the primary changes the same document and another one.
+    // Local edit on the replica, then the primary changes the same field of the same
+    // document (an overlap: a conflict), and another document.
     let mut local = Frappe::new(replica.conn(&rig.db).await);
     local
         .db_set(
             "tabSales Invoice",
             "SINV-1",
-            "remarks",
-            "fixed on the replica".into(),
+            "status",
+            "Overdue".into(),
             true,
         )
         .await;
@@ -135,7 +136,7 @@ async fn conflicts_are_recorded_and_resolved_both_ways() {
     assert!(
         v["replica_differs_from_primary_before"]
             .to_string()
-            .contains("parent.remarks"),
+            .contains("parent.status"),
         "{v}"
     );
     assert_eq!(
@@ -190,8 +191,8 @@ async fn conflicts_are_recorded_and_resolved_both_ways() {
         .db_set(
             "tabSales Invoice",
             "SINV-2",
-            "remarks",
-            "replica wins".into(),
+            "status",
+            "Return".into(),
             true,
         )
         .await;

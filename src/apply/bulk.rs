@@ -98,6 +98,8 @@ impl From<mysql_async::Error> for BulkError {
 pub struct BulkResult {
     pub outcomes: Vec<Outcome>,
     pub missing_columns: BTreeSet<(String, String)>,
+    /// Conflict decisions taken (see `execute::Written::decisions`).
+    pub decisions: Vec<(String, &'static str, &'static str)>,
     /// Rows written through `LOAD DATA` and through upserts.
     pub loaded_rows: u64,
     pub upserted_rows: u64,
@@ -381,6 +383,7 @@ pub async fn apply_bulk(
     Ok(BulkResult {
         outcomes: plan.outcomes(),
         missing_columns: written.missing_columns,
+        decisions: written.decisions,
         loaded_rows: written.loaded_rows,
         upserted_rows: written.upserted_rows,
     })

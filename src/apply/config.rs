@@ -35,6 +35,8 @@ pub struct ApplyConfig {
     /// In `Transaction` consistency: a conflict in one document holds its whole source
     /// transaction (every document recorded) instead of skipping only that document.
     pub hold_transactions: bool,
+    /// Conflict policies (the `[conflicts]` table of `--config`).
+    pub policies: super::policy::Policies,
     /// Copy File documents' bytes into the replica's site folder (`--files-to`).
     pub files: Option<std::sync::Arc<crate::files::fetch::FilesConfig>>,
 }

@@ -33,6 +33,10 @@ pub struct Conflict {
     pub source_gtid: Option<String>,
     pub source_position: String,
     pub source_doc_index: u64,
+    /// The policy of an automatic decision (status `auto`).
+    pub policy: Option<String>,
+    /// Seconds since the conflict was recorded.
+    pub age_secs: i64,
 }
 
 /// Errors of conflict commands.
@@ -57,7 +61,7 @@ impl From<mysql_async::Error> for ConflictError {
     }
 }
 
-const COLS: &str = "id, doctype, name, status, resolution, reason, envelopes, CAST(created_at AS CHAR), primary_before, primary_after, replica_copy, source_gtid, source_position, source_doc_index";
+const COLS: &str = "id, doctype, name, status, resolution, reason, envelopes, CAST(created_at AS CHAR), primary_before, primary_after, replica_copy, source_gtid, source_position, source_doc_index, policy, TIMESTAMPDIFF(SECOND, created_at, NOW(6))";
 
 fn parse(row: Row) -> Option<Conflict> {
     let json = |s: Option<String>| s.and_then(|s| serde_json::from_str(&s).ok());
@@ -76,19 +80,91 @@ fn parse(row: Row) -> Option<Conflict> {
         source_gtid: row.get::<Option<String>, _>(11)?,
         source_position: row.get::<Option<String>, _>(12)?.unwrap_or_default(),
         source_doc_index: row.get(13)?,
+        policy: row.get::<Option<String>, _>(14)?,
+        age_secs: row.get::<Option<i64>, _>(15)?.unwrap_or(0),
     })
 }
 
-/// Conflicts, open ones only unless `all`.
-pub async fn list(conn: &mut Conn, all: bool) -> Result<Vec<Conflict>, ConflictError> {
+/// Which conflicts to list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListFilter {
+    /// Only these statuses (`open`, `resolved`, `auto`); all when empty.
+    pub statuses: Vec<String>,
+    /// Only this doctype.
+    pub doctype: Option<String>,
+    /// Only conflicts recorded at least this many seconds ago.
+    pub min_age_secs: Option<u64>,
+    /// At most this many, newest first when set (oldest first otherwise).
+    pub limit: Option<u64>,
+}
+
+impl ListFilter {
+    /// The open conflicts.
+    pub fn open() -> Self {
+        ListFilter {
+            statuses: vec!["open".into()],
+            ..ListFilter::default()
+        }
+    }
+
+    /// The WHERE clause and its parameters.
+    fn clause(&self) -> (String, Vec<mysql_async::Value>) {
+        let mut conds = Vec::new();
+        let mut params: Vec<mysql_async::Value> = Vec::new();
+        if !self.statuses.is_empty() {
+            conds.push(format!(
+                "status IN ({})",
+                vec!["?"; self.statuses.len()].join(",")
+            ));
+            params.extend(self.statuses.iter().map(|s| s.as_str().into()));
+        }
+        if let Some(d) = &self.doctype {
+            conds.push("doctype = ?".into());
+            params.push(d.as_str().into());
+        }
+        if let Some(a) = self.min_age_secs {
+            conds.push("created_at <= NOW(6) - INTERVAL ? SECOND".into());
+            params.push(a.into());
+        }
+        let w = if conds.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", conds.join(" AND "))
+        };
+        (w, params)
+    }
+}
+
+/// The conflicts `filter` selects, oldest first (newest first with a limit).
+pub async fn list(conn: &mut Conn, filter: &ListFilter) -> Result<Vec<Conflict>, ConflictError> {
     control::ensure_conflicts_table(conn).await?;
-    let filter = if all { "" } else { " WHERE status = 'open'" };
+    let (w, params) = filter.clause();
+    let tail = match filter.limit {
+        Some(n) => format!(" ORDER BY id DESC LIMIT {n}"),
+        None => " ORDER BY id".into(),
+    };
     let rows: Vec<Row> = conn
-        .query(format!(
-            "SELECT {COLS} FROM `_frappe_cdc_conflicts`{filter} ORDER BY id"
-        ))
+        .exec(
+            format!("SELECT {COLS} FROM `_frappe_cdc_conflicts`{w}{tail}"),
+            params,
+        )
         .await?;
     Ok(rows.into_iter().filter_map(parse).collect())
+}
+
+/// Conflicts per doctype and status among those `filter` selects (its limit aside).
+pub async fn counts(
+    conn: &mut Conn,
+    filter: &ListFilter,
+) -> Result<Vec<(String, String, u64)>, ConflictError> {
+    control::ensure_conflicts_table(conn).await?;
+    let (w, params) = filter.clause();
+    Ok(conn
+        .exec(
+            format!("SELECT doctype, status, COUNT(*) FROM `_frappe_cdc_conflicts`{w} GROUP BY doctype, status ORDER BY doctype, status"),
+            params,
+        )
+        .await?)
 }
 
 /// One conflict.
@@ -103,15 +179,21 @@ pub async fn get(conn: &mut Conn, id: u64) -> Result<Conflict, ConflictError> {
     row.and_then(parse).ok_or(ConflictError::NotFound(id))
 }
 
-/// A conflict with the replica's current copy and column differences, as JSON for `show`.
-pub async fn show(conn: &mut Conn, id: u64, cmp: &Comparator) -> Result<Value, ConflictError> {
-    let c = get(conn, id).await?;
+/// The replica's copy of the conflict's document as it is now.
+pub async fn replica_now(conn: &mut Conn, c: &Conflict) -> Result<Option<Image>, ConflictError> {
     let mut cache = SchemaCache::default();
     let mut tx = conn.start_transaction(TxOpts::default()).await?;
     let now = read_doc_plain(&mut tx, &mut cache, &c.doctype, &c.name).await?;
     tx.commit().await?;
+    Ok(now)
+}
+
+/// A conflict with the replica's current copy and column differences, as JSON for `show`.
+pub async fn show(conn: &mut Conn, id: u64, cmp: &Comparator) -> Result<Value, ConflictError> {
+    let c = get(conn, id).await?;
+    let now = replica_now(conn, &c).await?;
     Ok(serde_json::json!({
-        "id": c.id, "doctype": c.doctype, "name": c.name, "status": c.status, "resolution": c.resolution,
+        "id": c.id, "doctype": c.doctype, "name": c.name, "status": c.status, "resolution": c.resolution, "policy": c.policy,
         "reason": c.reason, "envelopes": c.envelopes, "created_at": c.created_at,
         "source": {"gtid": c.source_gtid, "position": c.source_position, "doc_index": c.source_doc_index},
         "replica_differs_from_primary_before": cmp.diff(c.before.as_ref(), now.as_ref()),

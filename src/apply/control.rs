@@ -206,8 +206,14 @@ pub async fn ensure_conflicts_table(conn: &mut Conn) -> Result<(), ReplicaError>
            `created_at` datetime(6) NOT NULL DEFAULT current_timestamp(6),
            `updated_at` datetime(6) NOT NULL DEFAULT current_timestamp(6),
            `resolved_at` datetime(6) NULL, `resolution` varchar(32) NULL,
+           `policy` varchar(32) NULL,
            PRIMARY KEY (`id`), KEY `doc` (`doctype`, `name`, `status`)
          ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci",
+    )
+    .await?;
+    // Tables made before conflict policies: the policy of an automatic decision.
+    conn.query_drop(
+        "ALTER TABLE `_frappe_cdc_conflicts` ADD COLUMN IF NOT EXISTS `policy` varchar(32) NULL",
     )
     .await?;
     Ok(())
@@ -262,29 +268,51 @@ pub async fn record_conflict(
     Ok(tx.last_insert_id().unwrap_or(0))
 }
 
+/// Audits a conflict its policy decided: a closed record with status `auto`, the policy and
+/// what it did (`accept_primary`, `keep_local`, `merged`), in the transaction that carries it
+/// out.
+pub async fn record_auto(
+    tx: &mut Transaction<'_>,
+    c: &ConflictRecord<'_>,
+    policy: &str,
+    decision: &str,
+) -> Result<u64, ReplicaError> {
+    tx.exec_drop(
+        "INSERT INTO `_frappe_cdc_conflicts` (doctype, name, status, reason, primary_before, primary_after, replica_copy, source_gtid, source_position, source_doc_index, resolution, policy, resolved_at) \
+         VALUES (?, ?, 'auto', ?, ?, ?, ?, ?, ?, ?, ?, ?, current_timestamp(6))",
+        (c.doctype, c.name, c.reason, json_text(c.before), json_text(c.after), json_text(c.replica), c.source.gtid.clone(), c.source.position.clone(), c.source.doc_index, decision, policy),
+    )
+    .await?;
+    Ok(tx.last_insert_id().unwrap_or(0))
+}
+
 /// Keeps `gauge` equal to the number of open conflicts in the replica's table (resolving one
 /// with `conflicts resolve`, from another process, brings it down), read every `every`. The
 /// task ends when the returned guard is dropped.
 pub fn watch_open_conflicts(
     pool: mysql_async::Pool,
-    gauge: prometheus::IntGauge,
+    (gauge, oldest): (prometheus::IntGauge, prometheus::IntGauge),
     every: std::time::Duration,
 ) -> tokio_util::sync::DropGuard {
     let stop = tokio_util::sync::CancellationToken::new();
     let done = stop.clone();
     tokio::spawn(async move {
         loop {
-            let open: Result<Option<u64>, mysql_async::Error> = async {
+            let open: Result<Option<(u64, Option<i64>)>, mysql_async::Error> = async {
                 pool.get_conn()
                     .await?
                     .query_first(
-                        "SELECT COUNT(*) FROM `_frappe_cdc_conflicts` WHERE status = 'open'",
+                        "SELECT COUNT(*), TIMESTAMPDIFF(SECOND, MIN(created_at), NOW(6)) FROM `_frappe_cdc_conflicts` WHERE status = 'open'",
                     )
                     .await
             }
             .await;
             match open {
-                Ok(n) => gauge.set(n.unwrap_or(0) as i64),
+                Ok(n) => {
+                    let (n, age) = n.unwrap_or((0, None));
+                    gauge.set(n as i64);
+                    oldest.set(age.unwrap_or(0).max(0));
+                }
                 Err(e) => tracing::debug!(error = %e, "cannot count open conflicts"),
             }
             tokio::select! {

@@ -1,42 +1,65 @@
-//! The conflict decision: a pure function of the envelope's operation and images and the
-//! replica's current copy of the document (no I/O, exhaustively unit-tested).
+//! The conflict decision: a pure function of the envelope's operation and images, the
+//! replica's current copy of the document and the conflict policies (no I/O, exhaustively
+//! unit-tested).
 //!
-//! The replica is "as expected" when its copy equals the envelope's `before` image on the
-//! columns both sides have, ignoring Frappe's bookkeeping columns. A copy equal to `after`
-//! means the change is already there (a replay after a capture restart, or a snapshot of a
-//! document the replica already holds) and is skipped, not flagged.
+//! Detection (`[conflicts] detect`): with `changed_columns` (the default) only what the
+//! primary changed between `before` and `after` must match the replica's copy (`merge.rs`
+//! says exactly what counts); the replica's own changes to anything else are kept, the
+//! document being written as the merge of both. With `row` the copy must equal `before`
+//! (ignoring Frappe's bookkeeping columns). A copy equal to `after` means the change is
+//! already there (a replay after a capture restart, or a snapshot of a document the replica
+//! already holds) and is skipped, not flagged. A conflict then goes to its doctype's policy
+//! (`policy.rs`).
 
 use std::collections::BTreeSet;
 
 use serde_json::Value;
 
+use super::merge::{self, Counted, docstatus, modified};
+use super::policy::{Action, Auto, Case, Detect, Policies, Policy};
 use crate::envelope::Op;
 use crate::image::{Image, Row};
 
 /// What to do with one envelope.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
     /// Write `after` (or delete when `after` is null).
     Apply,
     /// The replica already has the result.
     AlreadyApplied,
-    /// The replica's copy was changed locally: record, do not write.
+    /// No conflict, but the replica changed other fields: write this merge of both sides.
+    Merge(Box<Image>),
+    /// The replica's copy was changed locally: record for an operator, do not write.
     Conflict(String),
+    /// A conflict its policy decided (audited).
+    Auto(Box<Auto>),
 }
 
-/// A conflict with its reason and, when known, the differing columns.
-fn conflict(why: &str, d: Vec<String>) -> Decision {
-    Decision::Conflict(if d.is_empty() {
+/// What detection found, before the policies.
+#[derive(Debug, Clone, PartialEq)]
+enum Detected {
+    Apply,
+    AlreadyApplied,
+    Merge(Box<Image>),
+    Conflict(Case, String),
+}
+
+/// A conflict's reason and, when known, the differing columns.
+fn conflict_reason(why: &str, d: Vec<String>) -> String {
+    if d.is_empty() {
         why.to_string()
     } else {
         format!("{why}: {}", d.join(", "))
-    })
+    }
 }
 
-/// Compares images on shared columns, ignoring `ignored` columns.
+/// Compares images on shared columns, ignoring `ignored` columns, and decides conflicts by
+/// `policies`.
 #[derive(Debug, Clone, Default)]
 pub struct Comparator {
     ignored: BTreeSet<String>,
+    /// The `[conflicts]` policies (default: detect changed columns, every conflict manual).
+    pub policies: Policies,
     /// A fresh replica reading a topic whose early history may be gone (compacted, or
     /// deleted by retention): a document missing on the replica is not a local delete but
     /// one whose earlier versions the topic no longer holds, so an `update` or `rename` of
@@ -51,8 +74,15 @@ impl Comparator {
     pub fn new(ignored: impl IntoIterator<Item = String>) -> Self {
         Comparator {
             ignored: ignored.into_iter().collect(),
+            policies: Policies::default(),
             missing_is_new: false,
         }
+    }
+
+    /// The comparator deciding conflicts by `policies`.
+    pub fn with_policies(mut self, policies: Policies) -> Self {
+        self.policies = policies;
+        self
     }
 
     fn row_diff(&self, path: &str, a: &Row, b: &Row, out: &mut Vec<String>) {
@@ -104,23 +134,8 @@ impl Comparator {
         self.diff(a, b).is_empty()
     }
 
-    /// Decides what to do with an envelope given the replica's copy. For a rename, `replica`
-    /// is the copy under the old name and `replica_new` the copy under the new name.
-    /// Apply when the replica's copy is the primary's `before` image, else a conflict saying
-    /// whether the copy is missing or how it differs.
-    fn against_before(&self, before: Option<&Image>, replica: Option<&Image>) -> Decision {
-        if self.same(replica, before) {
-            Decision::Apply
-        } else if replica.is_none() {
-            conflict("document missing on the replica", Vec::new())
-        } else {
-            conflict(
-                "replica copy differs from the primary's before image",
-                self.diff(before, replica),
-            )
-        }
-    }
-
+    /// Decides what to do with an envelope of the default policy's doctypes (see
+    /// [`Comparator::decide_for`]).
     pub fn decide(
         &self,
         op: Op,
@@ -129,49 +144,259 @@ impl Comparator {
         replica: Option<&Image>,
         replica_new: Option<&Image>,
     ) -> Decision {
+        self.decide_for("", op, before, after, replica, replica_new)
+    }
+
+    /// Decides what to do with an envelope of `doctype` given the replica's copy. For a
+    /// rename, `replica` is the copy under the old name and `replica_new` the copy under the
+    /// new name.
+    pub fn decide_for(
+        &self,
+        doctype: &str,
+        op: Op,
+        before: Option<&Image>,
+        after: Option<&Image>,
+        replica: Option<&Image>,
+        replica_new: Option<&Image>,
+    ) -> Decision {
+        match self.detect(op, before, after, replica, replica_new) {
+            Detected::Apply => Decision::Apply,
+            Detected::AlreadyApplied => Decision::AlreadyApplied,
+            Detected::Merge(m) => Decision::Merge(m),
+            Detected::Conflict(case, reason) => {
+                let p = self.policies.of(doctype);
+                let sides = Sides {
+                    before,
+                    after,
+                    replica,
+                };
+                self.resolve(p.for_case(case), p.fallback, case, reason, sides)
+            }
+        }
+    }
+
+    /// A conflict of `op` with the replica's copy, with the case it falls under.
+    fn detect(
+        &self,
+        op: Op,
+        before: Option<&Image>,
+        after: Option<&Image>,
+        replica: Option<&Image>,
+        replica_new: Option<&Image>,
+    ) -> Detected {
+        let conflict = |case, why: &str, d| Detected::Conflict(case, conflict_reason(why, d));
         match op {
             Op::Create | Op::Snapshot => match replica {
-                None => Decision::Apply,
-                Some(_) if self.same(replica, after) => Decision::AlreadyApplied,
+                None => Detected::Apply,
+                Some(_) if self.same(replica, after) => Detected::AlreadyApplied,
                 Some(_) => conflict(
+                    Case::InsertExists,
                     "document exists on the replica with other content",
                     self.diff(after, replica),
                 ),
             },
-            Op::Update if replica.is_none() && self.missing_is_new => Decision::Apply,
+            Op::Update if replica.is_none() && self.missing_is_new => Detected::Apply,
             Op::Update => {
-                if !self.same(replica, before) && self.same(replica, after) {
-                    Decision::AlreadyApplied
+                if self.same(replica, before) {
+                    return Detected::Apply;
+                }
+                if self.same(replica, after) {
+                    return Detected::AlreadyApplied;
+                }
+                let (Some(b), Some(a), Some(r)) = (before, after, replica) else {
+                    return match replica {
+                        None => conflict(
+                            Case::UpdateMissing,
+                            "document missing on the replica",
+                            Vec::new(),
+                        ),
+                        Some(_) => conflict(
+                            Case::UpdateChanged,
+                            "replica copy differs from the primary's before image",
+                            self.diff(before, replica),
+                        ),
+                    };
+                };
+                if self.policies.detect == Detect::Row {
+                    return conflict(
+                        Case::UpdateChanged,
+                        "replica copy differs from the primary's before image",
+                        self.diff(before, replica),
+                    );
+                }
+                let overlaps = self.counted().overlaps(b, a, r);
+                if !overlaps.is_empty() {
+                    return conflict(
+                        Case::UpdateChanged,
+                        "replica copy changed what the primary changed",
+                        overlaps,
+                    );
+                }
+                if submitted(&[b, a, r]) {
+                    return conflict(
+                        Case::UpdateChanged,
+                        "local changes to a submitted document (never field-merged)",
+                        self.diff(before, replica),
+                    );
+                }
+                let m = merge::merge(b, a, r);
+                if self.same(Some(&m), Some(r)) {
+                    Detected::AlreadyApplied
                 } else {
-                    self.against_before(before, replica)
+                    Detected::Merge(Box::new(m))
                 }
             }
             Op::Delete => {
                 if replica.is_none() {
-                    Decision::AlreadyApplied
+                    Detected::AlreadyApplied
                 } else if self.same(replica, before) {
-                    Decision::Apply
+                    Detected::Apply
                 } else {
                     conflict(
+                        Case::DeleteChanged,
                         "replica copy changed locally before a delete",
                         self.diff(before, replica),
                     )
                 }
             }
             Op::Rename if self.missing_is_new && replica.is_none() && replica_new.is_none() => {
-                Decision::Apply
+                Detected::Apply
             }
             Op::Rename => {
                 if replica.is_none() && self.same(replica_new, after) {
-                    Decision::AlreadyApplied
+                    Detected::AlreadyApplied
                 } else if replica_new.is_some() {
-                    conflict("the new name already exists on the replica", Vec::new())
+                    conflict(
+                        Case::Rename,
+                        "the new name already exists on the replica",
+                        Vec::new(),
+                    )
+                } else if self.same(replica, before) {
+                    Detected::Apply
+                } else if replica.is_none() {
+                    conflict(Case::Rename, "document missing on the replica", Vec::new())
                 } else {
-                    self.against_before(before, replica)
+                    conflict(
+                        Case::Rename,
+                        "replica copy differs from the primary's before image",
+                        self.diff(before, replica),
+                    )
                 }
             }
         }
     }
+
+    fn counted(&self) -> Counted<'_> {
+        Counted {
+            ignored: &self.ignored,
+        }
+    }
+
+    /// What `policy` makes of a conflict (`fallback`: `merge_fields`' fallback).
+    fn resolve(
+        &self,
+        policy: Policy,
+        fallback: Policy,
+        case: Case,
+        reason: String,
+        s: Sides<'_>,
+    ) -> Decision {
+        let auto = |action, reason: String| {
+            Decision::Auto(Box::new(Auto {
+                policy,
+                action,
+                reason,
+            }))
+        };
+        match policy {
+            Policy::Manual => Decision::Conflict(reason),
+            Policy::ReplicaWins => auto(Action::Local, reason),
+            Policy::PrimaryWins => s.guard(policy, case, auto(Action::Primary, reason)),
+            Policy::NewestWins => {
+                let primary = if case == Case::DeleteChanged {
+                    s.before
+                } else {
+                    s.after
+                };
+                fn side(i: Option<&Image>) -> Option<&str> {
+                    modified(i.and_then(|i| i.parent.as_ref()))
+                }
+                let newer = match (case, side(primary), side(s.replica)) {
+                    (Case::UpdateMissing, _, _) => true,
+                    (_, Some(p), Some(r)) => p >= r,
+                    _ => {
+                        return Decision::Conflict(format!(
+                            "newest_wins cannot compare: `modified` missing or not a datetime; {reason}"
+                        ));
+                    }
+                };
+                if newer {
+                    s.guard(policy, case, auto(Action::Primary, reason))
+                } else {
+                    auto(Action::Local, reason)
+                }
+            }
+            Policy::MergeFields => {
+                let (Some(b), Some(a), Some(r)) = (s.before, s.after, s.replica) else {
+                    let reason = format!("merge_fields fell back (nothing to merge): {reason}");
+                    return self.resolve(fallback, Policy::Manual, case, reason, s);
+                };
+                if submitted(&[b, a, r]) {
+                    return Decision::Conflict(format!(
+                        "merge_fields: a submitted document is never field-merged; {reason}"
+                    ));
+                }
+                let overlaps = self.counted().overlaps(b, a, r);
+                if overlaps.is_empty() {
+                    auto(Action::Merged(Box::new(merge::merge(b, a, r))), reason)
+                } else {
+                    let reason = format!(
+                        "merge_fields fell back (both sides changed {}): {reason}",
+                        overlaps.join(", ")
+                    );
+                    self.resolve(fallback, Policy::Manual, case, reason, s)
+                }
+            }
+        }
+    }
+}
+
+/// The images a policy decides between.
+#[derive(Clone, Copy)]
+struct Sides<'a> {
+    before: Option<&'a Image>,
+    after: Option<&'a Image>,
+    replica: Option<&'a Image>,
+}
+
+impl Sides<'_> {
+    /// The docstatus guard over a decision that writes the primary's version: a submitted or
+    /// cancelled copy is never moved back to a lower docstatus, nor a submitted one deleted.
+    fn guard(&self, policy: Policy, case: Case, d: Decision) -> Decision {
+        let ds = |i: Option<&Image>| docstatus(i.and_then(|i| i.parent.as_ref()));
+        let Some(r) = ds(self.replica) else {
+            return d;
+        };
+        let blocked = match (case, ds(self.after)) {
+            (Case::DeleteChanged, _) => r == 1,
+            (_, Some(t)) => r > t,
+            (_, None) => false,
+        };
+        match (blocked, d) {
+            (true, Decision::Auto(a)) => Decision::Conflict(format!(
+                "docstatus guard: {} would move the replica's copy back from docstatus {r}; {}",
+                policy.label(),
+                a.reason
+            )),
+            (_, d) => d,
+        }
+    }
+}
+
+/// True when one of the images is submitted or cancelled.
+fn submitted(imgs: &[&Image]) -> bool {
+    imgs.iter()
+        .any(|i| docstatus(i.parent.as_ref()).is_some_and(|d| d >= 1))
 }
 
 #[cfg(test)]
@@ -230,7 +455,7 @@ mod tests {
     fn decision_table() {
         use Decision::*;
         let c = cmp();
-        let (b, a, local) = (img("Draft", "1"), img("Paid", "1"), img("Draft", "9"));
+        let (b, a, local) = (img("Draft", "1"), img("Paid", "1"), img("Hold", "9"));
         let is_conflict = |d: Decision| matches!(d, Conflict(_));
         // create / snapshot
         for op in [Op::Create, Op::Snapshot] {
@@ -312,7 +537,10 @@ mod tests {
         )));
         // A conflict says which columns differ.
         match c.decide(Op::Update, Some(&b), Some(&a), Some(&local), None) {
-            Conflict(why) => assert!(why.contains("items[0].qty"), "{why}"),
+            Conflict(why) => assert!(
+                why.contains("parent.status") && !why.contains("qty"),
+                "{why}"
+            ),
             other => panic!("{other:?}"),
         }
     }
@@ -350,7 +578,7 @@ mod tests {
             Apply
         );
         // A copy that is there is still checked against the before image.
-        let local = img("Draft", "9");
+        let local = img("Hold", "9");
         assert!(is_conflict(fresh.decide(
             Op::Update,
             Some(&b),

@@ -79,6 +79,7 @@ pub async fn apply_document_held(
         outcome,
         WriteReport {
             missing_columns: written.missing_columns,
+            decisions: written.decisions,
         },
     ))
 }

@@ -47,6 +47,9 @@ pub struct Written {
     /// Rows written through `LOAD DATA` and through multi-row upserts (`SetWise` only).
     pub loaded_rows: u64,
     pub upserted_rows: u64,
+    /// Conflict decisions taken: (doctype, policy, decision), `("…", "manual", "open")` for
+    /// one recorded for an operator. Counted in metrics once the transaction commits.
+    pub decisions: Vec<(String, &'static str, &'static str)>,
 }
 
 /// Carries out `plan` for `items` (`seen[i]` is what was read for `items[i]`) in `tx`. With
@@ -61,38 +64,42 @@ pub async fn execute(
     writer: Writer<'_>,
     files: bool,
 ) -> Result<Written, ReplicaError> {
+    let mut written = Written::default();
     for ((e, s), step) in items.iter().zip(seen).zip(&plan.steps) {
-        if let Step::Record(reason) = step {
-            control::record_conflict(
-                tx,
-                &ConflictRecord {
-                    doctype: &e.doctype,
-                    name: e.old_name.as_deref().unwrap_or(&e.name),
-                    reason,
-                    before: e.before.as_ref(),
-                    after: e.after.as_ref(),
-                    replica: s.copy,
-                    source: &e.source,
-                },
-            )
-            .await?;
-            tracing::warn!(doctype = %e.doctype, reason = %reason_kind(reason), "conflict recorded; document skipped");
+        let record = |reason| ConflictRecord {
+            doctype: &e.doctype,
+            name: e.old_name.as_deref().unwrap_or(&e.name),
+            reason,
+            before: e.before.as_ref(),
+            after: e.after.as_ref(),
+            replica: s.copy,
+            source: &e.source,
+        };
+        match step {
+            Step::Record(reason) => {
+                control::record_conflict(tx, &record(reason)).await?;
+                tracing::warn!(doctype = %e.doctype, reason = %reason_kind(reason), "conflict recorded; document skipped");
+                written
+                    .decisions
+                    .push((e.doctype.clone(), "manual", "open"));
+            }
+            Step::Auto(a) => {
+                control::record_auto(tx, &record(&a.reason), a.policy.label(), a.action.label())
+                    .await?;
+                tracing::info!(doctype = %e.doctype, policy = a.policy.label(), decision = a.action.label(), reason = %reason_kind(&a.reason), "conflict decided by policy");
+                written
+                    .decisions
+                    .push((e.doctype.clone(), a.policy.label(), a.action.label()));
+            }
+            _ => {}
         }
     }
-    let mut written = Written::default();
     match writer {
         Writer::PerDocument => {
             for (e, step) in items.iter().zip(&plan.steps) {
-                if *step == Step::Write {
-                    let r = write_doc(
-                        tx,
-                        cache,
-                        &e.doctype,
-                        &e.name,
-                        e.old_name.as_deref(),
-                        e.after.as_ref(),
-                    )
-                    .await?;
+                if let Some(image) = step.written(e) {
+                    let r = write_doc(tx, cache, &e.doctype, &e.name, e.old_name.as_deref(), image)
+                        .await?;
                     written.missing_columns.extend(r.missing_columns);
                 }
             }
@@ -104,9 +111,9 @@ pub async fn execute(
     let mut marks: Vec<(&str, &str, EventKey)> = Vec::new();
     for (e, step) in items.iter().zip(&plan.steps) {
         let names = match step {
-            Step::Write => [Some(e.name.as_str()), e.old_name.as_deref()],
-            Step::Mark => [Some(e.name.as_str()), None],
             Step::Skip | Step::Record(_) => continue,
+            _ if step.written(e).is_some() => [Some(e.name.as_str()), e.old_name.as_deref()],
+            _ => [Some(e.name.as_str()), None],
         };
         for n in names.into_iter().flatten() {
             marks.extend(
@@ -121,7 +128,7 @@ pub async fn execute(
         let steps: Vec<Enqueued> = items
             .iter()
             .zip(&plan.steps)
-            .filter(|(e, step)| e.doctype == "File" && **step == Step::Write)
+            .filter(|(e, step)| e.doctype == "File" && step.written(e).is_some())
             .map(|(e, _)| {
                 let (b, a) = (e.before.as_ref(), e.after.as_ref());
                 (

@@ -21,6 +21,7 @@ use super::control::EventKey;
 use super::decision::{Comparator, Decision};
 use super::outcome::Outcome;
 use super::ownership::{self, ChildOwner};
+use super::policy::{Action, Auto};
 use crate::envelope::Envelope;
 use crate::image::Image;
 
@@ -46,16 +47,22 @@ pub struct Seen<'a> {
 }
 
 /// What to do with one document.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Step {
     /// Already covered by an applied position: nothing to write, nothing to mark.
     Skip,
     /// Write `after` (or delete), then record the applied positions.
     Write,
+    /// Write this merge of the primary's changes and the replica's own (no conflict: the two
+    /// changed different fields), then record the applied positions.
+    WriteMerged(Box<Image>),
     /// The replica already holds the result: record the applied positions only.
     Mark,
     /// Record (or move forward) a conflict with this reason; write nothing.
     Record(String),
+    /// A conflict its policy decided: audit it, then write the primary's version or the
+    /// merge, or keep the copy, and record the applied positions.
+    Auto(Box<Auto>),
 }
 
 impl Step {
@@ -63,15 +70,32 @@ impl Step {
     pub fn outcome(&self) -> Outcome {
         match self {
             Step::Skip => Outcome::Duplicate,
-            Step::Write => Outcome::Applied,
+            Step::Write | Step::WriteMerged(_) => Outcome::Applied,
+            Step::Auto(a) if a.action == Action::Local => Outcome::AlreadyApplied,
+            Step::Auto(_) => Outcome::Applied,
             Step::Mark => Outcome::AlreadyApplied,
             Step::Record(_) => Outcome::Conflict,
+        }
+    }
+
+    /// The image the step writes for `e`: `Some(None)` deletes the document, `None` writes
+    /// nothing.
+    pub fn written<'a>(&'a self, e: &'a Envelope) -> Option<Option<&'a Image>> {
+        match self {
+            Step::Write => Some(e.after.as_ref()),
+            Step::WriteMerged(m) => Some(Some(m)),
+            Step::Auto(a) => match &a.action {
+                Action::Primary => Some(e.after.as_ref()),
+                Action::Merged(m) => Some(Some(m)),
+                Action::Local => None,
+            },
+            Step::Skip | Step::Mark | Step::Record(_) => None,
         }
     }
 }
 
 /// The decision for every item of a batch, in item order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     pub steps: Vec<Step>,
 }
@@ -96,21 +120,29 @@ pub fn decide_one(cmp: &Comparator, e: &Envelope, key: EventKey, seen: &Seen<'_>
     if seen.open {
         return Step::Record(STILL_OPEN.into());
     }
-    let d = cmp.decide(
+    let d = cmp.decide_for(
+        &e.doctype,
         e.op,
         e.before.as_ref(),
         e.after.as_ref(),
         seen.copy,
         seen.copy_new,
     );
+    let writes = match &d {
+        Decision::Apply | Decision::Merge(_) => true,
+        Decision::Auto(a) => a.action != Action::Local,
+        Decision::AlreadyApplied | Decision::Conflict(_) => false,
+    };
     match d {
-        Decision::Apply if !seen.collisions.is_empty() => {
+        _ if writes && !seen.collisions.is_empty() => {
             Step::Record(ownership::reason(seen.collisions))
         }
-        Decision::Apply | Decision::AlreadyApplied if seen.hold => Step::Record(HELD.into()),
-        Decision::Apply => Step::Write,
-        Decision::AlreadyApplied => Step::Mark,
         Decision::Conflict(reason) => Step::Record(reason),
+        _ if seen.hold => Step::Record(HELD.into()),
+        Decision::Apply => Step::Write,
+        Decision::Merge(m) => Step::WriteMerged(m),
+        Decision::AlreadyApplied => Step::Mark,
+        Decision::Auto(a) => Step::Auto(a),
     }
 }
 
@@ -223,7 +255,7 @@ mod tests {
         assert_eq!(decide_one(&cmp, &e, key(11), &s), Step::Mark);
         let s = seen(Some(&local), false, &[], &found[..]);
         assert!(
-            matches!(decide_one(&cmp, &e, key(11), &s), Step::Record(r) if r.starts_with("replica copy differs"))
+            matches!(decide_one(&cmp, &e, key(11), &s), Step::Record(r) if r.starts_with("replica copy changed what the primary changed"))
         );
         // 4. ownership turns a write into a conflict, and only a write
         let s = seen(Some(&draft), false, &[], &found[..]);

@@ -50,6 +50,8 @@ pub fn to_param(v: &Value) -> MyValue {
 pub struct WriteReport {
     /// (table, column) pairs present in the image and missing on the replica.
     pub missing_columns: BTreeSet<(String, String)>,
+    /// Conflict decisions taken (see `execute::Written::decisions`).
+    pub decisions: Vec<(String, &'static str, &'static str)>,
 }
 
 pub(crate) async fn select_rows(

@@ -42,6 +42,7 @@ use super::document::apply_document_held;
 use super::infile;
 use super::lag::LagWatcher;
 pub use super::outcome::Outcome;
+use super::policy::{Policies, Policy};
 use super::replica::{ReplicaError, SchemaCache};
 use super::sequence::{self, Kind, Sequencer};
 use crate::envelope::{Envelope, Op};
@@ -166,6 +167,8 @@ struct Applier {
     cmp: Comparator,
     metrics: ApplyMetrics,
     missing_logged: std::collections::BTreeSet<(String, String)>,
+    /// Doctype labels of the conflict decisions metric (bounded).
+    decision_labels: BoundedLabels,
     /// New rows go through `LOAD DATA LOCAL INFILE` until the replica refuses it.
     load_data: bool,
     /// The last split batch failed on a lock: its retry runs as one transaction.
@@ -179,6 +182,19 @@ struct Applier {
     bootstrap_until: BTreeMap<i32, i64>,
     /// The consumer positions last stored while idle (`idle.rs`).
     idle_positions: BTreeMap<i32, i64>,
+}
+
+impl Applier {
+    /// Counts conflict decisions of a committed transaction.
+    fn count_decisions(&mut self, decisions: Vec<(String, &'static str, &'static str)>) {
+        for (doctype, policy, decision) in decisions {
+            let label = self.decision_labels.get(&doctype);
+            self.metrics
+                .conflict_decisions
+                .with_label_values(&[label, policy, decision])
+                .inc();
+        }
+    }
 }
 
 /// Runs apply until shutdown.
@@ -358,21 +374,39 @@ pub async fn run(
     metrics.ready.store(true, Ordering::Release);
     let _conflicts_gauge = control::watch_open_conflicts(
         pool.clone(),
-        metrics.open_conflicts.clone(),
+        (
+            metrics.open_conflicts.clone(),
+            metrics.oldest_open_conflict.clone(),
+        ),
         Duration::from_secs(5),
     );
+    for p in Policy::ALL {
+        let d = if p == Policy::Manual {
+            "open"
+        } else {
+            "accept_primary"
+        };
+        metrics
+            .conflict_decisions
+            .with_label_values(&["_other", p.label(), d]);
+    }
+    if cfg.policies != Policies::default() {
+        tracing::info!(policies = %cfg.policies.summary(), "conflict policies");
+    }
     let mut applier = Applier {
         cmp: Comparator::new(
             IGNORED_COLUMNS
                 .iter()
                 .map(|s| s.to_string())
                 .chain(cfg.ignore_columns.iter().cloned()),
-        ),
+        )
+        .with_policies(cfg.policies.clone()),
         cfg,
         pool,
         cache: SchemaCache::default(),
         metrics,
         missing_logged: Default::default(),
+        decision_labels: BoundedLabels::new(500, "_other"),
         load_data: true,
         serial_retry: false,
         read_new: false,

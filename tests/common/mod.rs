@@ -41,6 +41,24 @@ where
     wait_until_explained(timeout, what, f, || async { String::new() }).await
 }
 
+/// Polls `f` until it returns `Some` or `timeout` passes (then `None`).
+pub async fn wait_for<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// `wait_until`, with the text of `explain` (what the system did instead) in the panic.
 pub async fn wait_until_explained<F, Fut, E, EFut>(
     timeout: Duration,

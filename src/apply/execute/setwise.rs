@@ -14,7 +14,7 @@ use mysql_async::prelude::Queryable;
 
 use super::Written;
 use super::upserts::Upserts;
-use crate::apply::plan::{Plan, Seen, Step};
+use crate::apply::plan::{Plan, Seen};
 use crate::apply::replica::ReplicaError;
 use crate::apply::replica::{CHUNK, SchemaCache, child_rows, marks, q};
 use crate::envelope::Envelope;
@@ -34,7 +34,7 @@ async fn delete_in(
     Ok(())
 }
 
-/// Writes the documents `plan` marks [`Step::Write`].
+/// Writes the documents whose step writes ([`Step::written`](crate::apply::plan::Step::written)).
 pub(super) async fn write(
     tx: &mut Transaction<'_>,
     cache: &mut SchemaCache,
@@ -48,10 +48,10 @@ pub(super) async fn write(
     let mut deleted_docs: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     let mut gone_children: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for ((e, s), step) in items.iter().zip(seen).zip(&plan.steps) {
-        if *step != Step::Write {
+        let Some(image) = step.written(e) else {
             continue;
-        }
-        let Some(image) = e.after.as_ref() else {
+        };
+        let Some(image) = image else {
             deleted_docs
                 .entry(e.doctype.as_str())
                 .or_default()

@@ -230,6 +230,7 @@ impl Applier {
             let mut conn = self.pool.get_conn().await?;
             let mut tx = conn.start_transaction(TxOpts::default()).await?;
             let mut missing = BTreeSet::new();
+            let mut decisions = Vec::new();
             for (e, key) in together {
                 let hold = held.contains(&sequence::tx_id(&e.source));
                 let (o, report) = apply_document_held(
@@ -243,6 +244,7 @@ impl Applier {
                 )
                 .await?;
                 missing.extend(report.missing_columns);
+                decisions.extend(report.decisions);
                 first.push(o);
             }
             let r = apply_bulk(
@@ -258,6 +260,7 @@ impl Applier {
             self.load_data = mode.load_data;
             let mut r = r?;
             r.missing_columns.extend(missing);
+            r.decisions.extend(decisions);
             if self.cfg.hold_transactions {
                 let hold = to_hold(
                     items
@@ -375,6 +378,7 @@ impl Applier {
         let mut merged = BulkResult {
             outcomes: Vec::with_capacity(items.len()),
             missing_columns: Default::default(),
+            decisions: Vec::new(),
             loaded_rows: 0,
             upserted_rows: 0,
         };
@@ -383,6 +387,7 @@ impl Applier {
             let r = r?;
             merged.outcomes.extend(r.outcomes);
             merged.missing_columns.extend(r.missing_columns);
+            merged.decisions.extend(r.decisions);
             merged.loaded_rows += r.loaded_rows;
             merged.upserted_rows += r.upserted_rows;
         }
@@ -493,6 +498,7 @@ impl Applier {
                             self.metrics.open_conflicts.inc();
                         }
                     }
+                    self.count_decisions(r.decisions);
                     for (t, c) in r.missing_columns {
                         self.metrics.missing_columns.with_label_values(&[&t]).inc();
                         if self.missing_logged.insert((t.clone(), c.clone())) {

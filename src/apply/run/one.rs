@@ -51,6 +51,7 @@ impl Applier {
             self.cfg.files.is_some(),
         )
         .await?;
+        self.count_decisions(report.decisions);
         for (t, c) in report.missing_columns {
             self.metrics.missing_columns.with_label_values(&[&t]).inc();
             if self.missing_logged.insert((t.clone(), c.clone())) {

@@ -138,14 +138,15 @@ async fn captured_envelopes_make_the_replica_equal() {
         "replays must not conflict: {again:?}"
     );
 
-    // A local edit on the replica, then a change on the primary: conflict, replica untouched.
+    // A local edit on the replica, then a change of the same field on the primary: conflict,
+    // replica untouched.
     let mut local = Frappe::new(r.conn(&rig.db).await);
     local
         .db_set(
             "tabSales Invoice",
             "SINV-1",
-            "remarks",
-            "edited on the replica".into(),
+            "status",
+            "Overdue".into(),
             true,
         )
         .await;
@@ -165,7 +166,7 @@ async fn captured_envelopes_make_the_replica_equal() {
         .await
         .expect("reason");
     let why = why.unwrap_or_default();
-    assert!(why.contains("parent.remarks"), "{why}");
+    assert!(why.contains("parent.status"), "{why}");
     assert_eq!(
         decisions[1].1,
         Outcome::Applied,

@@ -188,11 +188,12 @@ async fn split_batches_are_atomic_exactly_once_and_conflict_checked() {
     assert_each_version_written_once(&mut r).await;
     drop(apply);
 
-    // 2. Updates in split batches, two of them conflicting with local edits.
+    // 2. Updates in split batches, two of them conflicting with local edits of the field
+    // the primary changes.
     let mut local = Frappe::new(replica.conn(&rig.db).await);
     for n in ["W-007", "W-150"] {
         local
-            .db_set("tabSales Invoice", n, "remarks", "local".into(), true)
+            .db_set("tabSales Invoice", n, "grand_total", "1.000000000".into(), true)
             .await;
     }
     for (i, inv) in invoices.iter_mut().enumerate() {
@@ -223,14 +224,14 @@ async fn split_batches_are_atomic_exactly_once_and_conflict_checked() {
         .expect("conflicts");
     assert_eq!(conflicts, vec!["W-007", "W-150"]);
     for n in ["W-007", "W-150"] {
-        let remarks: Option<String> = r
+        let total: Option<String> = r
             .exec_first(
-                "SELECT remarks FROM `tabSales Invoice` WHERE name = ?",
+                "SELECT CAST(grand_total AS CHAR) FROM `tabSales Invoice` WHERE name = ?",
                 (n,),
             )
             .await
-            .expect("remarks");
-        assert_eq!(remarks.as_deref(), Some("local"), "{n}: local copy kept");
+            .expect("grand_total");
+        assert_eq!(total.as_deref(), Some("1.000000000"), "{n}: local copy kept");
     }
     assert_each_version_written_once(&mut r).await;
     assert!(

@@ -193,7 +193,13 @@ async fn split_batches_are_atomic_exactly_once_and_conflict_checked() {
     let mut local = Frappe::new(replica.conn(&rig.db).await);
     for n in ["W-007", "W-150"] {
         local
-            .db_set("tabSales Invoice", n, "grand_total", "1.000000000".into(), true)
+            .db_set(
+                "tabSales Invoice",
+                n,
+                "grand_total",
+                "1.000000000".into(),
+                true,
+            )
             .await;
     }
     for (i, inv) in invoices.iter_mut().enumerate() {
@@ -231,7 +237,11 @@ async fn split_batches_are_atomic_exactly_once_and_conflict_checked() {
             )
             .await
             .expect("grand_total");
-        assert_eq!(total.as_deref(), Some("1.000000000"), "{n}: local copy kept");
+        assert_eq!(
+            total.as_deref(),
+            Some("1.000000000"),
+            "{n}: local copy kept"
+        );
     }
     assert_each_version_written_once(&mut r).await;
     assert!(

@@ -19,7 +19,9 @@ th, td { border: 1px solid #d9e2ec; padding: 4px 8px; text-align: left; vertical
 th { background: #e4e7eb; font-weight: 600; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 td.val { font-family: "DejaVu Sans Mono", monospace; font-size: 12.5px; word-break: break-all; max-width: 380px; }
-td.p { background: #e3f8ff; } td.r { background: #fff3c4; } td.x { background: #ffd6d6; font-weight: 600; }
+.p { background: #d6f0ff; } .r { background: #fff3c4; } .x { background: #ffd6d6; font-weight: 600; }
+tr.rowhead th { background: #f0f4f8; font-weight: 600; }
+details { margin-top: 16px; } summary { cursor: pointer; color: #334e68; margin-bottom: 8px; }
 .status-open { color: #ab091e; font-weight: 600; } .status-auto { color: #0b69a3; } .status-resolved { color: #2f8132; }
 form.inline { display: inline; }
 .bar { background: #fff; border: 1px solid #d9e2ec; padding: 8px 12px; margin-bottom: 12px; display: flex; gap: 12px; align-items: end; flex-wrap: wrap; }
@@ -191,6 +193,12 @@ pub fn detail(
     csrf: &str,
     message: Option<&str>,
 ) -> Markup {
+    let changed: Vec<Field> = view
+        .parent
+        .iter()
+        .filter(|f| f.primary_changed || f.replica_changed)
+        .cloned()
+        .collect();
     layout(
         &format!("Conflict {}", c.id),
         html! {
@@ -220,14 +228,14 @@ pub fn detail(
                 }
             }
             p.legend {
-                span class="val p" { "changed on the primary" }
-                span class="val r" { "changed on the replica" }
-                span class="val x" { "changed on both, differently" }
+                span.p { "changed on the primary" }
+                span.r { "changed on the replica" }
+                span.x { "changed on both, differently" }
             }
-            h2 { "Fields" }
+            h2 { "Fields changed on either side" }
             table id="fields" {
                 tr { th { "field" } th { "primary before" } th { "primary after" } th { "replica now" } }
-                (field_rows(&view.parent))
+                (field_rows(&changed))
             }
             @for t in &view.tables {
                 h2 { "Child table " (t.field) }
@@ -240,6 +248,13 @@ pub fn detail(
                 }
             }
             @if view.tables.is_empty() { p { "No child row differs." } }
+            details {
+                summary { "All " (view.parent.len()) " fields of the parent row" }
+                table id="all-fields" {
+                    tr { th { "field" } th { "primary before" } th { "primary after" } th { "replica now" } }
+                    (field_rows(&view.parent))
+                }
+            }
         },
     )
 }

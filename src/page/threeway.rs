@@ -157,7 +157,12 @@ pub fn build<'a>(
                 (Some(_), Some(_), None) => RowState::RemovedOnReplica,
                 _ => RowState::Unchanged,
             };
-            let changed = fields(b, a, r, true);
+            // `modified` and `idx` move on every save: a child row is only shown for its
+            // other changes.
+            let changed: Vec<Field> = fields(b, a, r, true)
+                .into_iter()
+                .filter(|f| !crate::apply::merge::BOOKKEEPING.contains(&f.column.as_str()))
+                .collect();
             let state = if state == RowState::Unchanged && !changed.is_empty() {
                 RowState::Changed
             } else {
@@ -244,5 +249,16 @@ mod tests {
         assert_eq!(show(Some(&json!(null))), "∅");
         assert_eq!(show(None), "—");
         assert_eq!(show(Some(&json!("a".repeat(400)))).chars().count(), 301);
+    }
+
+    #[test]
+    fn bookkeeping_only_child_changes_are_not_shown() {
+        let img = |m: &str| {
+            im(
+                json!({"parent": null, "children": {"taxes": [{"name": "t1", "rate": 5, "modified": m, "idx": 1}]}}),
+            )
+        };
+        let (b, a) = (img("a"), img("b"));
+        assert!(build(Some(&b), Some(&a), Some(&b)).tables.is_empty());
     }
 }

@@ -8,6 +8,7 @@ pub mod schema;
 pub mod servers;
 pub mod site_server;
 pub mod topic;
+pub mod webdriver;
 pub mod workload;
 
 use std::time::{Duration, Instant};

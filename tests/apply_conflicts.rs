@@ -6,6 +6,12 @@
 
 mod common;
 
+// In this binary rather than their own: every test binary links the whole crate again.
+#[path = "conflicts/page.rs"]
+mod page;
+#[path = "conflicts/policies.rs"]
+mod policies;
+
 use std::process::{Command, Output};
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! then equals the primary. POSTs without the session or the CSRF value are refused.
 //! Screenshots of the list and the detail view go to target/conflicts-page/.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};

@@ -6,7 +6,7 @@
 //! Local edits are raw SQL on the replicas with an explicit `modified`, so `newest_wins` has
 //! a known answer: `LATER` is after every primary write of the test, `EARLIER` before them.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Output};
 use std::time::Duration;

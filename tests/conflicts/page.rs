@@ -253,6 +253,16 @@ async fn an_operator_reviews_and_resolves_a_conflict_in_the_browser() {
     let msg = b.text("#message").await;
     assert!(msg.contains("Resolved"), "{msg}");
     assert!(b.text("#status").await.contains("resolved"));
+    // Bulk: every open conflict of the filter (the customer's) kept local.
+    b.goto(&format!("{base}/conflicts?status=open")).await;
+    let left = b.text("#conflicts").await;
+    assert!(
+        left.contains("CU-PAGE") && !left.contains("PAGE-1"),
+        "{left}"
+    );
+    b.click("#bulk button[value='keep_local']").await;
+    let msg = b.text("#message").await;
+    assert!(msg.contains("1 resolved, 0 left open"), "{msg}");
     b.quit().await;
 
     let img = |v: Option<Value>| v;
@@ -261,10 +271,24 @@ async fn an_operator_reviews_and_resolves_a_conflict_in_the_browser() {
         img(doc_image(&mut p, "Sales Invoice", "PAGE-1").await),
         "after Accept primary the replica equals the primary"
     );
-    let left: Vec<String> = r
-        .query("SELECT name FROM `_frappe_cdc_conflicts` WHERE status = 'open'")
+    let left: Vec<(String, String)> = r
+        .query("SELECT name, resolution FROM `_frappe_cdc_conflicts` ORDER BY id")
         .await
-        .expect("open");
-    assert_eq!(left, vec!["CU-PAGE"]);
+        .expect("resolutions");
+    assert_eq!(
+        left,
+        vec![
+            ("PAGE-1".to_string(), "accept_primary".to_string()),
+            ("CU-PAGE".to_string(), "keep_local".to_string())
+        ]
+    );
+    let limit: Option<String> = r
+        .query_first("SELECT CAST(credit_limit AS CHAR) FROM `tabCustomer` WHERE name = 'CU-PAGE'")
+        .await
+        .expect("credit limit");
+    assert!(
+        limit.is_some_and(|l| l.starts_with("1.")),
+        "the local value kept"
+    );
     eprintln!("screenshots: {}", shots.display());
 }

@@ -20,31 +20,4 @@ if cargo clippy --version >/dev/null 2>&1; then
 else
   echo "test.sh: SKIPPED cargo clippy: clippy is not installed and 'rustup component add clippy' failed" >&2
 fi
-if [ "$#" -gt 0 ]; then
-  exec cargo test --no-fail-fast "$@"
-fi
-# The three-broker fault tests (tests/kafka_cluster.rs, ~5 minutes) spend their time waiting
-# for brokers to die and come back, not on the CPU: they run beside the rest of the suite
-# instead of after it. Everything is built first; their output follows the rest's.
-exes="$(cargo test --no-run --message-format=json 2>/dev/null | grep '"name":"kafka_cluster"' | grep -o '"executable":"[^"]*"' | cut -d'"' -f4)"
-if [ -z "$exes" ]; then
-  echo "test.sh: could not find the kafka_cluster test binary; running everything in sequence" >&2
-  exec cargo test --no-fail-fast
-fi
-cluster_log="$(mktemp)"
-"$exes" >"$cluster_log" 2>&1 &
-cluster_pid=$!
-targets=()
-for f in tests/*.rs; do
-  t="$(basename "$f" .rs)"
-  [ "$t" = kafka_cluster ] || targets+=(--test "$t")
-done
-rc=0
-cargo test --no-fail-fast --lib --bins "${targets[@]}" || rc=$?
-cluster_rc=0
-wait "$cluster_pid" || cluster_rc=$?
-echo "test.sh: tests/kafka_cluster.rs (run beside the others), exit $cluster_rc:"
-cat "$cluster_log"
-rm -f "$cluster_log"
-[ "$cluster_rc" -eq 0 ] || rc=$cluster_rc
-exit "$rc"
+cargo test --no-fail-fast "$@"

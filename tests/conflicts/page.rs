@@ -24,6 +24,16 @@ async fn status_of(resp: reqwest::Response) -> u16 {
     resp.status().as_u16()
 }
 
+/// `name=value` of the cookie a response sets.
+fn cookie_set_by(r: &reqwest::Response) -> String {
+    r.headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .unwrap_or_default()
+        .to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_reviews_and_resolves_a_conflict_in_the_browser() {
     let rig = Rig::new("page").await;
@@ -130,13 +140,7 @@ async fn an_operator_reviews_and_resolves_a_conflict_in_the_browser() {
         .send()
         .await
         .expect("login form");
-    let login_cookie = login
-        .headers()
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .unwrap_or_default()
-        .to_string();
+    let login_cookie = cookie_set_by(&login);
     let html = login.text().await.unwrap_or_default();
     let login_csrf = html
         .split("name=\"csrf\" value=\"")
@@ -163,13 +167,7 @@ async fn an_operator_reviews_and_resolves_a_conflict_in_the_browser() {
         .await
         .expect("login");
     assert_eq!(ok.status().as_u16(), 303, "logged in");
-    let session = ok
-        .headers()
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .unwrap_or_default()
-        .to_string();
+    let session = cookie_set_by(&ok);
     assert!(session.starts_with("fcdc_session="), "{session}");
     for form in [
         vec![("action", "accept_primary")],

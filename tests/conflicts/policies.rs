@@ -127,9 +127,7 @@ async fn each_policy_decides_and_two_replicas_stay_identical() {
         docs[i].status = "Paid".into();
         f.save_invoice(&docs[i]).await;
     }
-    let s = end_phase(&mut f, &mut sentinel).await;
-    rig.capture().await;
-    rs.wait_for(&db, &s).await;
+    settle(&rig, &rs, &mut f, &mut sentinel).await;
     for i in 0..2 {
         assert_eq!(
             rs.field(i, &db, "P-01", "status").await.as_deref(),
@@ -163,9 +161,7 @@ async fn each_policy_decides_and_two_replicas_stay_identical() {
         docs[i].status = "Paid".into();
         f.save_invoice(&docs[i]).await;
     }
-    let s = end_phase(&mut f, &mut sentinel).await;
-    rig.capture().await;
-    rs.wait_for(&db, &s).await;
+    settle(&rig, &rs, &mut f, &mut sentinel).await;
     let mut p = rig.primary().conn(&db).await;
     for (m, _) in &rs.servers {
         let mut r = m.conn(&db).await;
@@ -199,9 +195,7 @@ async fn each_policy_decides_and_two_replicas_stay_identical() {
     set_local(&rs, &db, "P-05", "status", "Overdue", EARLIER).await;
     docs[4].status = "Paid".into();
     f.save_invoice(&docs[4]).await;
-    let s = end_phase(&mut f, &mut sentinel).await;
-    rig.capture().await;
-    rs.wait_for(&db, &s).await;
+    settle(&rig, &rs, &mut f, &mut sentinel).await;
     for i in 0..2 {
         assert_eq!(
             rs.field(i, &db, "P-05", "status").await.as_deref(),
@@ -216,9 +210,7 @@ async fn each_policy_decides_and_two_replicas_stay_identical() {
         docs[i].status = "Paid".into();
         f.save_invoice(&docs[i]).await;
     }
-    let s = end_phase(&mut f, &mut sentinel).await;
-    rig.capture().await;
-    rs.wait_for(&db, &s).await;
+    settle(&rig, &rs, &mut f, &mut sentinel).await;
     for i in 0..2 {
         assert_eq!(
             rs.field(i, &db, "P-06", "status").await.as_deref(),
@@ -243,9 +235,7 @@ async fn each_policy_decides_and_two_replicas_stay_identical() {
         docs[i].status = "Paid".into();
         f.save_invoice(&docs[i]).await;
     }
-    let s = end_phase(&mut f, &mut sentinel).await;
-    rig.capture().await;
-    rs.wait_for(&db, &s).await;
+    settle(&rig, &rs, &mut f, &mut sentinel).await;
     for i in 0..2 {
         assert_eq!(
             rs.field(i, &db, "P-08", "status").await.as_deref(),
@@ -298,9 +288,7 @@ async fn each_policy_decides_and_two_replicas_stay_identical() {
     f.insert_invoice(&Invoice::draft("P-13", "C1", 1)).await;
     set_local(&rs, &db, "P-12", "status", "Overdue", LATER).await;
     f.delete_invoice(&docs[11]).await;
-    let s = end_phase(&mut f, &mut sentinel).await;
-    rig.capture().await;
-    rs.wait_for(&db, &s).await;
+    settle(&rig, &rs, &mut f, &mut sentinel).await;
     for i in 0..2 {
         assert_eq!(
             rs.field(i, &db, "P-10", "status").await.as_deref(),
@@ -363,13 +351,14 @@ async fn each_policy_decides_and_two_replicas_stay_identical() {
     drop(rs);
 }
 
-/// Inserts the next sentinel document: once it is on a replica, the phase before it is
-/// decided there.
-async fn end_phase(f: &mut Frappe, n: &mut u32) -> String {
+/// Ends a phase: inserts the next sentinel document, captures, and waits until the sentinel is
+/// on both replicas (then everything of the phase has been decided there).
+async fn settle(rig: &Rig, rs: &Replicas, f: &mut Frappe, n: &mut u32) {
     *n += 1;
     let name = format!("S-{n}");
     f.insert_invoice(&Invoice::draft(&name, "C1", 1)).await;
-    name
+    rig.capture().await;
+    rs.wait_for(&rig.db, &name).await;
 }
 
 fn text(o: &Output) -> String {

@@ -338,25 +338,34 @@ impl Producer {
         if self.by_doctype {
             rec = rec.partition(doctype_partition(doctype, self.partitions));
         }
+        self.enqueue(inner, rec)?;
+        self.sent += 1;
+        self.since_commit += 1;
+        Ok(())
+    }
+
+    /// Hands `rec` to librdkafka, waiting while its queue is full (a delivery that failed
+    /// meanwhile ends the wait with that failure).
+    fn enqueue(
+        &self,
+        inner: &ThreadedProducer<AckContext>,
+        mut rec: BaseRecord<'_, [u8], [u8], ()>,
+    ) -> Result<(), ProducerError> {
+        let bytes = rec.payload.map_or(0, <[u8]>::len);
         loop {
             match inner.send(rec) {
-                Ok(()) => break,
+                Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(Code::QueueFull), r)) => {
                     rec = r;
                     self.check_failed()?;
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 Err((KafkaError::MessageProduction(Code::MessageSizeTooLarge), _)) => {
-                    return Err(ProducerError::TooLarge {
-                        bytes: payload.map_or(0, <[u8]>::len),
-                    });
+                    return Err(ProducerError::TooLarge { bytes });
                 }
                 Err((e, _)) => return Err(ProducerError::Delivery(e.to_string())),
             }
         }
-        self.sent += 1;
-        self.since_commit += 1;
-        Ok(())
     }
 
     /// Makes everything sent since the last commit durable and visible: a progress marker
@@ -423,22 +432,12 @@ impl Producer {
                 key: TYPE_HEADER,
                 value: Some(TYPE_PROGRESS),
             });
-            let mut rec: BaseRecord<'_, [u8], [u8], ()> = BaseRecord::to(&self.topic)
+            let rec: BaseRecord<'_, [u8], [u8], ()> = BaseRecord::to(&self.topic)
                 .key(&k[..])
                 .payload(&v[..])
                 .partition(p)
                 .headers(headers);
-            loop {
-                match inner.send(rec) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(Code::QueueFull), r)) => {
-                        rec = r;
-                        self.check_failed()?;
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                    Err((e, _)) => return Err(ProducerError::Delivery(e.to_string())),
-                }
-            }
+            self.enqueue(inner, rec)?;
             self.sent += 1;
         }
         Ok(())

@@ -19,6 +19,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "peers/mod.rs"]
+mod peers;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -59,6 +61,8 @@ END";
 struct Report {
     lines: Vec<(String, String, f64, String)>,
     notes: Vec<String>,
+    /// The side-by-side figures of the peers section: (measurement, peer, value, unit).
+    peers: Vec<(String, String, f64, String)>,
 }
 
 impl Report {
@@ -67,6 +71,14 @@ impl Report {
         eprintln!("  {section:<10} {what:<58} {value:>14.digits$} {unit}");
         self.lines
             .push((section.into(), what.into(), value, unit.into()));
+    }
+
+    /// One figure of one peer (frappe-cdc, Debezium, native replication) for the side-by-side
+    /// table; also a line of the main table.
+    fn peer(&mut self, what: &str, peer: &str, value: f64, unit: &str) {
+        self.add("peers", &format!("{peer}: {what}"), value, unit);
+        self.peers
+            .push((what.into(), peer.into(), value, unit.into()));
     }
 
     fn note(&mut self, n: String) {
@@ -327,7 +339,14 @@ async fn ceiling(r: &mut Report, docs: u64) {
 async fn replica_with_arrivals(db: &str) -> Mariadb {
     let replica = Mariadb::start(&[]);
     replica.create_site(db).await;
-    let mut c = replica.conn(db).await;
+    add_arrivals(&mut replica.conn(db).await).await;
+    replica
+}
+
+/// The arrival table and the trigger that stamps each new Sales Invoice on a replica with the
+/// wall clock (`SYSDATE`, not `NOW`: a native replica's SQL thread runs with the primary's
+/// event timestamps, so `NOW` there reads the primary's commit second).
+async fn add_arrivals(c: &mut mysql_async::Conn) {
     c.query_drop(
         "CREATE TABLE bench_arrival (name VARCHAR(140) PRIMARY KEY, applied_at DATETIME(6)) ENGINE=InnoDB",
     )
@@ -335,11 +354,10 @@ async fn replica_with_arrivals(db: &str) -> Mariadb {
     .expect("arrival table");
     c.query_drop(
         "CREATE TRIGGER bench_arrived AFTER INSERT ON `tabSales Invoice` FOR EACH ROW \
-         INSERT IGNORE INTO bench_arrival VALUES (NEW.name, NOW(6))",
+         INSERT IGNORE INTO bench_arrival VALUES (NEW.name, SYSDATE(6))",
     )
     .await
     .expect("trigger");
-    replica
 }
 
 async fn wait_count(c: &mut mysql_async::Conn, prefix: &str, n: u64, timeout: Duration) -> f64 {
@@ -356,6 +374,20 @@ async fn wait_count(c: &mut mysql_async::Conn, prefix: &str, n: u64, timeout: Du
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Commit→arrival lags (ms, sorted) of the documents named `prefix…` on a replica made by
+/// `replica_with_arrivals` (or given its arrival trigger later).
+async fn lags(c: &mut mysql_async::Conn, prefix: &str) -> Vec<f64> {
+    let mut lags: Vec<f64> = c
+        .query(format!(
+            "SELECT TIMESTAMPDIFF(MICROSECOND, s.modified, a.applied_at) / 1000.0 \
+             FROM bench_arrival a JOIN `tabSales Invoice` s USING (name) WHERE a.name LIKE '{prefix}%'"
+        ))
+        .await
+        .expect("lags");
+    lags.sort_by(|a, b| a.total_cmp(b));
+    lags
 }
 
 /// Inserts documents at `rate` per second for `secs` from 4 client connections; returns the
@@ -440,15 +472,7 @@ async fn e2e(r: &mut Report, docs: u64, rates: &[u64], secs: u64) {
         let prefix = format!("LAG{rate}-");
         let (n, achieved) = paced(rig.primary(), &rig.db, &prefix, rate, secs).await;
         wait_count(&mut rc, &prefix, n, Duration::from_secs(1800)).await;
-        let lags: Vec<f64> = rc
-            .query(format!(
-                "SELECT TIMESTAMPDIFF(MICROSECOND, s.modified, a.applied_at) / 1000.0 \
-                 FROM bench_arrival a JOIN `tabSales Invoice` s USING (name) WHERE a.name LIKE '{prefix}%'"
-            ))
-            .await
-            .expect("lags");
-        let mut lags: Vec<f64> = lags.into_iter().collect();
-        lags.sort_by(|a, b| a.total_cmp(b));
+        let lags = lags(&mut rc, &prefix).await;
         r.add(
             "lag",
             &format!("{rate} docs/s target: achieved on primary"),
@@ -489,14 +513,7 @@ async fn e2e(r: &mut Report, docs: u64, rates: &[u64], secs: u64) {
     let prefix = format!("TXLAG{rate}-");
     let (n, _) = paced(rig.primary(), &rig.db, &prefix, rate, secs).await;
     wait_count(&mut rc2, &prefix, n, Duration::from_secs(1800)).await;
-    let mut lags: Vec<f64> = rc2
-        .query(format!(
-            "SELECT TIMESTAMPDIFF(MICROSECOND, s.modified, a.applied_at) / 1000.0 \
-             FROM bench_arrival a JOIN `tabSales Invoice` s USING (name) WHERE a.name LIKE '{prefix}%'"
-        ))
-        .await
-        .expect("lags");
-    lags.sort_by(|a, b| a.total_cmp(b));
+    let lags = lags(&mut rc2, &prefix).await;
     for (p, name) in [(0.5, "p50"), (0.95, "p95"), (0.99, "p99")] {
         r.add(
             "lag",
@@ -530,8 +547,14 @@ fn start_replica() -> Mariadb {
 }
 
 /// A fresh native replica of `primary` from `pos0`, timed from START SLAVE until it has
-/// applied up to `end`: (seconds, replica mariadbd CPU seconds).
-async fn native_round(primary: &Mariadb, db: &str, pos0: &str, end: &str, docs: u64) -> (f64, f64) {
+/// applied up to `end`: (seconds, replica mariadbd CPU seconds, the replica, still replicating).
+async fn native_round(
+    primary: &Mariadb,
+    db: &str,
+    pos0: &str,
+    end: &str,
+    docs: u64,
+) -> (f64, f64, Mariadb) {
     let native = start_replica();
     native.create_site(db).await;
     let mut nc = native.conn(db).await;
@@ -559,7 +582,7 @@ async fn native_round(primary: &Mariadb, db: &str, pos0: &str, end: &str, docs: 
     )
     .await;
     assert_eq!(n, docs, "native replica holds every document");
-    (secs, cpu)
+    (secs, cpu, native)
 }
 
 /// A running `frappe-cdc apply` that caught up on the backlog, with its replica.
@@ -577,35 +600,20 @@ struct ApplyRound {
 /// consistency, the default since it measured as fast, is run and reported beside it).
 const DOCUMENT: &[&str] = &["--consistency", "document"];
 
-/// A fresh replica and `frappe-cdc apply` (consumer group `group`) timed from the process
-/// start until the replica holds the `docs` backlog documents.
-async fn apply_round(
+/// `frappe-cdc apply` of `topic` into `replica` in consumer group `group`.
+fn spawn_apply(
+    replica: &Mariadb,
+    db: &str,
     bootstrap: &str,
     topic: &str,
     group: &str,
-    db: &str,
-    docs: u64,
+    metrics_port: u16,
     extra: &[&str],
-) -> ApplyRound {
-    let replica = start_replica();
-    replica.create_site(db).await;
-    let mut ac = replica.conn(db).await;
-    let t = Instant::now();
-    let replica_cpu0 = cpu_secs(replica.pid);
+) -> KillOnDrop {
     let rurl = replica.replica_url(db);
-    let metrics_port = free_port();
     let child = std::process::Command::new(binary())
-        .args([
-            "apply",
-            "--replica",
-            &rurl,
-            "--brokers",
-            bootstrap,
-            "--topic",
-            topic,
-            "--group",
-            group,
-        ])
+        .args(["apply", "--replica", &rurl, "--brokers", bootstrap])
+        .args(["--topic", topic, "--group", group])
         .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
         .args(extra)
         // Extra apply flags to compare settings, e.g. FRAPPE_CDC_BENCH_APPLY_ARGS="--batch-size 200".
@@ -621,7 +629,26 @@ async fn apply_round(
         )
         .spawn()
         .expect("spawn apply");
-    let process = KillOnDrop(child);
+    KillOnDrop(child)
+}
+
+/// A fresh replica and `frappe-cdc apply` (consumer group `group`) timed from the process
+/// start until the replica holds the `docs` backlog documents.
+async fn apply_round(
+    bootstrap: &str,
+    topic: &str,
+    group: &str,
+    db: &str,
+    docs: u64,
+    extra: &[&str],
+) -> ApplyRound {
+    let replica = start_replica();
+    replica.create_site(db).await;
+    let mut ac = replica.conn(db).await;
+    let t = Instant::now();
+    let replica_cpu0 = cpu_secs(replica.pid);
+    let metrics_port = free_port();
+    let process = spawn_apply(&replica, db, bootstrap, topic, group, metrics_port, extra);
     let rss = PeakRss::watch(process.id());
     loop {
         let got: u64 = q1(
@@ -721,7 +748,7 @@ async fn backlog(r: &mut Report, docs: u64, big_rows: u64, apply_window: Duratio
     let end: String = q1(&mut pc, "SELECT @@gtid_binlog_pos").await;
 
     // Round 1, reported in full; its apply keeps running for the big transaction below.
-    let (native_secs, native_cpu) = native_round(&primary, db, &pos0, &end, docs).await;
+    let (native_secs, native_cpu, _) = native_round(&primary, db, &pos0, &end, docs).await;
     r.add(
         "backlog",
         "native replication catch-up",
@@ -795,7 +822,7 @@ async fn backlog(r: &mut Report, docs: u64, big_rows: u64, apply_window: Duratio
     let (mut natives, mut applies) = (vec![native_secs], vec![apply_secs]);
     let mut ratios = vec![apply_secs / native_secs];
     for round in 2..=rounds {
-        let (ns, _) = native_round(&primary, db, &pos0, &end, docs).await;
+        let (ns, _, _) = native_round(&primary, db, &pos0, &end, docs).await;
         let a = apply_round(
             &bootstrap,
             topic,
@@ -1229,6 +1256,7 @@ fn main() {
     let mut r = Report {
         lines: Vec::new(),
         notes: Vec::new(),
+        peers: Vec::new(),
     };
     let started = Instant::now();
     rt.block_on(async {
@@ -1252,6 +1280,9 @@ fn main() {
         if run("writes") {
             writes(&mut r, 110_000 / k).await;
         }
+        if run("peers") {
+            peers::run(&mut r, 20_000 / k, if quick { 3 } else { 10 }).await;
+        }
     });
     let m = machine();
     println!();
@@ -1273,12 +1304,20 @@ fn main() {
     for n in &r.notes {
         println!("\nnote: {n}");
     }
+    let side = peers::side_by_side(&r.peers);
+    if !r.peers.is_empty() {
+        println!(
+            "\nSide by side (same primary, broker, backlog and workload):\n{}",
+            side.0
+        );
+    }
     let out = json!({
         "machine": m,
         "quick": quick,
         "seconds": started.elapsed().as_secs_f64(),
         "results": r.lines.iter().map(|(s, w, v, u)| json!({"section": s, "measurement": w.trim(), "value": v, "unit": u})).collect::<Vec<_>>(),
         "notes": r.notes,
+        "peers": side.1,
     });
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     let _ = std::fs::create_dir_all(&dir);

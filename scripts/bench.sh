@@ -5,11 +5,13 @@
 # writes JSON to target/bench/latest.json. Not a test: nothing fails on speed.
 #   scripts/bench.sh            full run (about 10 minutes on 2 cores)
 #   scripts/bench.sh --quick    every size / 10, a smoke run
-#   scripts/bench.sh --only ceiling,e2e,backlog,writes
+#   scripts/bench.sh --only ceiling,e2e,backlog,writes,peers
+#                               (peers: Debezium and native replication beside frappe-cdc)
 #   scripts/bench.sh --rounds 5  apply-vs-native pairs on fresh replicas (median reported; default 3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/install-deps.sh
+. scripts/install-debezium.sh
 export FRAPPE_CDC_TEST_DIR="${FRAPPE_CDC_BENCH_DIR:-${TMPDIR:-/tmp}/frappe-cdc-bench}"
 rm -rf "$FRAPPE_CDC_TEST_DIR"
 exec cargo bench --quiet --bench pipeline -- "$@"

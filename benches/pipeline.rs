@@ -364,16 +364,27 @@ async fn add_arrivals(c: &mut mysql_async::Conn) {
 }
 
 async fn wait_count(c: &mut mysql_async::Conn, prefix: &str, n: u64, timeout: Duration) -> f64 {
-    let t = Instant::now();
     let sql = format!("SELECT COUNT(*) FROM bench_arrival WHERE name LIKE '{prefix}%'");
+    wait_sql(c, &sql, n, timeout, prefix).await
+}
+
+/// Waits until `sql` (a count) reaches `want`; seconds taken.
+async fn wait_sql(
+    c: &mut mysql_async::Conn,
+    sql: &str,
+    want: u64,
+    timeout: Duration,
+    what: &str,
+) -> f64 {
+    let t = Instant::now();
     loop {
-        let got: u64 = q1(c, &sql).await;
-        if got >= n {
+        let got: u64 = q1(c, sql).await;
+        if got >= want {
             return t.elapsed().as_secs_f64();
         }
         assert!(
             t.elapsed() < timeout,
-            "{prefix}: {got} of {n} arrived after {timeout:?}"
+            "{what}: {got} of {want} after {timeout:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -86,18 +86,23 @@ async fn wait_offsets(bootstrap: &str, topics: &[String], want: i64, timeout: Du
 
 /// Waits until `sql` (a count) reaches `want`; seconds taken.
 async fn wait_rows(c: &mut mysql_async::Conn, sql: &str, want: u64, what: &str) -> f64 {
+    crate::wait_sql(c, sql, want, Duration::from_secs(1800), what).await
+}
+
+/// Resumes Debezium's source and waits until it has produced `rows` more records to `topics`;
+/// seconds taken.
+async fn debezium_capture(connect: &Connect, bootstrap: &str, topics: &[String], rows: u64) -> f64 {
+    let base = end_offsets(bootstrap, topics);
     let t = Instant::now();
-    loop {
-        let got: u64 = q1(c, sql).await;
-        if got >= want {
-            return t.elapsed().as_secs_f64();
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(1800),
-            "{what}: {got} of {want} rows after 30 min"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    connect.resume("dbz-source").await;
+    wait_offsets(
+        bootstrap,
+        topics,
+        base + rows as i64,
+        Duration::from_secs(1800),
+    )
+    .await;
+    t.elapsed().as_secs_f64()
 }
 
 /// CHECKSUM TABLE of the two tables the bench writes.
@@ -241,18 +246,8 @@ pub async fn run(r: &mut Report, docs: u64, secs: u64) {
         rows as f64 / csecs,
         "rows/s",
     );
-    let base = end_offsets(&bootstrap, &topics);
     let connect_rss = PeakRss::watch(connect.pid());
-    let t = Instant::now();
-    connect.resume("dbz-source").await;
-    wait_offsets(
-        &bootstrap,
-        &topics,
-        base + rows as i64,
-        Duration::from_secs(1800),
-    )
-    .await;
-    let dsecs = t.elapsed().as_secs_f64();
+    let dsecs = debezium_capture(&connect, &bootstrap, &topics, rows).await;
     r.peer(
         "capture of the new-documents backlog into Kafka",
         DBZ,
@@ -377,20 +372,11 @@ pub async fn run(r: &mut Report, docs: u64, secs: u64) {
         rows as f64 / csecs,
         "rows/s",
     );
-    let base = end_offsets(&bootstrap, &topics);
-    let t = Instant::now();
-    connect.resume("dbz-source").await;
-    wait_offsets(
-        &bootstrap,
-        &topics,
-        base + rows as i64,
-        Duration::from_secs(1800),
-    )
-    .await;
+    let dsecs = debezium_capture(&connect, &bootstrap, &topics, rows).await;
     r.peer(
         "capture of the updates backlog into Kafka",
         DBZ,
-        rows as f64 / t.elapsed().as_secs_f64(),
+        rows as f64 / dsecs,
         "rows/s",
     );
     let end: String = q1(&mut pc, "SELECT @@gtid_binlog_pos").await;

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # frappe-cdc benchmarks: starts its own MariaDB servers and broker on loopback (like the tests),
 # measures capture's decode ceiling, end-to-end throughput and lag, apply vs MariaDB native
-# replication on a 50k-document backlog, peak memory and snapshot speed, and Debezium and native
-# replication side by side with frappe-cdc (peers), prints tables and writes JSON to
-# target/bench/latest.json. Not a test: nothing fails on speed.
+# replication on a 50k-document backlog and on saves of 15k existing documents, peak memory
+# and snapshot speed, and Debezium and native replication side by side with frappe-cdc
+# (peers), prints tables and writes JSON to target/bench/latest.json. Not a test: nothing
+# fails on speed. FRAPPE_CDC_BENCH_PERF=<folder> records perf profiles of the updates section.
 #   scripts/bench.sh            full run (under 20 minutes from a clean clone on 2 cores,
 #                               build and Debezium download included)
 #   scripts/bench.sh --quick    every size / 10, a smoke run
-#   scripts/bench.sh --only ceiling,e2e,backlog,peers,writes
+#   scripts/bench.sh --only ceiling,e2e,backlog,updates,peers,writes
 #                               (writes runs only when named)
 #   scripts/bench.sh --rounds 5  apply-vs-native pairs on fresh replicas (median reported; default 3)
 set -euo pipefail

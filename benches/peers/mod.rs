@@ -20,6 +20,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde_json::{Value, json};
 
 use crate::common::servers::{KillOnDrop, Mariadb, PRIMARY_ARGS, free_port, scratch_dir};
+use crate::updates::saved_rows_sql;
 use crate::{
     PeakRss, Report, add_arrivals, apply_round, binary, capture_to_end, cpu_secs, install_proc,
     lags, native_round, paced, pct, q1, spawn_apply, start_replica, wait_count, write_docs,
@@ -30,78 +31,88 @@ const FC: &str = "frappe-cdc";
 const DBZ: &str = "Debezium";
 const NAT: &str = "native replication";
 
-/// One Frappe-like save of each of `n` documents `prefix0…`: the parent and its item rows,
-/// one transaction each.
-const UPDATES: &str = "CREATE PROCEDURE bench_updates(IN prefix VARCHAR(40), IN n INT)
-BEGIN
-  DECLARE i INT DEFAULT 0;
-  WHILE i < n DO
-    START TRANSACTION;
-    UPDATE `tabSales Invoice` SET modified = NOW(6), total = total + 100, grand_total = grand_total + 100,
-      outstanding_amount = outstanding_amount + 100, status = 'Unpaid' WHERE name = CONCAT(prefix, i);
-    UPDATE `tabSales Invoice Item` SET modified = NOW(6), qty = qty + 1, amount = amount + 100
-      WHERE parent = CONCAT(prefix, i);
-    COMMIT;
-    SET i = i + 1;
-  END WHILE;
-END";
-
 /// Rows of the backlog documents present on a server (parent + items).
 const NEW_ROWS: &str = "SELECT (SELECT COUNT(*) FROM `tabSales Invoice` WHERE name LIKE 'BL-%') \
      + (SELECT COUNT(*) FROM `tabSales Invoice Item` WHERE parent LIKE 'BL-%')";
-/// Rows of the backlog documents that carry the update.
-const UPDATED_ROWS: &str = "SELECT (SELECT COUNT(*) FROM `tabSales Invoice` WHERE name LIKE 'BL-%' AND status = 'Unpaid') \
-     + (SELECT COUNT(*) FROM `tabSales Invoice Item` WHERE parent LIKE 'BL-%' AND qty = 2)";
-
-/// Sum of the end offsets of `topics` (0 for a topic not created yet).
-fn end_offsets(bootstrap: &str, topics: &[String]) -> i64 {
-    let c: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "bench-peers-offsets")
-        .create()
-        .expect("consumer");
-    topics
-        .iter()
-        .map(|t| {
-            c.fetch_watermarks(t, 0, Duration::from_secs(5))
-                .map_or(0, |(_, hi)| hi)
-        })
-        .sum()
+/// Reads the end offsets of Debezium's topics with one client for the section (a client per
+/// reading, every 100 ms, would load the broker that Debezium's figures come from).
+struct Offsets {
+    bootstrap: String,
+    topics: Vec<String>,
+    client: Option<BaseConsumer>,
 }
 
-async fn wait_offsets(bootstrap: &str, topics: &[String], want: i64, timeout: Duration) -> f64 {
-    let t = Instant::now();
-    loop {
-        let got = end_offsets(bootstrap, topics);
-        if got >= want {
-            return t.elapsed().as_secs_f64();
+impl Offsets {
+    fn new(bootstrap: &str, topics: &[String]) -> Offsets {
+        Offsets {
+            bootstrap: bootstrap.into(),
+            topics: topics.to_vec(),
+            client: None,
         }
-        assert!(
-            t.elapsed() < timeout,
-            "Debezium: {got} of {want} records after {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    /// Sum of the topics' end offsets (0 for a topic not created yet). A failed query drops
+    /// the client, so that a topic created later is seen by a new one.
+    fn sum(&mut self) -> i64 {
+        let bootstrap = &self.bootstrap;
+        let c = self.client.get_or_insert_with(|| {
+            rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", bootstrap)
+                .set("group.id", "bench-peers-offsets")
+                .create()
+                .expect("consumer")
+        });
+        let mut failed = false;
+        let sum = self
+            .topics
+            .iter()
+            .map(|t| match c.fetch_watermarks(t, 0, Duration::from_secs(5)) {
+                Ok((_, hi)) => hi,
+                Err(_) => {
+                    failed = true;
+                    0
+                }
+            })
+            .sum();
+        if failed {
+            self.client = None;
+        }
+        sum
+    }
+
+    /// Waits until the sum reaches `want`; seconds taken.
+    async fn wait(&mut self, want: i64, timeout: Duration) -> f64 {
+        let t = Instant::now();
+        loop {
+            let got = self.sum();
+            if got >= want {
+                return t.elapsed().as_secs_f64();
+            }
+            assert!(
+                t.elapsed() < timeout,
+                "Debezium: {got} of {want} records after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 
 /// Waits until `sql` (a count) reaches `want`; seconds taken.
 async fn wait_rows(c: &mut mysql_async::Conn, sql: &str, want: u64, what: &str) -> f64 {
-    crate::wait_sql(c, sql, want, Duration::from_secs(1800), what).await
+    // Every half second: these counts scan the backlog's rows on the replica being measured.
+    let poll = Duration::from_millis(500);
+    crate::wait_sql(c, sql, want, Duration::from_secs(1800), what, poll).await
 }
 
-/// Resumes Debezium's source and waits until it has produced `rows` more records to `topics`;
-/// seconds taken.
-async fn debezium_capture(connect: &Connect, bootstrap: &str, topics: &[String], rows: u64) -> f64 {
-    let base = end_offsets(bootstrap, topics);
+/// Resumes Debezium's source and waits until it has produced `rows` more records to its
+/// topics; seconds taken.
+async fn debezium_capture(connect: &Connect, offsets: &mut Offsets, rows: u64) -> f64 {
+    let base = offsets.sum();
     let t = Instant::now();
     connect.resume("dbz-source").await;
-    wait_offsets(
-        bootstrap,
-        topics,
-        base + rows as i64,
-        Duration::from_secs(1800),
-    )
-    .await;
+    offsets
+        .wait(base + rows as i64, Duration::from_secs(1800))
+        .await;
     t.elapsed().as_secs_f64()
 }
 
@@ -195,7 +206,9 @@ pub async fn run(r: &mut Report, docs: u64, secs: u64) {
     primary.create_site(db).await;
     let mut pc = primary.conn(db).await;
     install_proc(&mut pc).await;
-    pc.query_drop(UPDATES).await.expect("updates procedure");
+    pc.query_drop(crate::updates::UPDATES)
+        .await
+        .expect("updates procedure");
     let pos0: String = q1(&mut pc, "SELECT @@gtid_binlog_pos").await;
     let url = primary.cdc_url(db);
     let topic = "pe-docs";
@@ -223,7 +236,8 @@ pub async fn run(r: &mut Report, docs: u64, secs: u64) {
     // after the task starts): a warm-up document written before that is never streamed. Write
     // one every 2 s until one arrives.
     let mut warm = 0;
-    while end_offsets(&bootstrap, &topics) == 0 {
+    let mut offsets = Offsets::new(&bootstrap, &topics);
+    while offsets.sum() == 0 {
         assert!(
             t.elapsed() < Duration::from_secs(180),
             "Debezium streamed none of {warm} warm-up documents in 180 s"
@@ -234,7 +248,7 @@ pub async fn run(r: &mut Report, docs: u64, secs: u64) {
         warm += 1;
         let _ = tokio::time::timeout(
             Duration::from_secs(2),
-            wait_offsets(&bootstrap, &topics, 11, Duration::from_secs(3600)),
+            offsets.wait(11, Duration::from_secs(3600)),
         )
         .await;
     }
@@ -277,7 +291,7 @@ pub async fn run(r: &mut Report, docs: u64, secs: u64) {
         "rows/s",
     );
     let connect_rss = PeakRss::watch(connect.pid());
-    let dsecs = debezium_capture(&connect, &bootstrap, &topics, rows).await;
+    let dsecs = debezium_capture(&connect, &mut offsets, rows).await;
     r.peer(
         "capture of the new-documents backlog into Kafka",
         DBZ,
@@ -389,6 +403,8 @@ pub async fn run(r: &mut Report, docs: u64, secs: u64) {
     pc.exec_drop("CALL bench_updates('BL-', ?)", (docs,))
         .await
         .expect("updates");
+    // Applied last by frappe-cdc (one partition) and native replication (one SQL thread).
+    write_docs(&mut pc, "END1-", 1).await;
     r.add(
         "peers",
         &format!("primary: update {docs} documents"),
@@ -402,7 +418,7 @@ pub async fn run(r: &mut Report, docs: u64, secs: u64) {
         rows as f64 / csecs,
         "rows/s",
     );
-    let dsecs = debezium_capture(&connect, &bootstrap, &topics, rows).await;
+    let dsecs = debezium_capture(&connect, &mut offsets, rows).await;
     r.peer(
         "capture of the updates backlog into Kafka",
         DBZ,
@@ -427,8 +443,10 @@ pub async fn run(r: &mut Report, docs: u64, secs: u64) {
     let cpu0 = cpu_secs(fc_replica.pid);
     let t = Instant::now();
     let apply = spawn_apply(&fc_replica, db, &bootstrap, topic, "pe", free_port(), &[]);
-    wait_rows(&mut ac, UPDATED_ROWS, rows, "frappe-cdc apply").await;
+    crate::updates::wait_sentinel(&mut ac, "END1-0", "frappe-cdc apply").await;
     let asecs = t.elapsed().as_secs_f64();
+    let saved: u64 = q1(&mut ac, &saved_rows_sql(1)).await;
+    assert_eq!(saved, rows, "frappe-cdc's replica holds every saved row");
     r.peer("catch-up, updates", FC, docs as f64 / asecs, "docs/s");
     r.peer(
         "replica CPU per row, updates",
@@ -439,7 +457,7 @@ pub async fn run(r: &mut Report, docs: u64, secs: u64) {
     let cpu0 = cpu_secs(dbz_replica.pid);
     let t = Instant::now();
     connect.resume("dbz-sink").await;
-    wait_rows(&mut dc, UPDATED_ROWS, rows, "Debezium sink").await;
+    wait_rows(&mut dc, &saved_rows_sql(1), rows, "Debezium sink").await;
     let dsecs = t.elapsed().as_secs_f64();
     r.peer("catch-up, updates", DBZ, docs as f64 / dsecs, "docs/s");
     r.peer(

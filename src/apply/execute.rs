@@ -16,9 +16,9 @@
 use std::collections::BTreeSet;
 
 use mysql_async::Transaction;
+use mysql_async::Value as MyValue;
 
 use super::control::{self, ConflictRecord, EventKey};
-use super::literal;
 use super::outcome::reason_kind;
 use super::plan::{Plan, Seen, Step};
 use super::replica::{ReplicaError, SchemaCache, write_doc};
@@ -28,6 +28,8 @@ use crate::files::status::{self, Enqueued};
 
 mod setwise;
 mod upserts;
+
+pub(crate) use upserts::STMT_CACHE;
 
 /// How the plan's writes reach the replica (module docs).
 pub enum Writer<'m> {
@@ -149,26 +151,19 @@ async fn mark_applied(
     tx: &mut Transaction<'_>,
     marks: &[(&str, &str, EventKey)],
 ) -> Result<(), ReplicaError> {
-    let tuples: Vec<String> = marks
-        .iter()
-        .map(|(dt, n, k)| {
-            let mut t = String::with_capacity(dt.len() + n.len() + 64);
-            t.push('(');
-            literal::push_str(&mut t, dt);
-            t.push(',');
-            literal::push_str(&mut t, n);
-            t.push_str(&format!(
-                ",{},{},{},current_timestamp(6))",
-                k.domain, k.seq, k.doc_index
-            ));
-            t
-        })
-        .collect();
-    upserts::send_values(
-        tx,
+    let rows = marks.iter().map(|(dt, n, k)| {
+        vec![
+            MyValue::from(*dt),
+            MyValue::from(*n),
+            MyValue::from(k.domain),
+            MyValue::from(k.seq),
+            MyValue::from(k.doc_index),
+        ]
+    });
+    let sql = (
         "INSERT INTO `_frappe_cdc_applied` (doctype, name, domain_id, seq_no, doc_index, applied_at) VALUES ",
-        &tuples,
+        Some("(?, ?, ?, ?, ?, current_timestamp(6))"),
         " ON DUPLICATE KEY UPDATE seq_no = VALUES(seq_no), doc_index = VALUES(doc_index), applied_at = VALUES(applied_at)",
-    )
-    .await
+    );
+    upserts::send_prepared(tx, sql, 5, upserts::params_of(rows)).await
 }

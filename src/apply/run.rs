@@ -203,9 +203,11 @@ pub async fn run(
     metrics: ApplyMetrics,
     shutdown: CancellationToken,
 ) -> Result<(), ApplyError> {
-    // Serves the in-memory files of the bulk path's LOAD DATA LOCAL statements (only those).
+    // Serves the in-memory files of the bulk path's LOAD DATA LOCAL statements (only those);
+    // keeps the upserts' prepared statements (`execute/upserts.rs`).
     let opts = mysql_async::OptsBuilder::from_opts(cfg.replica.opts.clone())
-        .local_infile_handler(Some(super::infile::handler));
+        .local_infile_handler(Some(super::infile::handler))
+        .stmt_cache_size(super::execute::STMT_CACHE);
     let pool = Pool::new(opts);
     let mut conn = loop {
         match pool.get_conn().await {

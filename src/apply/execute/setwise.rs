@@ -3,8 +3,8 @@
 //! Removals first (deleted documents, then child rows that left their document: a child row
 //! may move to another document of the batch), then the rows of documents the replica does not
 //! have through `LOAD DATA LOCAL INFILE` (`infile.rs`; every row must be stored without a
-//! warning, else [`ReplicaError::LoadMismatch`]) and multi-row upserts of the rest
-//! (`literal.rs`). Singles and renames never come here (`bulk.rs` refuses them).
+//! warning, else [`ReplicaError::LoadMismatch`]) and prepared multi-row upserts of the
+//! rest (`upserts.rs`). Singles and renames never come here (`bulk.rs` refuses them).
 
 use std::collections::{BTreeMap, HashSet};
 

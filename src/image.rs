@@ -33,7 +33,7 @@ pub type Col = Arc<str>;
 const INTERNED_MAX: usize = 16_384;
 
 /// The shared copy of column name `s` (interned per thread).
-fn intern(s: &str) -> Col {
+pub fn intern(s: &str) -> Col {
     thread_local! {
         // foldhash, not SipHash (which made interning ~7 % of apply's CPU): the table is
         // bounded (INTERNED_MAX) and foldhash is seeded per process, so names crafted by a
@@ -66,6 +66,27 @@ impl Row {
     /// The value of `column` when it is a string.
     pub fn str(&self, column: &str) -> Option<&str> {
         self.get(column).and_then(Value::as_str)
+    }
+
+    /// A row of `pairs` whose columns the caller knows to be distinct (a result set's, read
+    /// from one table): no search per column, as [`Row::insert`] does.
+    pub fn from_distinct(pairs: Vec<(Col, Value)>) -> Row {
+        debug_assert!(Row(pairs.clone()).duplicate().is_none());
+        Row(pairs)
+    }
+
+    /// The value of `column`, looked up at `i` first (rows of one table usually list their
+    /// columns in the same order), then by name.
+    pub fn get_at(&self, i: usize, column: &Col) -> Option<&Value> {
+        match self.0.get(i) {
+            Some((k, v)) if Arc::ptr_eq(k, column) || **k == **column => Some(v),
+            _ => self.get(column),
+        }
+    }
+
+    /// (column, value) pairs with the shared column names.
+    pub fn pairs(&self) -> impl Iterator<Item = &(Col, Value)> {
+        self.0.iter()
     }
 
     /// Sets `column` (replacing its value when present, else appending it).

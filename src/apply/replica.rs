@@ -18,7 +18,9 @@ use serde_json::Value;
 pub use super::schema::{COLUMNS_RECHECK, SchemaCache};
 pub use super::sql::ReplicaError;
 pub(crate) use super::sql::{CHUNK, marks, q};
-use crate::image::{Image, Row as ImageRow};
+use std::sync::Arc;
+
+use crate::image::{Col, Image, Row as ImageRow, intern};
 
 use crate::cell::{CellKind, binary_from_json, cell_json};
 
@@ -62,20 +64,25 @@ pub(crate) async fn select_rows(
 ) -> Result<Vec<ImageRow>, ReplicaError> {
     let rows: Vec<Row> = tx.exec(sql, params).await?;
     let mut out = Vec::with_capacity(rows.len());
+    // The result's columns, named once (one table's: distinct names).
+    let mut names: Vec<Col> = Vec::new();
+    let mut kinds: Vec<CellKind> = Vec::new();
     for row in rows {
         let cols = row.columns();
-        let vals = row.unwrap();
-        let mut m = ImageRow::default();
-        for (c, v) in cols.iter().zip(vals) {
-            let j = cell_json(&CellKind::from_result_column(c), v, false).map_err(|_| {
-                ReplicaError::Decode {
-                    table: table.to_string(),
-                    column: c.name_str().into_owned(),
-                }
-            })?;
-            m.insert(c.name_str().into_owned(), j);
+        if names.is_empty() {
+            names = cols.iter().map(|c| intern(&c.name_str())).collect();
+            kinds = cols.iter().map(CellKind::from_result_column).collect();
         }
-        out.push(m);
+        let vals = row.unwrap();
+        let mut pairs = Vec::with_capacity(vals.len());
+        for ((c, kind), v) in names.iter().zip(&kinds).zip(vals) {
+            let j = cell_json(kind, v, false).map_err(|_| ReplicaError::Decode {
+                table: table.to_string(),
+                column: c.to_string(),
+            })?;
+            pairs.push((Arc::clone(c), j));
+        }
+        out.push(ImageRow::from_distinct(pairs));
     }
     Ok(out)
 }

@@ -131,9 +131,35 @@ impl Mariadb {
 
     fn launch(&mut self) {
         // A restart keeps the port, so clients reconnect to the same address.
-        if self.port == 0 {
+        let fresh = self.port == 0;
+        if fresh {
             self.port = free_port();
         }
+        for attempt in 1.. {
+            match self.launch_once() {
+                Ok(()) => return,
+                Err(log) if attempt < 5 && log.contains("Address already in use") => {
+                    // Another process took the port between `free_port` and mariadbd's bind
+                    // (a fresh server takes another one), or a restart's old socket lingers.
+                    if fresh {
+                        self.port = free_port();
+                    } else {
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                }
+                Err(log) => panic!("mariadbd on port {} did not start:\n{log}", self.port),
+            }
+        }
+    }
+
+    /// Starts mariadbd once and waits until it answers; the error log's new lines when it
+    /// exits or does not answer within 60 s.
+    fn launch_once(&mut self) -> Result<(), String> {
+        let log_at = std::fs::metadata(self.dir.join("error.log")).map_or(0, |m| m.len());
+        let new_log = |dir: &Path| {
+            let log = std::fs::read(dir.join("error.log")).unwrap_or_default();
+            String::from_utf8_lossy(log.get(log_at as usize..).unwrap_or(&[])).into_owned()
+        };
         let d = &self.dir;
         let mut cmd = Command::new("mariadbd");
         cmd.arg("--no-defaults")
@@ -183,12 +209,16 @@ impl Mariadb {
             if ok {
                 break;
             }
+            let exited = self
+                .child
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+            if exited {
+                self.child = None;
+                return Err(new_log(&self.dir));
+            }
             if Instant::now() > deadline {
-                let log = std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default();
-                panic!(
-                    "mariadbd on port {} not ready after 60 s:\n{log}",
-                    self.port
-                );
+                return Err(format!("not ready after 60 s:\n{}", new_log(&self.dir)));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -196,6 +226,7 @@ impl Mariadb {
             "CREATE USER IF NOT EXISTS 'admin'@'%' IDENTIFIED BY 'adminpass'; GRANT ALL ON *.* TO 'admin'@'%' WITH GRANT OPTION; \
              CREATE USER IF NOT EXISTS 'cdc'@'%' IDENTIFIED BY 'cdcpass'; GRANT SELECT, REPLICATION SLAVE, BINLOG MONITOR ON *.* TO 'cdc'@'%';",
         );
+        Ok(())
     }
 
     /// Runs SQL as root over the socket with the command line client.

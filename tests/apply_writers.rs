@@ -103,12 +103,15 @@ async fn split_batches_are_atomic_exactly_once_and_conflict_checked() {
         f.insert_invoice(inv).await;
     }
     rig.capture().await;
-    // Apply is started after the capture so that the 200 documents are normally fetched
-    // together, but the first poll only takes what the first fetch returned: a CI run once got
-    // a first batch too small to split (under 2 x 32 documents), which is then retried as it
-    // is for as long as the offsets write fails. Such a start is recognised (retries without
-    // any split) and apply is restarted, at most three times; the batch it retries always
-    // starts at the same stored offset, so nothing of the test's claim changes.
+    // Apply is started after the capture so that the 200 documents are fetched together, but
+    // the first poll only takes what the first fetch returned, at most
+    // max.partition.fetch.bytes (apply's default 1 MiB may hold fewer than 64 of these
+    // documents, depending on how capture's record batches fell): a first batch too small to
+    // split (under 2 x 32 documents) is then retried as it is for as long as the offsets write fails (a third of
+    // the runs on 2026-12-07). So this apply fetches up to 8 MiB at once. Should a start
+    // still give a small batch (retries without any split), apply is restarted, at most three
+    // times; the batch it retries always starts at the same stored offset, so nothing of the
+    // test's claim changes.
     let mut attempt = 0;
     let (apply, _port) = loop {
         attempt += 1;
@@ -116,7 +119,16 @@ async fn split_batches_are_atomic_exactly_once_and_conflict_checked() {
         let apply = rig.spawn_apply(
             &rurl,
             port,
-            &["--consistency", "document", "--writers", "2"],
+            &[
+                "--consistency",
+                "document",
+                "--writers",
+                "2",
+                "--kafka-option",
+                "max.partition.fetch.bytes=8388608",
+                "--kafka-option",
+                "fetch.max.bytes=8388608",
+            ],
         );
         let split = common::wait_for(Duration::from_secs(60), || async {
             let rolled = metric(

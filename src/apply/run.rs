@@ -249,24 +249,28 @@ pub async fn run(
     let stored = control::stored_offsets(&mut conn, &cfg.group, &cfg.topic).await?;
     drop(conn);
     let mut consumer_cfg = ClientConfig::new();
+    // Tuning defaults, which --kafka-option may override:
+    // Bounded prefetch: ~4 MiB queued and 4 MiB a fetch (librdkafka's defaults are 64 MiB
+    // and 50 MiB); the 16 MiB of each took ~25 MiB of apply's peak RSS in the backlog
+    // bench with no gain in speed. A message larger than a fetch (capture sends up to
+    // 16 MiB) still arrives: the broker returns an oversized first batch whole (KIP-74;
+    // tests/apply_e2e.rs `a_message_larger_than_a_fetch_is_applied`).
+    consumer_cfg
+        .set("fetch.wait.max.ms", "50")
+        .set("fetch.max.bytes", "4194304")
+        .set("queued.max.messages.kbytes", "4096")
+        .set("max.partition.fetch.bytes", "1048576");
     for (k, v) in &cfg.kafka_options {
         consumer_cfg.set(k, v);
     }
+    // What apply's guarantees rest on, whatever --kafka-option says.
     let consumer: BaseConsumer<HealthContext> = consumer_cfg
         .set("bootstrap.servers", &cfg.brokers)
         .set("group.id", &cfg.group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("fetch.wait.max.ms", "50")
-        // Bounded prefetch: ~4 MiB queued and 4 MiB a fetch (librdkafka's defaults are 64 MiB
-        // and 50 MiB); the 16 MiB of each took ~25 MiB of apply's peak RSS in the backlog
-        // bench with no gain in speed. A message larger than a fetch (capture sends up to
-        // 16 MiB) still arrives: the broker returns an oversized first batch whole (KIP-74;
-        // tests/apply_e2e.rs `a_message_larger_than_a_fetch_is_applied`).
-        .set("fetch.max.bytes", "4194304")
-        .set("queued.max.messages.kbytes", "4096")
-        .set("max.partition.fetch.bytes", "1048576")
         .set("statistics.interval.ms", STATS_INTERVAL_MS)
+        .set("isolation.level", "read_committed")
         // I9 (ARCHITECTURE.md). Offsets come from the replica; one the topic no longer holds must stop apply, not
         // jump to the end (librdkafka's default) and skip documents.
         .set("auto.offset.reset", "error")

@@ -7,9 +7,9 @@
 //!    a null sink — against raw binlog transport (same stream, no decoding) as the baseline;
 //! 2. end-to-end: primary commit → replica applied, at the primary's maximum write rate, and
 //!    commit→apply lag percentiles at fixed rates (replica trigger timestamps vs `modified`);
-//! 3. apply vs MariaDB native replication catching up on the same 50,000-document backlog;
-//! 4. peak RSS (VmHWM) of capture and apply: the backlog and a 500,000-row transaction;
-//! 5. initial snapshot rows/s of the backlog site (550k rows);
+//! 3. apply vs MariaDB native replication catching up on the same 40,000-document backlog;
+//! 4. peak RSS (VmHWM) of capture and apply: the backlog and a 300,000-row transaction;
+//! 5. initial snapshot rows/s of the backlog site (440k rows);
 //! 6. updates: apply vs native replication on backlogs of saves of existing documents
 //!    (`updates/mod.rs`);
 //! 7. peers: Debezium and native replication beside frappe-cdc (`peers/mod.rs`);
@@ -1346,7 +1346,7 @@ fn main() {
         timed("ceiling", t);
         let t = Instant::now();
         if run("e2e") {
-            let secs = if quick { 3 } else { 10 };
+            let secs = if quick { 3 } else { 6 };
             e2e(&mut r, 10_000 / k, &[1_000, 5_000], secs).await;
         }
         timed("e2e", t);
@@ -1354,8 +1354,8 @@ fn main() {
         if run("backlog") {
             backlog(
                 &mut r,
-                50_000 / k,
-                500_000 / k,
+                40_000 / k,
+                300_000 / k,
                 Duration::from_secs(60),
                 rounds,
             )
@@ -1364,7 +1364,7 @@ fn main() {
         timed("backlog", t);
         let t = Instant::now();
         if run("updates") {
-            updates::run(&mut r, 15_000 / k, rounds).await;
+            updates::run(&mut r, 12_000 / k, rounds).await;
         }
         timed("updates", t);
         let t = Instant::now();
@@ -1374,7 +1374,7 @@ fn main() {
         timed("writes", t);
         let t = Instant::now();
         if run("peers") {
-            peers::run(&mut r, 10_000 / k, if quick { 3 } else { 5 }).await;
+            peers::run(&mut r, 6_000 / k, if quick { 3 } else { 5 }).await;
         }
         timed("peers", t);
     });

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # frappe-cdc benchmarks: starts its own MariaDB servers and broker on loopback (like the tests),
 # measures capture's decode ceiling, end-to-end throughput and lag, apply vs MariaDB native
-# replication on a 50k-document backlog and on saves of 15k existing documents, peak memory
+# replication on a 40k-document backlog and on saves of 12k existing documents, peak memory
 # and snapshot speed, and Debezium and native replication side by side with frappe-cdc
 # (peers), prints tables and writes JSON to target/bench/latest.json. Not a test: nothing
 # fails on speed. FRAPPE_CDC_BENCH_PERF=<folder> records perf profiles of the updates section.

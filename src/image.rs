@@ -71,8 +71,9 @@ impl Row {
     /// A row of `pairs` whose columns the caller knows to be distinct (a result set's, read
     /// from one table): no search per column, as [`Row::insert`] does.
     pub fn from_distinct(pairs: Vec<(Col, Value)>) -> Row {
-        debug_assert!(Row(pairs.clone()).duplicate().is_none());
-        Row(pairs)
+        let row = Row(pairs);
+        debug_assert!(row.duplicate().is_none());
+        row
     }
 
     /// The value of `column`, looked up at `i` first (rows of one table usually list their

@@ -10,6 +10,7 @@
 //! `tabCustom Field` rows (as in Frappe), cached per doctype.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Row, Transaction, Value as MyValue};
@@ -18,8 +19,6 @@ use serde_json::Value;
 pub use super::schema::{COLUMNS_RECHECK, SchemaCache};
 pub use super::sql::ReplicaError;
 pub(crate) use super::sql::{CHUNK, marks, q};
-use std::sync::Arc;
-
 use crate::image::{Col, Image, Row as ImageRow, intern};
 
 use crate::cell::{CellKind, binary_from_json, cell_json};

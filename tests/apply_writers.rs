@@ -58,8 +58,10 @@ async fn split_batches_are_atomic_exactly_once_and_conflict_checked() {
     let mut r = replica.conn(&rig.db).await;
     common::create_apply_log(&mut r).await;
     let mut f: Frappe = rig.frappe().await;
-    // The fixture's snapshot first, through a first apply process: once a document written
-    // after it is on the replica, all of it is (apply keeps topic order).
+    // The fixture's snapshot first, through a first apply process, to the end of the topic:
+    // a message it left behind (a Single of the snapshot takes the one-message path) would
+    // be the next apply's first batch, retried alone while the offsets write fails, and no
+    // batch would ever be split (CI, 2026-12-08, and 2 of 6 runs here).
     f.insert_invoice(&Invoice::draft("W-INIT", "C1", 1)).await;
     rig.capture().await;
     let first = rig.spawn_apply(
@@ -76,6 +78,8 @@ async fn split_batches_are_atomic_exactly_once_and_conflict_checked() {
             == 1
     })
     .await;
+    rig.wait_applied_to_end(&replica, Duration::from_secs(60))
+        .await;
     drop(first);
 
     // 1. Atomicity: while a flag row exists, the offsets write (done by the last part only)
@@ -103,15 +107,12 @@ async fn split_batches_are_atomic_exactly_once_and_conflict_checked() {
         f.insert_invoice(inv).await;
     }
     rig.capture().await;
-    // Apply is started after the capture so that the 200 documents are fetched together, but
-    // the first poll only takes what the first fetch returned, at most
-    // max.partition.fetch.bytes (apply's default 1 MiB may hold fewer than 64 of these
-    // documents, depending on how capture's record batches fell): a first batch too small to
-    // split (under 2 x 32 documents) is then retried as it is for as long as the offsets write fails (a third of
-    // the runs on 2026-12-07). So this apply fetches up to 8 MiB at once. Should a start
-    // still give a small batch (retries without any split), apply is restarted, at most three
-    // times; the batch it retries always starts at the same stored offset, so nothing of the
-    // test's claim changes.
+    // Apply is started after the capture so that the 200 documents are fetched together; the
+    // first poll only takes what the first fetch returned, so this apply fetches up to 8 MiB
+    // at once. Should a start still give a batch too small to split (under 2 x 32 documents;
+    // it is then retried as it is for as long as the offsets write fails), apply is
+    // restarted, at most three times; the batch it retries always starts at the same stored
+    // offset, so nothing of the test's claim changes.
     let mut attempt = 0;
     let (apply, _port) = loop {
         attempt += 1;

@@ -12,6 +12,8 @@ use frappe_cdc::metrics::CaptureMetrics;
 use frappe_cdc::source::conn::DbTarget;
 use tokio_util::sync::CancellationToken;
 
+use mysql_async::prelude::Queryable;
+
 use super::servers::{Broker, Mariadb, scratch_dir};
 use super::topic::{Msg, read_all};
 
@@ -97,6 +99,31 @@ impl Rig {
         replica.create_site(&self.db).await;
         let url = replica.replica_url(&self.db);
         (replica, url)
+    }
+
+    /// Waits until apply (consumer group `r1`) has stored, in `replica`, every partition's
+    /// next offset at the topic's current end: every message there is applied. Apply stores
+    /// the consumer's position when it is idle, so the end includes the commit marker of
+    /// capture's last Kafka transaction.
+    #[allow(dead_code)]
+    pub async fn wait_applied_to_end(&self, replica: &Mariadb, timeout: Duration) {
+        let end = super::topic::high_watermarks(&self.bootstrap(), &self.topic);
+        super::wait_until(timeout, "apply stored the topic's end offsets", || async {
+            let mut c = replica.conn(&self.db).await;
+            let stored: Vec<(i32, i64)> = c
+                .exec(
+                    "SELECT kafka_partition, next_offset FROM `_frappe_cdc_offsets` WHERE consumer_group = 'r1' AND topic = ?",
+                    (self.topic.as_str(),),
+                )
+                .await
+                .unwrap_or_default();
+            end.iter().all(|(p, high)| {
+                stored
+                    .iter()
+                    .any(|(sp, next)| sp == p && next >= high)
+            })
+        })
+        .await;
     }
 
     pub fn primary(&self) -> &'static Mariadb {

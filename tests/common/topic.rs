@@ -234,3 +234,29 @@ pub fn whole_transactions(msgs: &[Msg]) -> usize {
     }
     txs.len()
 }
+
+/// Each partition's high watermark (the offset after its last record, control records
+/// included).
+#[allow(dead_code)]
+pub fn high_watermarks(bootstrap: &str, topic: &str) -> std::collections::BTreeMap<i32, i64> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("watermarks-{}", std::process::id()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    md.topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .map(|part| {
+            let (_, high) = c
+                .fetch_watermarks(topic, part, Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("watermarks of {topic}/{part}: {e}"));
+            (part, high)
+        })
+        .collect()
+}

@@ -348,8 +348,8 @@ pub struct ApplyArgs {
     #[arg(long, env = "FRAPPE_CDC_WRITERS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=16))]
     pub writers: u16,
     /// What a reader of the replica can see: `transaction` (each source transaction atomic,
-    /// in source commit order; needs capture's progress markers; one writer) or `document`
-    /// (each document atomic; --writers apply).
+    /// in source commit order; needs capture's progress markers; --writers split batches only
+    /// between source transactions) or `document` (each document atomic).
     #[arg(long, env = "FRAPPE_CDC_CONSISTENCY", value_enum, default_value_t = crate::apply::config::Consistency::Transaction)]
     pub consistency: crate::apply::config::Consistency,
     /// With --consistency transaction: source transactions with more documents than this

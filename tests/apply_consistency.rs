@@ -3,7 +3,9 @@
 //! (`outstanding_amount`), two doctypes on two partitions, so their sum per pair is constant
 //! on the primary. A checker reads every pair from the replica in a tight loop, each round in
 //! one REPEATABLE READ transaction, and counts rounds where a sum is off:
-//! * `--consistency transaction`: never, also across a kill -9 of apply;
+//! * `--consistency transaction`: never, also across a kill -9 of apply, and with batches
+//!   split over two writers (between source transactions; the transactions walk the pairs in
+//!   turn, so up to 64 consecutive ones, 128 documents, share a batch);
 //! * `--consistency document` (one document per replica transaction): it happens, which shows
 //!   the checker can fail.
 
@@ -17,7 +19,7 @@ use common::rig::Rig;
 use common::servers::free_port;
 use mysql_async::prelude::Queryable;
 
-const PAIRS: usize = 4;
+const PAIRS: usize = 64;
 const TOTAL: i64 = 1000;
 
 /// Partitions so that Customer and Sales Invoice land on different ones.
@@ -47,15 +49,17 @@ async fn seed(rig: &Rig) {
     .expect("seed amounts");
 }
 
-/// Moves random amounts within random pairs until `stop`, one source transaction each.
+/// Moves random amounts within the pairs in turn until `stop`, one source transaction each.
 async fn workload(db: String, stop: Arc<AtomicBool>, done: Arc<AtomicU64>) {
     let mut c = common::rig::shared_primary().conn(&db).await;
     let mut x: u64 = 12345;
+    let mut k = 0usize;
     while !stop.load(Ordering::Acquire) {
         x = x
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
-        let pair = (x >> 33) as usize % PAIRS;
+        let pair = k % PAIRS;
+        k += 1;
         let amount = ((x >> 40) % 101) as i64 - 50;
         c.query_drop(format!(
             "START TRANSACTION; \
@@ -106,7 +110,9 @@ async fn checker(replica_url: String, stop: Arc<AtomicBool>) -> (u64, u64) {
     (rounds, broken)
 }
 
-async fn run(tag: &str, apply_flags: &[&str], kill_apply: bool) -> (u64, u64, u64) {
+/// Returns (source transactions, checker rounds, rounds with a pair off, split batches the
+/// last apply process committed).
+async fn run(tag: &str, apply_flags: &[&str], kill_apply: bool) -> (u64, u64, u64, f64) {
     let rig = Rig::new(tag).await;
     seed(&rig).await;
     let (replica, rurl) = rig.replica().await;
@@ -116,7 +122,8 @@ async fn run(tag: &str, apply_flags: &[&str], kill_apply: bool) -> (u64, u64, u6
         free_port(),
         &["--partitions", &parts, "--checkpoint-interval", "50ms"],
     );
-    let mut apply = rig.spawn_apply(&rurl, free_port(), apply_flags);
+    let mut port = free_port();
+    let mut apply = rig.spawn_apply(&rurl, port, apply_flags);
     rig.wait_in_sync(&rurl, Duration::from_secs(120), "initial load")
         .await;
 
@@ -138,7 +145,8 @@ async fn run(tag: &str, apply_flags: &[&str], kill_apply: bool) -> (u64, u64, u6
             .args(["-9", &apply.id().to_string()])
             .status();
         drop(apply);
-        apply = rig.spawn_apply(&rurl, free_port(), apply_flags);
+        port = free_port();
+        apply = rig.spawn_apply(&rurl, port, apply_flags);
     }
     common::wait_until(Duration::from_secs(120), "workload done", || async {
         done.load(Ordering::Acquire) >= 1500
@@ -150,28 +158,36 @@ async fn run(tag: &str, apply_flags: &[&str], kill_apply: bool) -> (u64, u64, u6
         .await;
     stop_check.store(true, Ordering::Release);
     let (rounds, broken) = check.await.expect("checker");
+    let split = common::metrics::sample(
+        &common::metrics::scrape(port).await,
+        "frappe_cdc_apply_split_batches_total{outcome=\"committed\"}",
+    );
     drop(apply);
     drop(replica);
     eprintln!(
-        "{tag}: {} source transactions, {rounds} checker rounds, {broken} saw a pair off",
+        "{tag}: {} source transactions, {rounds} checker rounds, {broken} saw a pair off, {split} split batches",
         done.load(Ordering::Acquire)
     );
-    (done.load(Ordering::Acquire), rounds, broken)
+    (done.load(Ordering::Acquire), rounds, broken, split)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transaction_consistency_never_shows_half_a_source_transaction() {
-    let (txs, rounds, broken) = run("txcons", &["--consistency", "transaction"], true).await;
+    let (txs, rounds, broken, split) = run("txcons", &["--consistency", "transaction"], true).await;
     assert!(
         txs >= 1500 && rounds >= 100,
         "{txs} transactions, {rounds} rounds"
+    );
+    assert!(
+        split >= 1.0,
+        "no batch was split over the two writers: the test did not cover split batches"
     );
     assert_eq!(broken, 0, "a reader saw half of a source transaction");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn document_consistency_can_show_half_a_source_transaction() {
-    let (_, rounds, broken) = run(
+    let (_, rounds, broken, _) = run(
         "doccons",
         &[
             "--consistency",

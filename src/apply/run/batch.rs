@@ -18,6 +18,42 @@ fn split(docs: usize, writers: usize) -> usize {
     (docs / MIN_PART).clamp(1, writers.max(1))
 }
 
+/// The ranges of `n` items cut into up to `parts` consecutive parts of about equal size,
+/// never between item `i - 1` and item `i` when `joined(i)` (transaction consistency: both
+/// belong to one source transaction, which must stay in one replica transaction). A cut that
+/// would fall inside a source transaction moves to the nearer of its ends, so there can be
+/// fewer parts.
+fn cuts(n: usize, parts: usize, joined: impl Fn(usize) -> bool) -> Vec<std::ops::Range<usize>> {
+    let size = n.div_ceil(parts.max(1)).max(1);
+    let mut out = Vec::with_capacity(parts);
+    let mut start = 0;
+    for k in 1..parts {
+        let even = (k * size).max(start + 1);
+        let mut after = even;
+        while after < n && joined(after) {
+            after += 1;
+        }
+        let mut before = even;
+        while before > start && joined(before) {
+            before -= 1;
+        }
+        let at = if before > start && even - before < after - even {
+            before
+        } else {
+            after
+        };
+        if at >= n {
+            break;
+        }
+        out.push(start..at);
+        start = at;
+    }
+    if start < n {
+        out.push(start..n);
+    }
+    out
+}
+
 /// How `m` can go into a bulk batch: a document to apply, or a message that only moves the
 /// offset (a tombstone, a filtered document); None for the one-message path. Pure, so it runs
 /// on a blocking thread while the previous batch is being applied.
@@ -203,9 +239,9 @@ impl Applier {
     }
 
     /// Applies `together` (renames, Singles: one document at a time) and `items` and stores
-    /// `offsets` on the replica: in one transaction, or, without `together` and in document
-    /// consistency, split over up to `writers` connections (see `split`). Returns the bulk
-    /// result and the outcomes of `together`.
+    /// `offsets` on the replica: in one transaction, or, without `together`, split over up
+    /// to `writers` connections (see `split`; in transaction consistency only between source
+    /// transactions, see `cuts`). Returns the bulk result and the outcomes of `together`.
     async fn run_bulk(
         &mut self,
         items: &[BulkItem],
@@ -214,11 +250,19 @@ impl Applier {
         offsets: &BTreeMap<i32, i64>,
     ) -> Result<(BulkResult, Vec<Outcome>), BulkError> {
         let whole = self.cfg.consistency == Consistency::Transaction;
-        let parts = if self.serial_retry || whole || !together.is_empty() {
-            1
-        } else {
-            split(items.len(), self.cfg.writers)
-        };
+        // Transaction consistency splits only between source transactions: the parts commit
+        // in source order, so a reader still sees a prefix of the source's history. Holding a
+        // source transaction (`hold-transaction`) needs the whole batch's outcomes at once.
+        let ranges =
+            if self.serial_retry || !together.is_empty() || (whole && self.cfg.hold_transactions) {
+                std::iter::once(0..items.len()).collect()
+            } else {
+                let tx = |i: usize| sequence::tx_id(&items[i].env.source);
+                cuts(items.len(), split(items.len(), self.cfg.writers), |i| {
+                    whole && tx(i) == tx(i - 1)
+                })
+            };
+        let parts = ranges.len();
         let mut first = Vec::with_capacity(together.len());
         let started = std::time::Instant::now();
         let mut mode = BulkMode {
@@ -278,7 +322,7 @@ impl Applier {
             tx.commit().await?;
             r
         } else {
-            match self.run_parts(items, offsets, parts, mode).await {
+            match self.run_parts(items, offsets, &ranges, mode).await {
                 Err(BulkError::Replica(e)) if lock_failure(&e) => {
                     // Parts waiting on each other's rows (a table without the index the
                     // locked reads need, say) would wait until they time out: retry alone.
@@ -337,9 +381,10 @@ impl Applier {
         &mut self,
         items: &[BulkItem],
         offsets: &BTreeMap<i32, i64>,
-        parts: usize,
+        ranges: &[std::ops::Range<usize>],
         mode: BulkMode,
     ) -> Result<BulkResult, BulkError> {
+        let parts = ranges.len();
         let t0 = std::time::Instant::now();
         let mut conns = Vec::with_capacity(parts);
         for _ in 0..parts {
@@ -360,13 +405,12 @@ impl Applier {
         let mut modes = vec![mode; parts];
         let none = BTreeMap::new();
         let (cmp, group, topic) = (&self.cmp, &self.cfg.group, &self.cfg.topic);
-        let chunk = items.len().div_ceil(parts);
         let t_setup = t0.elapsed();
         let results = futures::future::join_all(
             txs.iter_mut()
                 .zip(caches.iter_mut())
                 .zip(modes.iter_mut())
-                .zip(items.chunks(chunk))
+                .zip(ranges.iter().map(|r| &items[r.clone()]))
                 .enumerate()
                 .map(|(i, (((tx, cache), mode), part))| {
                     let offs = if i + 1 == parts { offsets } else { &none };
@@ -568,6 +612,52 @@ impl Applier {
                     }
                     return Ok(true);
                 }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cuts_are_even_without_transactions() {
+        assert_eq!(cuts(100, 2, |_| false), vec![0..50, 50..100]);
+        assert_eq!(cuts(101, 2, |_| false), vec![0..51, 51..101]);
+        assert_eq!(cuts(90, 3, |_| false), vec![0..30, 30..60, 60..90]);
+        assert_eq!(cuts(10, 1, |_| false), vec![0..10]);
+        assert_eq!(cuts(0, 2, |_| false), Vec::<std::ops::Range<usize>>::new());
+    }
+
+    #[test]
+    fn cuts_never_split_a_source_transaction() {
+        // Transactions of 7 items: 0..7, 7..14, ...; the even cut at 50 moves to 49.
+        let joined = |i: usize| i % 7 != 0;
+        assert_eq!(cuts(100, 2, joined), vec![0..49, 49..100]);
+        // One transaction: one part.
+        assert_eq!(cuts(100, 2, |_| true), vec![0..100]);
+        // The nearer end of the transaction the even cut falls in.
+        assert_eq!(
+            cuts(100, 2, |i| i % 7 != 0 || i == 49),
+            vec![0..56, 56..100]
+        );
+        assert_eq!(cuts(100, 2, |i| i >= 40), vec![0..39, 39..100]);
+        assert_eq!(cuts(100, 2, |i| i != 10), vec![0..10, 10..100]);
+        assert_eq!(cuts(100, 2, |i| i != 60), vec![0..60, 60..100]);
+        assert_eq!(cuts(100, 2, |i| i != 0), vec![0..100]);
+        // Every range is non-empty and together they cover every item, in order.
+        for n in [1usize, 2, 63, 64, 65, 500] {
+            for parts in 1..=4 {
+                let r = cuts(n, parts, |i| i % 5 != 0);
+                assert!(r.len() <= parts && !r.is_empty());
+                assert_eq!(r.first().map(|r| r.start), Some(0));
+                assert_eq!(r.last().map(|r| r.end), Some(n));
+                assert!(
+                    r.windows(2)
+                        .all(|w| w[0].end == w[1].start && w[0].start < w[0].end)
+                );
+                assert!(r.iter().skip(1).all(|r| r.start % 5 == 0));
             }
         }
     }

@@ -1,10 +1,12 @@
 //! `--consistency transaction`: polled messages go through the sequencer (`sequence.rs`),
 //! which releases whole source transactions in source commit order; runs of them are applied
 //! in one replica transaction each (renames and Singles in the same transaction as the bulk
-//! documents, no split over writers), with every included partition's next offset.
+//! documents), with every included partition's next offset; a run of 64+ documents without
+//! renames or Singles is split over `--writers` transactions only between source
+//! transactions (`batch.rs` `cuts`), committed in order with the offsets in the last.
 //!
 //! Consistency: a replica transaction holds whole source transactions only, and replica
-//! transactions commit in source order, so a reader of the replica sees a prefix of the
+//! transactions (the parts of a split run too) commit in source order, so a reader of the replica sees a prefix of the
 //! source's history, never half a source transaction. Exceptions, each logged and counted:
 //! a source transaction larger than `--max-transaction-docs` (and the initial snapshot) goes
 //! in parts; a message that must be dead-lettered ends the replica transaction before it; a

@@ -713,6 +713,10 @@ async fn apply_round(
     let metrics_port = free_port();
     let process = spawn_apply(&replica, db, bootstrap, topic, group, metrics_port, extra);
     let rss = PeakRss::watch(process.id());
+    let _prof = Profile::start(
+        &format!("apply-round-{group}"),
+        &[("replica", replica.pid), ("apply", process.id())],
+    );
     loop {
         let got: u64 = q1(
             &mut ac,

@@ -4,7 +4,8 @@
 # replication on a 40k-document backlog and on saves of 12k existing documents, peak memory
 # and snapshot speed, and Debezium and native replication side by side with frappe-cdc
 # (peers), prints tables and writes JSON to target/bench/latest.json. Not a test: nothing
-# fails on speed. FRAPPE_CDC_BENCH_PERF=<folder> records perf profiles of the updates section.
+# fails on speed. FRAPPE_CDC_BENCH_PERF=<folder> records perf profiles (updates section, apply rounds,
+# capture's null-sink run).
 #   scripts/bench.sh            full run (under 20 minutes from a clean clone on 2 cores,
 #                               build and Debezium download included)
 #   scripts/bench.sh --quick    every size / 10, a smoke run

@@ -21,29 +21,12 @@ use common::servers::free_port;
 use common::topic::read_all;
 use common::workload::Invoice;
 use mysql_async::prelude::Queryable;
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 
 /// Sum over partitions of (low, high) watermarks of `topic`.
 fn watermarks(bootstrap: &str, topic: &str) -> (i64, i64) {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .expect("client");
-    let md = c
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("metadata");
-    let mut sum = (0, 0);
-    for t in md.topics().iter().filter(|t| t.name() == topic) {
-        for p in t.partitions() {
-            let (l, h) = c
-                .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
-                .expect("watermarks");
-            sum.0 += l;
-            sum.1 += h;
-        }
-    }
-    sum
+    common::topic::watermarks(bootstrap, topic)
+        .values()
+        .fold((0, 0), |(l, h), (pl, ph)| (l + pl, h + ph))
 }
 
 /// The group's total lag on `topic` as Kafka's own tool reports it (None when the tool

@@ -107,7 +107,7 @@ impl Rig {
     /// capture's last Kafka transaction.
     #[allow(dead_code)]
     pub async fn wait_applied_to_end(&self, replica: &Mariadb, timeout: Duration) {
-        let end = super::topic::high_watermarks(&self.bootstrap(), &self.topic);
+        let end = super::topic::watermarks(&self.bootstrap(), &self.topic);
         super::wait_until(timeout, "apply stored the topic's end offsets", || async {
             let mut c = replica.conn(&self.db).await;
             let stored: Vec<(i32, i64)> = c
@@ -117,7 +117,7 @@ impl Rig {
                 )
                 .await
                 .unwrap_or_default();
-            end.iter().all(|(p, high)| {
+            end.iter().all(|(p, (_, high))| {
                 stored
                     .iter()
                     .any(|(sp, next)| sp == p && next >= high)

@@ -6,6 +6,7 @@
 //! out of `read_all` and `count_all` (they are documents' neighbours, not documents);
 //! `read_markers` returns them.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
@@ -54,16 +55,7 @@ fn scan(bootstrap: &str, topic: &str, mut f: impl FnMut(i32, &BorrowedMessage<'_
         .set("max.partition.fetch.bytes", "52428800")
         .create()
         .expect("consumer");
-    let md = c
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("metadata");
-    let parts: Vec<i32> = md
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-        .unwrap_or_default();
-    for part in parts {
+    for part in partition_ids(&c, topic) {
         let (low, high) = c
             .fetch_watermarks(topic, part, Duration::from_secs(10))
             .unwrap_or_else(|e| panic!("watermarks of {topic}/{part}: {e}"));
@@ -235,16 +227,27 @@ pub fn whole_transactions(msgs: &[Msg]) -> usize {
     txs.len()
 }
 
-/// Each partition's high watermark (the offset after its last record, control records
-/// included).
+/// Each partition's (low, high) watermarks; high is the offset after its last record,
+/// control records included.
 #[allow(dead_code)]
-pub fn high_watermarks(bootstrap: &str, topic: &str) -> std::collections::BTreeMap<i32, i64> {
+pub fn watermarks(bootstrap: &str, topic: &str) -> BTreeMap<i32, (i64, i64)> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("watermarks-{}", std::process::id()))
-        .set("enable.auto.commit", "false")
         .create()
-        .expect("consumer");
+        .expect("client");
+    partition_ids(&c, topic)
+        .into_iter()
+        .map(|part| {
+            let w = c
+                .fetch_watermarks(topic, part, Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("watermarks of {topic}/{part}: {e}"));
+            (part, w)
+        })
+        .collect()
+}
+
+/// The partitions of `topic` as the cluster's metadata lists them.
+fn partition_ids(c: &BaseConsumer, topic: &str) -> Vec<i32> {
     let md = c
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .expect("metadata");
@@ -252,11 +255,5 @@ pub fn high_watermarks(bootstrap: &str, topic: &str) -> std::collections::BTreeM
         .iter()
         .filter(|t| t.name() == topic)
         .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .map(|part| {
-            let (_, high) = c
-                .fetch_watermarks(topic, part, Duration::from_secs(10))
-                .unwrap_or_else(|e| panic!("watermarks of {topic}/{part}: {e}"));
-            (part, high)
-        })
         .collect()
 }

@@ -6,8 +6,8 @@
 //! transactions (`batch.rs` `cuts`), committed in order with the offsets in the last.
 //!
 //! Consistency: a replica transaction holds whole source transactions only, and replica
-//! transactions (the parts of a split run too) commit in source order, so a reader of the replica sees a prefix of the
-//! source's history, never half a source transaction. Exceptions, each logged and counted:
+//! transactions (the parts of a split run too) commit in source order, so a reader of the
+//! replica sees a prefix of the source's history, never half a source transaction. Exceptions, each logged and counted:
 //! a source transaction larger than `--max-transaction-docs` (and the initial snapshot) goes
 //! in parts; a message that must be dead-lettered ends the replica transaction before it; a
 //! batch the replica rejects is re-run one message at a time (so only the bad message is
